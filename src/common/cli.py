@@ -1,0 +1,151 @@
+"""What the three CLIs share: running a Typer app with one clear line per error and the
+documented exit codes, output formats, and reading secrets from a terminal.
+
+Only typer and the standard library are imported at module level, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, NoReturn
+
+import typer
+
+from common.errors import EXIT_USAGE, PteleportError, UsageError, exit_code_for
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    yaml = "yaml"
+
+
+class DataFormat(str, Enum):
+    yaml = "yaml"
+    json = "json"
+    text = "text"
+
+
+FORMAT_OPTION = typer.Option(Format.text, "--format", "-f", help="Output format: text, json or yaml.")
+
+DEBUG = {"on": bool(os.environ.get("PTELEPORT_DEBUG"))}
+
+
+def eprint(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    eprint(f"ERROR: {message}")
+    raise SystemExit(code)
+
+
+def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
+    """Run a Typer app; errors become one line on stderr and the documented exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv or "-d" in argv[:1]:
+        DEBUG["on"] = True
+    try:
+        result = app(args=argv, prog_name=prog, standalone_mode=False)
+    except PteleportError as err:
+        if DEBUG["on"]:
+            import traceback
+
+            traceback.print_exc()
+        eprint(f"ERROR: {err.message}")
+        if err.detail and DEBUG["on"]:
+            eprint(f"detail: {err.detail}")
+        raise SystemExit(exit_code_for(err)) from None
+    except KeyboardInterrupt:
+        eprint("")
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        raise SystemExit(0) from None
+    except Exception as exc:
+        _click_error(exc, prog)
+    if isinstance(result, int) and not isinstance(result, bool):
+        raise SystemExit(result)
+
+
+def _click_error(exc: Exception, prog: str) -> NoReturn:
+    from typer._click import exceptions as click_exc  # typer vendors click
+
+    if isinstance(exc, click_exc.Abort):
+        eprint("Aborted.")
+        raise SystemExit(130)
+    if isinstance(exc, click_exc.ClickException):
+        if isinstance(exc, click_exc.UsageError):
+            ctx = exc.ctx
+            hint = f"\nRun '{ctx.command_path} --help' for usage." if ctx is not None else ""
+            eprint(f"ERROR: {exc.format_message()}{hint}")
+            raise SystemExit(EXIT_USAGE)
+        eprint(f"ERROR: {exc.format_message()}")
+        raise SystemExit(exc.exit_code)
+    if isinstance(exc, click_exc.Exit):
+        raise SystemExit(exc.exit_code)
+    if DEBUG["on"]:
+        raise exc
+    eprint(f"ERROR: unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
+    raise SystemExit(1)
+
+
+def render(data: Any, fmt: Format | str, text: Callable[[Any], str] | None = None) -> None:
+    """Print ``data`` as JSON or YAML to stdout, or with ``text`` for the text format."""
+    fmt = fmt.value if isinstance(fmt, Enum) else fmt
+    if fmt == "json":
+        import json
+
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    elif fmt == "yaml":
+        import yaml
+
+        if isinstance(data, list):
+            sys.stdout.write(yaml.safe_dump_all(data, sort_keys=False, default_flow_style=False) if data else "")
+        else:
+            sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    else:
+        out = text(data) if text is not None else str(data)
+        if out:
+            sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    sys.stdout.flush()
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A borderless, left-aligned table like Teleport's (header, dashes, rows)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    def line(cells: list[str]) -> str:
+        return " ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def safe_text(value: Any) -> str:
+    """Printable form of anything that came from outside: control characters escaped."""
+    text = str(value)
+    return "".join(ch if ch.isprintable() or ch in " " else repr(ch)[1:-1] for ch in text)
+
+
+def prompt_secret(prompt: str, flag_hint: str) -> str:
+    """Ask on the terminal without echo; refuse (never wait) when stdin is not a terminal."""
+    if not sys.stdin.isatty():
+        raise UsageError(f"{prompt.rstrip(': ')} is needed but stdin is not a terminal; {flag_hint}")
+    import getpass
+
+    return getpass.getpass(prompt)
+
+
+def prompt_line(prompt: str, flag_hint: str) -> str:
+    if not sys.stdin.isatty():
+        raise UsageError(f"{prompt.rstrip(': ')} is needed but stdin is not a terminal; {flag_hint}")
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return sys.stdin.readline().strip()

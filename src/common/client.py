@@ -1,0 +1,152 @@
+"""HTTPS client for the cluster API (httpx), used by ptsh, pctl and the database agent.
+
+Two trust modes:
+
+- *web*: before login, the proxy's web certificate is checked against the system trust
+  store (or ``ca_file``), or not at all with ``insecure=True``;
+- *internal*: with a cluster identity (after login, the admin identity, an agent's host
+  certificate), requests carry the SNI name ``pteleport.cluster.local``, the proxy answers
+  with its host certificate, and only the cluster's host CA is trusted.
+
+HTTP errors become the matching ``common.errors`` kind with the server's message; network
+failures become ConnectionProblem naming the address.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from common.errors import ConnectionProblem, InternalError, NotLoggedIn, PteleportError, from_kind
+from common.tls import INTERNAL_SNI, client_context, describe_ssl_error
+
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+@dataclass(frozen=True)
+class ClusterCredentials:
+    """A certificate and key to present, and the host CA(s) that vouch for the proxy."""
+
+    cert: bytes | None
+    key: bytes | None
+    host_cas: bytes
+
+
+def normalize_addr(addr: str, default_port: int = 3080) -> str:
+    addr = addr.strip()
+    for prefix in ("https://", "http://"):
+        if addr.startswith(prefix):
+            addr = addr[len(prefix) :]
+    addr = addr.rstrip("/")
+    if not addr:
+        raise ValueError("empty address")
+    if addr.startswith("["):
+        return addr if "]:" in addr else f"{addr}:{default_port}"
+    if ":" not in addr:
+        return f"{addr}:{default_port}"
+    return addr
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        error = body.get("error", {})
+        message, kind = error.get("message"), error.get("kind")
+    except ValueError:
+        message, kind = None, None
+    if not message:
+        message = f"the cluster answered HTTP {response.status_code}"
+    raise from_kind(kind or ("not_logged_in" if response.status_code == 401 else "internal"), message)
+
+
+def _network_error(addr: str, exc: Exception) -> PteleportError:
+    cause = exc.__context__ or exc.__cause__ or exc
+    if isinstance(cause, ssl.SSLError) or isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
+        text = describe_ssl_error(cause if isinstance(cause, ssl.SSLError) else exc)
+        if "refused your certificate" in text:
+            return NotLoggedIn(text)
+        return ConnectionProblem(f"cannot connect securely to {addr}: {text}")
+    return ConnectionProblem(
+        f"cannot reach the cluster at {addr}: {exc or type(exc).__name__}; check the address and that "
+        "the proxy is running"
+    )
+
+
+class ClusterClient:
+    """Synchronous API client (the CLIs)."""
+
+    def __init__(self, addr: str, *, creds: ClusterCredentials | None = None, insecure: bool = False,
+                 ca_file: str | None = None, timeout: httpx.Timeout = TIMEOUT) -> None:
+        self.addr = normalize_addr(addr)
+        self.creds = creds
+        if creds is not None:
+            ctx = client_context(cas=creds.host_cas, cert=creds.cert, key=creds.key, alpn=["http/1.1"])
+        else:
+            ctx = client_context(insecure=insecure, ca_file=ca_file, alpn=["http/1.1"])
+        self._extensions = {"sni_hostname": INTERNAL_SNI} if creds is not None else {}
+        self._http = httpx.Client(base_url=f"https://{self.addr}", verify=ctx, timeout=timeout)
+
+    def request(self, method: str, path: str, *, json: Any = None, params: Any = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=json, params=params, extensions=self._extensions)
+        except httpx.HTTPError as exc:
+            raise _network_error(self.addr, exc) from None
+        _raise_for(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise InternalError(f"the cluster at {self.addr} sent a response that is not JSON") from None
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json=body if body is not None else {})
+
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClusterClient:
+    """Asynchronous API client (the database agent), always in internal mode."""
+
+    def __init__(self, addr: str, creds: ClusterCredentials, timeout: httpx.Timeout = TIMEOUT) -> None:
+        self.addr = normalize_addr(addr)
+        ctx = client_context(cas=creds.host_cas, cert=creds.cert, key=creds.key, alpn=["http/1.1"])
+        self._http = httpx.AsyncClient(base_url=f"https://{self.addr}", verify=ctx, timeout=timeout)
+
+    async def request(self, method: str, path: str, *, json: Any = None, params: Any = None) -> Any:
+        try:
+            response = await self._http.request(
+                method, path, json=json, params=params, extensions={"sni_hostname": INTERNAL_SNI}
+            )
+        except httpx.HTTPError as exc:
+            raise _network_error(self.addr, exc) from None
+        _raise_for(response)
+        return response.json()
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body: Any = None) -> Any:
+        return await self.request("POST", path, json=body if body is not None else {})
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,155 @@
+"""The one error vocabulary shared by pteleport, pctl and ptsh.
+
+Every error carries a ``message`` that is safe to show a user (one sentence that says
+what to do) and an optional ``detail`` for logs. Each kind is mapped to an HTTP status,
+an exit code and a Postgres SQLSTATE in exactly one place: the tables at the bottom of
+this module, read by the API error middleware, the CLI error handler and the Postgres
+engine.
+
+    PteleportError
+     ├── BadParameter          400  exit 1   bad input (file, flag, request body)
+     │    └── UsageError       400  exit 2   wrong command-line usage
+     ├── NotFound              404  exit 1
+     ├── AlreadyExists         409  exit 1
+     ├── CompareFailed         409  exit 1   concurrent update lost the race
+     ├── NotLoggedIn           401  exit 3   no credentials, or they expired
+     ├── AccessDenied          403  exit 4   authenticated but not allowed
+     ├── LimitExceeded         429  exit 4   rate limit / lock-out
+     ├── ConnectionProblem     503  exit 5   cannot reach the cluster, an agent or a database
+     └── InternalError         500  exit 1
+"""
+
+from __future__ import annotations
+
+
+class PteleportError(Exception):
+    """Base of every error the programs raise on purpose."""
+
+    kind = "internal"
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadParameter(PteleportError):
+    kind = "bad_parameter"
+
+
+class UsageError(BadParameter):
+    kind = "usage"
+
+
+class NotFound(PteleportError):
+    kind = "not_found"
+
+
+class AlreadyExists(PteleportError):
+    kind = "already_exists"
+
+
+class CompareFailed(PteleportError):
+    kind = "compare_failed"
+
+
+class NotLoggedIn(PteleportError):
+    kind = "not_logged_in"
+
+
+class AccessDenied(PteleportError):
+    kind = "access_denied"
+
+
+class LimitExceeded(PteleportError):
+    kind = "limit_exceeded"
+
+
+class ConnectionProblem(PteleportError):
+    kind = "connection_problem"
+
+
+class InternalError(PteleportError):
+    kind = "internal"
+
+
+ALL_KINDS: dict[str, type[PteleportError]] = {
+    cls.kind: cls
+    for cls in (
+        BadParameter,
+        UsageError,
+        NotFound,
+        AlreadyExists,
+        CompareFailed,
+        NotLoggedIn,
+        AccessDenied,
+        LimitExceeded,
+        ConnectionProblem,
+        InternalError,
+    )
+}
+
+# Exit codes documented in docs/cli.md.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_LOGGED_IN = 3
+EXIT_ACCESS_DENIED = 4
+EXIT_UNREACHABLE = 5
+
+_EXIT_CODES: dict[str, int] = {
+    "usage": EXIT_USAGE,
+    "not_logged_in": EXIT_NOT_LOGGED_IN,
+    "access_denied": EXIT_ACCESS_DENIED,
+    "limit_exceeded": EXIT_ACCESS_DENIED,
+    "connection_problem": EXIT_UNREACHABLE,
+}
+
+_HTTP_STATUS: dict[str, int] = {
+    "bad_parameter": 400,
+    "usage": 400,
+    "not_found": 404,
+    "already_exists": 409,
+    "compare_failed": 409,
+    "not_logged_in": 401,
+    "access_denied": 403,
+    "limit_exceeded": 429,
+    "connection_problem": 503,
+    "internal": 500,
+}
+
+# Postgres SQLSTATE codes sent in ErrorResponse by the database agent.
+_SQLSTATE: dict[str, str] = {
+    "access_denied": "28000",  # invalid_authorization_specification
+    "not_logged_in": "28000",
+    "bad_parameter": "08P01",  # protocol_violation
+    "usage": "08P01",
+    "not_found": "3D000",  # invalid_catalog_name
+    "connection_problem": "08006",  # connection_failure
+    "limit_exceeded": "53300",  # too_many_connections
+}
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The process exit code for an error (docs/cli.md lists them)."""
+    if isinstance(err, PteleportError):
+        return _EXIT_CODES.get(err.kind, EXIT_ERROR)
+    return EXIT_ERROR
+
+
+def http_status_for(err: PteleportError) -> int:
+    """The HTTP status the API answers with for an error."""
+    return _HTTP_STATUS.get(err.kind, 500)
+
+
+def sqlstate_for(err: PteleportError) -> str:
+    """The SQLSTATE the database agent puts in a Postgres ErrorResponse."""
+    return _SQLSTATE.get(err.kind, "XX000")
+
+
+def from_kind(kind: str, message: str) -> PteleportError:
+    """Rebuild an error received over the API (the client side of ``http_status_for``)."""
+    return ALL_KINDS.get(kind, InternalError)(message)

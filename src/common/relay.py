@@ -1,0 +1,224 @@
+"""Byte relays on asyncio Protocols: a connection you can read from during a handshake, then splice.
+
+``Connection`` buffers what arrives until the handshake code has read what it needs;
+``splice`` then swaps both transports over to ``_Pipe`` protocols, which write each
+chunk straight to the peer transport (no copies, no per-byte Python work) and use the
+transports' flow control for backpressure: when one side's write buffer fills, reading
+from the other side pauses, so a relay never buffers without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+READ_LIMIT = 1024 * 1024
+
+
+class Connection(asyncio.Protocol):
+    """A transport with an inbox, for the handshake phase of a relayed connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+
+    @classmethod
+    def attach(cls, transport: asyncio.BaseTransport, initial: bytes = b"") -> Connection:
+        """Take over a transport whose protocol was something else (e.g. the ALPN router)."""
+        conn = cls()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        if initial:
+            conn.data_received(initial)
+        return conn
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._wake()
+        if len(self._buffer) > READ_LIMIT and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # --- reading during a handshake ---------------------------------------------------
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if self._eof:
+                raise ConnectionError("the peer closed the connection")
+            await self._wait()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def read_line(self, limit: int = 64 * 1024) -> bytes:
+        while True:
+            idx = self._buffer.find(b"\n")
+            if idx >= 0:
+                line = bytes(self._buffer[: idx + 1])
+                del self._buffer[: idx + 1]
+                return line
+            if len(self._buffer) > limit:
+                raise ValueError("line too long")
+            if self._eof:
+                raise ConnectionError("the peer closed the connection")
+            await self._wait()
+
+    def take_buffer(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    # --- writing ------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and self.transport is not None and not self.transport.is_closing():
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def peer_cert_der(self) -> bytes | None:
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+
+    def peername(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return ""
+
+
+class _Pipe(asyncio.Protocol):
+    """Reads from one transport and writes every chunk to the peer transport."""
+
+    def __init__(self, peer: asyncio.Transport, done: asyncio.Future[None],
+                 tap: Callable[[bytes], None] | None) -> None:
+        self.peer = peer
+        self.done = done
+        self.tap = tap
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.tap is not None:
+            try:
+                self.tap(data)
+            except Exception as exc:  # a tap refusing the data ends the session
+                self._finish(exc)
+                return
+        self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        self._finish(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc)
+
+    def pause_writing(self) -> None:
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.peer.is_closing():
+            self.peer.resume_reading()
+
+    def _finish(self, exc: Exception | None) -> None:
+        self.peer.close()
+        if self.transport is not None:
+            self.transport.close()
+        if not self.done.done():
+            self.done.set_result(exc)  # type: ignore[arg-type]
+
+
+async def splice(a: Connection, b: Connection, tap_a_to_b: Callable[[bytes], None] | None = None,
+                 b_leftover: bytes = b"") -> Exception | None:
+    """Relay a <-> b until either side closes; returns the error that ended it, if any.
+
+    ``tap_a_to_b`` sees every chunk going from a to b (the agent parses queries there);
+    if it raises, both connections close.
+    """
+    assert a.transport is not None and b.transport is not None
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    ta, tb = a.transport, b.transport
+    pending_a, pending_b = a.take_buffer(), b.take_buffer() + b_leftover
+    pipe_a, pipe_b = _Pipe(tb, done, tap_a_to_b), _Pipe(ta, done, None)
+    ta.set_protocol(pipe_a)
+    tb.set_protocol(pipe_b)
+    pipe_a.connection_made(ta)
+    pipe_b.connection_made(tb)
+    for t, was_paused in ((ta, a._paused), (tb, b._paused)):
+        if was_paused:
+            t.resume_reading()
+    if pending_a:
+        pipe_a.data_received(pending_a)
+    if pending_b:
+        pipe_b.data_received(pending_b)
+    if a._eof or b._eof:
+        pipe_a._finish(None)
+    result = await done
+    return result  # type: ignore[return-value]
+
+
+def attach_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[Connection, bytes]:
+    """Turn an asyncio stream pair (used for a handshake) into a Connection for ``splice``.
+
+    Returns the connection and any bytes the StreamReader had already buffered.
+    """
+    leftover = bytes(getattr(reader, "_buffer", b""))
+    conn = Connection()
+    transport = writer.transport
+    transport.set_protocol(conn)
+    conn.connection_made(transport)
+    return conn, leftover

@@ -1,0 +1,1 @@
+"""pteleport: the daemon (auth service, proxy, database service)."""

@@ -1,0 +1,305 @@
+"""The HTTPS JSON API under /v1/ and the invite pages: thin handlers over the auth service.
+
+Each handler: decode the body into a model, find the caller, call the auth service,
+render JSON. Errors become responses in ``api.errors`` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from common import __version__
+from common.identity import Identity
+from pteleport.api import models
+from pteleport.api.errors import error_middleware
+from pteleport.api.identity import caller
+from pteleport.api.web import add_web_routes
+from pteleport.auth.server import AuthServer
+
+
+@dataclass
+class ProxyInfo:
+    public_addr: str
+    postgres_public_addr: str | None = None
+
+
+AUTH = web.AppKey("auth", AuthServer)
+INFO = web.AppKey("info", ProxyInfo)
+
+
+def _ttl(seconds: int | None) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds else None
+
+
+def _remote(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
+async def _body(request: web.Request, model: type[Any]) -> Any:
+    raw = await request.read()
+    return model.model_validate_json(raw or b"{}")
+
+
+def _auth(request: web.Request) -> AuthServer:
+    return request.app[AUTH]
+
+
+def _me(request: web.Request) -> Identity:
+    return caller(request, _auth(request))
+
+
+# --- public -------------------------------------------------------------------------------
+async def ping(request: web.Request) -> web.Response:
+    auth = _auth(request)
+    info = request.app[INFO]
+    return web.json_response({
+        "cluster_name": auth.cluster_name,
+        "server_version": __version__,
+        "min_client_version": "0.1.0",
+        "auth": {"type": "local", "second_factor": auth.ctx.settings.second_factor, "local": {"name": ""}},
+        "proxy": {
+            "tls_routing_enabled": True,
+            "ssh": {"public_addr": info.public_addr, "web_listen_addr": info.public_addr},
+            "db": {"postgres_public_addr": info.postgres_public_addr or ""},
+        },
+    })
+
+
+async def cas(request: web.Request) -> web.Response:
+    auth = _auth(request)
+    return web.json_response({"cluster_name": auth.cluster_name, "cas": auth.public_cas()})
+
+
+async def login(request: web.Request) -> web.Response:
+    req = await _body(request, models.LoginRequest)
+    auth = _auth(request)
+    cert, identity = await auth.login.login(
+        req.user, req.password, req.otp_token, req.public_key, _ttl(req.ttl_seconds), _remote(request)
+    )
+    return web.json_response({
+        "cert": cert.decode(),
+        "cluster_name": auth.cluster_name,
+        "cas": auth.public_cas(),
+        "username": identity.username,
+    })
+
+
+async def invite_get(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).users.invite_details(request.match_info["token"]))
+
+
+async def invite_post(request: web.Request) -> web.Response:
+    req = await _body(request, models.InviteRequest)
+    user = _auth(request).users.complete_invite(request.match_info["token"], req.password, req.otp_token)
+    return web.json_response({"user": user})
+
+
+async def join(request: web.Request) -> web.Response:
+    req = await _body(request, models.JoinRequest)
+    auth = _auth(request)
+    cert = auth.tokens.join(req.token, req.role, req.host_id, req.hostname, req.public_key, _remote(request))
+    return web.json_response({"cert": cert.decode(), "cluster_name": auth.cluster_name, "cas": auth.public_cas()})
+
+
+# --- authenticated ------------------------------------------------------------------------------
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).whoami(_me(request)))
+
+
+async def status(request: web.Request) -> web.Response:
+    me = _me(request)
+    auth = _auth(request)
+    auth.ctx.authorize(me, "cluster", "read")
+    return web.json_response(auth.status())
+
+
+async def tokens_add(request: web.Request) -> web.Response:
+    req = await _body(request, models.TokenRequest)
+    auth = _auth(request)
+    doc = auth.tokens.add(_me(request), req.types, _ttl(req.ttl_seconds), req.value, req.labels)
+    return web.json_response({"token": doc, "ca_pin": auth.status()["ca_pin"],
+                              "proxy": request.app[INFO].public_addr})
+
+
+async def tokens_list(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).tokens.list(_me(request)))
+
+
+async def tokens_remove(request: web.Request) -> web.Response:
+    _auth(request).tokens.remove(_me(request), request.match_info["token"])
+    return web.json_response({"deleted": True})
+
+
+async def resources_create(request: web.Request) -> web.Response:
+    req = await _body(request, models.ResourcesRequest)
+    messages = _auth(request).resources.create(_me(request), req.documents, req.force)
+    return web.json_response({"messages": messages})
+
+
+async def resources_get(request: web.Request) -> web.Response:
+    docs = _auth(request).resources.get(_me(request), request.match_info["kind"], request.match_info.get("name"))
+    return web.json_response(docs)
+
+
+async def resources_remove(request: web.Request) -> web.Response:
+    message = _auth(request).resources.remove(_me(request), request.match_info["kind"], request.match_info["name"])
+    return web.json_response({"message": message})
+
+
+async def users_add(request: web.Request) -> web.Response:
+    req = await _body(request, models.UserAddRequest)
+    doc = _auth(request).users.add(_me(request), req.name, req.roles, req.traits, _ttl(req.ttl_seconds))
+    return web.json_response(doc)
+
+
+async def users_list(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).users.list(_me(request)))
+
+
+async def users_update(request: web.Request) -> web.Response:
+    req = await _body(request, models.UserUpdateRequest)
+    doc = _auth(request).users.update(_me(request), request.match_info["name"], req.roles, req.traits)
+    return web.json_response(doc)
+
+
+async def users_remove(request: web.Request) -> web.Response:
+    _auth(request).users.remove(_me(request), request.match_info["name"])
+    return web.json_response({"deleted": True})
+
+
+async def users_reset(request: web.Request) -> web.Response:
+    req = await _body(request, models.ResetRequest)
+    doc = _auth(request).users.reset(_me(request), request.match_info["name"], _ttl(req.ttl_seconds))
+    return web.json_response(doc)
+
+
+async def databases_list(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).databases.list_for(_me(request)))
+
+
+async def database_cert(request: web.Request) -> web.Response:
+    req = await _body(request, models.DatabaseCertRequest)
+    auth = _auth(request)
+    me = _me(request)
+    try:
+        cert, route = auth.certs.db_cert(me, req.public_key, req.database, req.db_user, req.db_name,
+                                         _ttl(req.ttl_seconds), auth.databases)
+    except Exception as exc:
+        from common.errors import AccessDenied
+
+        if isinstance(exc, AccessDenied):
+            auth.ctx.emit("db.session.start", "TDB00W", user=me.username, db_service=req.database,
+                          db_user=req.db_user, db_name=req.db_name, success=False, error=exc.message)
+        raise
+    return web.json_response({"cert": cert.decode(), "db_user": route.username, "db_name": route.database,
+                              "database": route.service_name, "protocol": route.protocol})
+
+
+async def user_cert(request: web.Request) -> web.Response:
+    """`pctl auth sign --user`: the admin (or an impersonator) signs for a user."""
+    req = await _body(request, models.UserCertRequest)
+    auth = _auth(request)
+    me = _me(request)
+    auth.ctx.authorize(me, "user", "impersonate")
+    doc = auth.user_record(req.user)
+    identity = Identity(username=req.user, roles=tuple(doc["spec"].get("roles", [])),
+                        traits=doc["spec"].get("traits", {}), impersonator=me.username)
+    ttl = auth.certs.capped_ttl(identity, _ttl(req.ttl_seconds))
+    identity = Identity(**{**identity.__dict__, "expires": auth.ctx.clock() + ttl})
+    if req.database:
+        cert, _route = auth.certs.db_cert(identity, req.public_key, req.database, req.db_user, req.db_name,
+                                          ttl, auth.databases)
+    else:
+        cert = auth.certs.sign_user(identity, req.public_key, ttl)
+    return web.json_response({"cert": cert.decode(), "cas": auth.public_cas(), "cluster_name": auth.cluster_name})
+
+
+async def db_server_cert(request: web.Request) -> web.Response:
+    req = await _body(request, models.DbServerCertRequest)
+    auth = _auth(request)
+    auth.ctx.authorize(_me(request), "db_server_cert", "create")
+    cert = auth.certs.db_server_cert(req.hosts, req.public_key, timedelta(seconds=req.ttl_seconds))
+    return web.json_response({"cert": cert.decode(), "ca": auth.public_cas()["db"]})
+
+
+async def db_client_cert(request: web.Request) -> web.Response:
+    req = await _body(request, models.DbClientCertRequest)
+    auth = _auth(request)
+    auth.ctx.authorize(_me(request), "db_client_cert", "create")
+    cert = auth.certs.db_client_cert(req.db_user, req.public_key)
+    return web.json_response({"cert": cert.decode(), "ca": auth.public_cas()["db"]})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    req = await _body(request, models.HeartbeatRequest)
+    _auth(request).databases.heartbeat(_me(request), req.databases, req.hostname)
+    return web.json_response({"ok": True})
+
+
+async def events_emit(request: web.Request) -> web.Response:
+    req = await _body(request, models.EventsRequest)
+    auth = _auth(request)
+    auth.ctx.authorize(_me(request), "event", "create")
+    auth.ctx.audit.emit_batch(req.events)
+    return web.json_response({"accepted": len(req.events)})
+
+
+async def events_search(request: web.Request) -> web.Response:
+    auth = _auth(request)
+    me = _me(request)
+    auth.ctx.authorize(me, "event", "list")
+    q = request.query
+
+    def when(name: str) -> datetime | None:
+        return datetime.fromisoformat(q[name]) if q.get(name) else None
+
+    events = auth.ctx.audit.search(
+        from_time=when("from"), to_time=when("to"),
+        event_types=q.getall("type") if "type" in q else None,
+        user=q.get("user"), sid=q.get("sid"), limit=min(int(q.get("limit", "500")), 10000),
+        order="desc" if q.get("order") == "desc" else "asc",
+    )
+    return web.json_response(events)
+
+
+def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+    app[AUTH] = auth
+    app[INFO] = info
+    r = app.router
+    r.add_get("/webapi/ping", ping)
+    r.add_get("/v1/ping", ping)
+    r.add_get("/v1/cas", cas)
+    r.add_post("/v1/login", login)
+    r.add_get("/v1/invites/{token}", invite_get)
+    r.add_post("/v1/invites/{token}", invite_post)
+    r.add_post("/v1/join", join)
+    r.add_get("/v1/whoami", whoami)
+    r.add_get("/v1/status", status)
+    r.add_post("/v1/tokens", tokens_add)
+    r.add_get("/v1/tokens", tokens_list)
+    r.add_delete("/v1/tokens/{token}", tokens_remove)
+    r.add_post("/v1/resources", resources_create)
+    r.add_get("/v1/resources/{kind}", resources_get)
+    r.add_get("/v1/resources/{kind}/{name}", resources_get)
+    r.add_delete("/v1/resources/{kind}/{name}", resources_remove)
+    r.add_post("/v1/users", users_add)
+    r.add_get("/v1/users", users_list)
+    r.add_put("/v1/users/{name}", users_update)
+    r.add_delete("/v1/users/{name}", users_remove)
+    r.add_post("/v1/users/{name}/reset", users_reset)
+    r.add_get("/v1/databases", databases_list)
+    r.add_post("/v1/certs/database", database_cert)
+    r.add_post("/v1/certs/user", user_cert)
+    r.add_post("/v1/certs/db-server", db_server_cert)
+    r.add_post("/v1/certs/db-client", db_client_cert)
+    r.add_post("/v1/agents/heartbeat", heartbeat)
+    r.add_post("/v1/events", events_emit)
+    r.add_get("/v1/events", events_search)
+    add_web_routes(app, auth)
+    return app

@@ -1,0 +1,1 @@
+"""Audit events with Teleport's names and codes, and where they are kept."""

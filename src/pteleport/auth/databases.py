@@ -1,0 +1,185 @@
+"""Databases: dynamic `db` resources, agents' heartbeats (db_server), and what a user may see."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.errors import AlreadyExists, BadParameter, NotFound
+from common.identity import Identity
+from pteleport.auth.context import AuthContext
+
+HEARTBEAT_TTL = timedelta(seconds=60)
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DbMetadata(_Strict):
+    name: str
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    expires: str | None = None
+    revision: str | None = None
+    namespace: str | None = None
+
+
+class DbTLS(_Strict):
+    mode: Literal["verify-full", "verify-ca", "insecure"] = "verify-full"
+    ca_cert: str | None = None
+    server_name: str | None = None
+    trust_system_cert_pool: bool | None = None
+
+
+class DbAWS(_Strict):
+    region: str | None = None
+    assume_role_arn: str | None = None
+    external_id: str | None = None
+    account_id: str | None = None
+    rds: dict[str, Any] | None = None
+
+
+class DbSpec(_Strict):
+    protocol: Literal["postgres"] = "postgres"
+    uri: str
+    tls: DbTLS | None = None
+    aws: DbAWS | None = None
+    ca_cert: str | None = None
+    dynamic_labels: dict[str, Any] | None = None
+    admin_user: dict[str, Any] | None = None
+
+
+class DbResource(_Strict):
+    kind: Literal["db"]
+    version: Literal["v3"]
+    metadata: DbMetadata
+    spec: DbSpec
+    status: dict[str, Any] | None = None
+
+
+def parse_db(doc: dict) -> dict:
+    name = (doc.get("metadata") or {}).get("name", "?") if isinstance(doc, dict) else "?"
+    try:
+        model = DbResource.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise BadParameter(f'db "{name}": unknown field {loc}') from None
+        raise BadParameter(f'db "{name}": {loc}: {first["msg"]}') from None
+    if not NAME_RE.match(model.metadata.name):
+        raise BadParameter(
+            f'db "{model.metadata.name}": metadata.name must be lower-case letters, digits and dashes'
+        )
+    host, _, port = model.spec.uri.rpartition(":")
+    if not host or not port.isdigit():
+        raise BadParameter(f'db "{model.metadata.name}": spec.uri must be HOST:PORT (got "{model.spec.uri}")')
+    return model.model_dump(exclude_none=True)
+
+
+class DatabaseService:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+
+    # --- dynamic resources ---------------------------------------------------------------
+    def put_resource(self, actor: Identity, doc: dict, force: bool) -> str:
+        doc = parse_db(doc)
+        name = doc["metadata"]["name"]
+        exists = self.ctx.databases.exists(name)
+        if exists and not force:
+            raise AlreadyExists(f'db "{name}" already exists; pass -f/--force to overwrite it')
+        self.ctx.authorize(actor, "db", "update" if exists else "create")
+        doc["metadata"].setdefault("labels", {})["teleport.dev/origin"] = "dynamic"
+        self.ctx.databases.put(name, doc)
+        self.ctx.emit("db.update" if exists else "db.create", "TDB04I" if exists else "TDB03I",
+                      user=actor.username, name=name)
+        return "updated" if exists else "created"
+
+    def resources(self, actor: Identity) -> list[dict]:
+        self.ctx.authorize(actor, "db", "list")
+        return self.ctx.databases.list()
+
+    def remove(self, actor: Identity, name: str) -> None:
+        self.ctx.authorize(actor, "db", "delete")
+        try:
+            self.ctx.databases.delete(name)
+        except NotFound:
+            raise NotFound(f'db "{name}" does not exist; "pctl get db" lists databases') from None
+        self.ctx.emit("db.delete", "TDB05I", user=actor.username, name=name)
+
+    # --- heartbeats -----------------------------------------------------------------------------
+    def heartbeat(self, actor: Identity, databases: list[dict], hostname: str) -> None:
+        """An agent says which databases it serves now; entries expire unless renewed."""
+        self.ctx.authorize(actor, "db_server", "create")
+        now = self.ctx.clock()
+        expires = now + HEARTBEAT_TTL
+        served = set()
+        for db in databases:
+            db = parse_db(db)
+            name = db["metadata"]["name"]
+            served.add(name)
+            self.ctx.db_servers.put(
+                f"{name}/{actor.username}",
+                {
+                    "kind": "db_server",
+                    "version": "v3",
+                    "metadata": {"name": name, "expires": expires.isoformat()},
+                    "spec": {"host_id": actor.username, "hostname": hostname, "database": db},
+                },
+                expires=expires,
+            )
+        for key, doc, _item in list(self.ctx.db_servers.items()):
+            if doc["spec"]["host_id"] == actor.username and doc["metadata"]["name"] not in served:
+                self.ctx.db_servers.delete(key)
+
+    def goodbye(self, actor: Identity) -> None:
+        for key, doc, _item in list(self.ctx.db_servers.items()):
+            if doc["spec"]["host_id"] == actor.username:
+                self.ctx.db_servers.delete(key)
+
+    def servers(self) -> list[dict]:
+        return self.ctx.db_servers.list()
+
+    def servers_for(self, name: str) -> list[dict]:
+        return [d for d in self.servers() if d["metadata"]["name"] == name]
+
+    def find(self, name: str) -> dict:
+        """The database as its (newest) live agent describes it."""
+        servers = self.servers_for(name)
+        if servers:
+            return servers[0]["spec"]["database"]
+        try:
+            return self.ctx.databases.get(name)
+        except NotFound:
+            raise NotFound(f'database "{name}" not found; run "ptsh db ls" to see the databases you can use') from None
+
+    def list_for(self, actor: Identity, now: datetime | None = None) -> list[dict]:
+        """Databases with a live agent that the actor's roles let them see, with allowed users."""
+        checker = None if actor.is_admin else self.ctx.checker(actor)
+        by_name: dict[str, dict] = {}
+        hosts: dict[str, list[str]] = {}
+        for server in self.servers():
+            name = server["metadata"]["name"]
+            by_name.setdefault(name, server["spec"]["database"])
+            hosts.setdefault(name, []).append(server["spec"]["hostname"] or server["spec"]["host_id"])
+        result = []
+        for name in sorted(by_name):
+            db = dict(by_name[name])
+            labels = db["metadata"].get("labels", {})
+            if checker is not None and not checker.can_see_db(labels):
+                continue
+            if checker is not None:
+                allowed, denied = checker.allowed_db_users(labels)
+                names_allowed, names_denied = checker.allowed_db_names(labels)
+            else:
+                allowed, denied, names_allowed, names_denied = ["*"], [], ["*"], []
+            db["users"] = {"allowed": allowed, "denied": denied}
+            db["names"] = {"allowed": names_allowed, "denied": names_denied}
+            db["agents"] = sorted(hosts[name])
+            result.append(db)
+        return result

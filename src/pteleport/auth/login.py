@@ -1,0 +1,104 @@
+"""Local login: password + TOTP, one generic failure message, rate limit and lock-out."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime, timedelta
+
+from common.errors import AccessDenied, LimitExceeded, NotFound
+from common.identity import Identity
+from pteleport.auth import passwords, totp
+from pteleport.auth.certs import CertService
+from pteleport.auth.context import AuthContext
+
+GENERIC_FAILURE = "invalid user name, password or second factor"
+# At most this many password hashes run at once (each takes 19 MiB and ~40 ms).
+_HASH_SLOTS = threading.BoundedSemaphore(4)
+
+
+class LoginService:
+    def __init__(self, ctx: AuthContext, certs: CertService) -> None:
+        self.ctx = ctx
+        self.certs = certs
+
+    def _locked_until(self, user: str, now: datetime) -> datetime | None:
+        try:
+            state = self.ctx.login_state.get(user)
+        except NotFound:
+            return None
+        until = state.get("locked_until")
+        if until and datetime.fromisoformat(until) > now:
+            return datetime.fromisoformat(until)
+        return None
+
+    def _record_failure(self, user: str, now: datetime) -> None:
+        try:
+            state = self.ctx.login_state.get(user)
+        except NotFound:
+            state = {"failures": 0}
+        if state.get("locked_until") and datetime.fromisoformat(state["locked_until"]) <= now:
+            state = {"failures": 0}
+        state["failures"] = state.get("failures", 0) + 1
+        if state["failures"] >= self.ctx.settings.max_attempts:
+            state["locked_until"] = (now + self.ctx.settings.lockout).isoformat()
+        self.ctx.login_state.put(user, state)
+
+    def _fail(self, user: str, reason: str, remote: str) -> AccessDenied:
+        self.ctx.emit(
+            "user.login", "T1000W", user=user, method="local", success=False, error=reason,
+            **{"addr.remote": remote},
+        )
+        return AccessDenied(GENERIC_FAILURE, detail=reason)
+
+    async def login(
+        self,
+        user: str,
+        password: str,
+        otp_code: str,
+        public_key_pem: str,
+        ttl: timedelta | None,
+        remote: str,
+    ) -> tuple[bytes, Identity]:
+        now = self.ctx.clock()
+        until = self._locked_until(user, now)
+        if until is not None:
+            self.ctx.emit("user.login", "T1000W", user=user, method="local", success=False,
+                          error="user is locked", **{"addr.remote": remote})
+            raise LimitExceeded(
+                f"too many failed logins: {user} is locked until {until:%Y-%m-%d %H:%M:%S} UTC; "
+                "wait, or ask an admin to run \"pctl users reset\""
+            )
+        try:
+            doc = self.ctx.users.get(user)
+            record = self.ctx.secrets.get(user)
+        except NotFound:
+            doc, record = None, None
+        phc = record.get("password_hash") if record else None
+        ok = await asyncio.to_thread(_verify_limited, password, phc)
+        if not ok or doc is None or record is None:
+            if doc is not None:
+                self._record_failure(user, now)
+            raise self._fail(user, "bad password or unknown user", remote)
+        if self.ctx.settings.second_factor == "otp":
+            secret = record.get("totp_secret")
+            counter = totp.verify(secret, otp_code or "", now, int(record.get("totp_counter", 0))) if secret else None
+            if counter is None:
+                self._record_failure(user, now)
+                raise self._fail(user, "bad or reused second factor", remote)
+            record["totp_counter"] = counter
+            self.ctx.secrets.put(user, record)
+        if self.ctx.login_state.exists(user):
+            self.ctx.login_state.delete(user)
+        roles = tuple(doc["spec"].get("roles", []))
+        traits = doc["spec"].get("traits", {})
+        identity = Identity(username=user, roles=roles, traits=traits, login_ip=remote.split(":")[0])
+        ttl = self.certs.capped_ttl(identity, ttl)
+        cert = self.certs.sign_user(identity, public_key_pem, ttl)
+        self.ctx.emit("user.login", "T1000I", user=user, method="local", success=True, **{"addr.remote": remote})
+        return cert, identity
+
+
+def _verify_limited(password: str, phc: str | None) -> bool:
+    with _HASH_SLOTS:
+        return passwords.verify_password(password, phc)

@@ -1,0 +1,246 @@
+"""The daemon's configuration: teleport.yaml's shape, validated once at load.
+
+A bad file is refused with one line naming the key and what is wrong
+(``ConfigError``); everything after loading works with typed values.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from common.errors import BadParameter
+
+DEFAULT_LISTEN = "127.0.0.1:3080"
+
+
+class ConfigError(BadParameter):
+    """A configuration file or flag that cannot be used."""
+
+
+def default_data_dir() -> str:
+    env = os.environ.get("PTELEPORT_DATA_DIR")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/pteleport"
+    return str(Path.home() / ".local" / "share" / "pteleport")
+
+
+def _yes_no(value: Any) -> Any:
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("yes", "true", "on", "1"):
+            return True
+        if low in ("no", "false", "off", "0"):
+            return False
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class LogConfig(_Strict):
+    output: str = "stderr"
+    severity: Literal["DEBUG", "INFO", "WARN", "WARNING", "ERROR", "debug", "info", "warn", "error"] = "INFO"
+    format: dict[str, Any] | None = None
+
+
+class StorageConfig(_Strict):
+    type: Literal["sqlite", "dir", "postgresql", "memory"] = "sqlite"
+    path: str | None = None
+    conn_string: str | None = None
+    audit_events_uri: list[str] | str | None = None
+
+
+class JoinParams(_Strict):
+    join_method: Literal["token"] = "token"
+    token_name: str
+
+
+class TeleportSection(_Strict):
+    nodename: str = Field(default_factory=socket.gethostname)
+    data_dir: str = Field(default_factory=default_data_dir)
+    log: LogConfig = Field(default_factory=LogConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    proxy_server: str | None = None
+    auth_server: str | None = None
+    auth_servers: list[str] | None = None
+    auth_token: str | None = None
+    join_params: JoinParams | None = None
+    ca_pin: list[str] | str | None = None
+    pid_file: str | None = None
+    diag_addr: str | None = None
+
+    @property
+    def ca_pins(self) -> list[str]:
+        if self.ca_pin is None:
+            return []
+        return [self.ca_pin] if isinstance(self.ca_pin, str) else list(self.ca_pin)
+
+    @property
+    def token(self) -> str | None:
+        return self.join_params.token_name if self.join_params else self.auth_token
+
+
+class AuthenticationConfig(_Strict):
+    type: Literal["local"] = "local"
+    second_factor: Literal["otp", "off"] = "otp"
+
+    @field_validator("second_factor", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        return "off" if v is False else v
+
+
+class AuditConfig(_Strict):
+    retention: str = "90d"
+
+
+class LockoutConfig(_Strict):
+    max_attempts: int = 5
+    lockout_duration: str = "20m"
+
+
+class AuthService(_Strict):
+    enabled: bool = True
+    cluster_name: str | None = None
+    listen_addr: str | None = None
+    authentication: AuthenticationConfig = Field(default_factory=AuthenticationConfig)
+    tokens: list[str] = Field(default_factory=list)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    lockout: LockoutConfig = Field(default_factory=LockoutConfig)
+
+    _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
+
+
+class KeyPair(_Strict):
+    cert_file: str
+    key_file: str
+
+
+class ProxyService(_Strict):
+    enabled: bool = True
+    web_listen_addr: str = DEFAULT_LISTEN
+    public_addr: list[str] | str | None = None
+    https_keypairs: list[KeyPair] = Field(default_factory=list)
+    postgres_listen_addr: str | None = None
+    postgres_public_addr: str | None = None
+
+    _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
+
+    @property
+    def public_addrs(self) -> list[str]:
+        if self.public_addr is None:
+            return []
+        return [self.public_addr] if isinstance(self.public_addr, str) else list(self.public_addr)
+
+
+class DatabaseTLS(_Strict):
+    mode: Literal["verify-full", "verify-ca", "insecure"] = "verify-full"
+    ca_cert_file: str | None = None
+    ca_cert: str | None = None
+    server_name: str | None = None
+
+
+class DatabaseAWS(_Strict):
+    region: str | None = None
+    assume_role_arn: str | None = None
+    external_id: str | None = None
+    account_id: str | None = None
+    rds: dict[str, Any] | None = None
+
+
+class DatabaseConfig(_Strict):
+    name: str
+    description: str = ""
+    protocol: Literal["postgres"] = "postgres"
+    uri: str
+    static_labels: dict[str, str] = Field(default_factory=dict)
+    tls: DatabaseTLS = Field(default_factory=DatabaseTLS)
+    aws: DatabaseAWS = Field(default_factory=DatabaseAWS)
+    password_file: str | None = None
+
+
+class ResourceMatcher(_Strict):
+    labels: dict[str, str | list[str]] = Field(default_factory=dict)
+    aws: dict[str, Any] | None = None
+
+
+class DbService(_Strict):
+    enabled: bool = False
+    databases: list[DatabaseConfig] = Field(default_factory=list)
+    resources: list[ResourceMatcher] = Field(default_factory=list)
+    aws: list[dict[str, Any]] = Field(default_factory=list)
+
+    _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
+
+
+class Disabled(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = False
+
+    _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
+
+
+class Config(_Strict):
+    version: Literal["v1", "v2", "v3"] = "v3"
+    teleport: TeleportSection = Field(default_factory=TeleportSection)
+    auth_service: AuthService = Field(default_factory=AuthService)
+    proxy_service: ProxyService = Field(default_factory=ProxyService)
+    db_service: DbService = Field(default_factory=DbService)
+    ssh_service: Disabled = Field(default_factory=Disabled)
+    app_service: Disabled = Field(default_factory=Disabled)
+    kubernetes_service: Disabled = Field(default_factory=Disabled)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.teleport.data_dir)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key {loc}; check its spelling against docs/config.md"
+    if kind == "missing":
+        return f"{source}: {loc} is required"
+    msg = first["msg"]
+    value = first.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+    return f"{source}: {loc}: {msg}{shown}"
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (teleport, auth_service, ...)")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a YAML config file; every failure is a one-line ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, path)

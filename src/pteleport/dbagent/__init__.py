@@ -1,0 +1,1 @@
+"""pteleport package."""

@@ -1,0 +1,286 @@
+"""The agent's Postgres engine: one database session from the proxy to PostgreSQL.
+
+::
+
+    proxy ──session line (client cert)──▶ engine: verify cert (user CA, expiry) → identity
+          ──StartupMessage──────────────▶        RBAC re-check (labels, db user, db name)
+                                                 connect upstream (TLS + IAM token / cert / password)
+          ◀──AuthenticationOk, ParameterStatus*, BackendKeyData (ours), ReadyForQuery
+          ◀════════════ relay: client→server parsed for audit, server→client untouched ════▶
+
+Identity comes only from the verified certificate, never from the startup message.
+A refusal is a Postgres ErrorResponse whose message says why, plus a TDB00W event.
+CancelRequest carries our BackendKeyData; we map it to the real one and cancel upstream,
+only for the user who owns the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from common.errors import AccessDenied, BadParameter, NotLoggedIn, PteleportError, sqlstate_for
+from common.identity import Identity, identity_from_cert
+from common.relay import Connection, attach_stream, splice
+from common.tls import verify_issued_by
+from pteleport.audit import events as ev
+from pteleport.dbagent.credentials import Credentials, LocalSettings, split_uri
+from pteleport.dbagent.upstream import UpstreamTLS, connect_upstream, send_cancel
+from pteleport.pgwire import (
+    BIND,
+    CLOSE,
+    EXECUTE,
+    FUNCTION_CALL,
+    PARSE,
+    QUERY,
+    CancelRequest,
+    FrameReader,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    authentication_ok,
+    backend_key_data,
+    bind_parameters_for_audit,
+    error_response,
+    parameter_status,
+    parse_bind,
+    parse_close,
+    parse_execute,
+    parse_function_call,
+    parse_parse,
+    parse_query,
+    parse_startup_packet,
+    ready_for_query,
+    startup_packet_length,
+)
+from pteleport.rbac.checker import AccessChecker
+
+log = logging.getLogger("pteleport.dbagent.engine")
+DROPPED_STARTUP_PARAMS = {"user", "database", "replication"}
+
+
+@dataclass
+class ServedDatabase:
+    resource: dict
+    local: LocalSettings
+
+
+@dataclass
+class _Session:
+    sid: str
+    identity: Identity
+    upstream_host: str
+    upstream_port: int
+    tls: UpstreamTLS
+    backend_pid: int
+    backend_secret: bytes
+
+
+@dataclass
+class EngineDeps:
+    """What the engine needs from the agent around it (injected, so tests can fake it)."""
+
+    cluster_name: Callable[[], str]
+    server_id: str
+    hostname: str
+    user_ca: Callable[[], list[x509.Certificate]]
+    database: Callable[[str], ServedDatabase | None]
+    roles: Callable[[list[str]], Awaitable[list[Any]]]
+    credentials: Credentials
+    emit: Callable[[dict], None]
+    clock: Callable[[], datetime]
+    sessions: dict[tuple[int, bytes], _Session] = field(default_factory=dict)
+
+
+class _Auditor:
+    """Builds a session's events with a running event index (``ei``)."""
+
+    def __init__(self, deps: EngineDeps, identity: Identity, db: dict | None, remote: str) -> None:
+        self.deps = deps
+        self.sid = str(uuid.uuid4())
+        self.ei = 0
+        route = identity.route
+        self.base = {
+            "user": identity.username,
+            "sid": self.sid,
+            "db_service": route.service_name if route else "",
+            "db_protocol": "postgres",
+            "db_uri": db["spec"]["uri"] if db else "",
+            "db_user": route.username if route else "",
+            "db_name": route.database if route else "",
+            "server_id": deps.server_id,
+            "server_hostname": deps.hostname,
+            "addr.remote": remote,
+        }
+        if db and (db["spec"].get("aws") or {}).get("region"):
+            self.base["db_aws_region"] = db["spec"]["aws"]["region"]
+
+    def emit(self, name: str, code: str, **fields: Any) -> None:
+        event = ev.make_event(name, code, clock=self.deps.clock, cluster_name=self.deps.cluster_name(),
+                              ei=self.ei, **self.base, **fields)
+        self.ei += 1
+        self.deps.emit(event)
+
+    def tap(self) -> Callable[[bytes], None]:
+        """The client→server tap: frames messages and emits one event per SQL-carrying one."""
+        frames = FrameReader()
+        statements: dict[str, str] = {}
+
+        def on_data(data: bytes) -> None:
+            for kind, payload in frames.feed(data):
+                if kind == QUERY:
+                    self.emit(ev.DB_SESSION_QUERY, ev.DB_SESSION_QUERY_CODE, db_query=parse_query(payload).query,
+                              success=True)
+                elif kind == PARSE:
+                    msg = parse_parse(payload)
+                    statements[msg.statement] = msg.query
+                    self.emit(ev.POSTGRES_PARSE, ev.POSTGRES_PARSE_CODE, statement_name=msg.statement,
+                              query=msg.query)
+                elif kind == BIND:
+                    msg = parse_bind(payload)
+                    self.emit(ev.POSTGRES_BIND, ev.POSTGRES_BIND_CODE, statement_name=msg.statement,
+                              portal_name=msg.portal, parameters=bind_parameters_for_audit(msg))
+                elif kind == EXECUTE:
+                    self.emit(ev.POSTGRES_EXECUTE, ev.POSTGRES_EXECUTE_CODE, portal_name=parse_execute(payload).portal)
+                elif kind == CLOSE:
+                    msg = parse_close(payload)
+                    name = {"statement_name" if msg.kind == "S" else "portal_name": msg.name}
+                    self.emit(ev.POSTGRES_CLOSE, ev.POSTGRES_CLOSE_CODE, **name)
+                elif kind == FUNCTION_CALL:
+                    msg = parse_function_call(payload)
+                    args = [base64.b64encode(a).decode() if a is not None else None for a in msg.args]
+                    self.emit(ev.POSTGRES_FUNCTION_CALL, ev.POSTGRES_FUNCTION_CALL_CODE, function_oid=str(msg.oid),
+                              function_args=args)
+
+        return on_data
+
+
+class PostgresEngine:
+    def __init__(self, deps: EngineDeps) -> None:
+        self.deps = deps
+
+    def _identity(self, header: dict) -> Identity:
+        try:
+            cert = x509.load_der_x509_certificate(base64.b64decode(header.get("client_cert", "")))
+        except ValueError:
+            raise NotLoggedIn("no valid client certificate reached the database service; log in again") from None
+        verify_issued_by(cert, self.deps.user_ca(), self.deps.clock())
+        identity = identity_from_cert(cert)
+        if identity.route is None:
+            raise AccessDenied("the certificate is not for a database; run \"ptsh db login\"")
+        return identity
+
+    async def handle(self, conn: Connection, header: dict) -> None:
+        remote = str(header.get("remote", ""))
+        try:
+            identity = self._identity(header)
+        except PteleportError as err:
+            conn.write(error_response(err.message, sqlstate_for(err)))
+            return
+        served = self.deps.database(identity.route.service_name)  # type: ignore[union-attr]
+        auditor = _Auditor(self.deps, identity, served.resource if served else None, remote)
+        try:
+            packet = await self._read_startup(conn)
+        except (ConnectionError, BadParameter, asyncio.TimeoutError) as exc:
+            log.info("bad startup from %s: %s", remote, exc)
+            return
+        if isinstance(packet, CancelRequest):
+            await self._cancel(identity, packet)
+            return
+        if served is None:
+            err: PteleportError = AccessDenied(
+                f'this database service does not serve "{identity.route.service_name}"'  # type: ignore[union-attr]
+            )
+            self._refuse(conn, auditor, err)
+            return
+        assert isinstance(packet, StartupMessage)
+        try:
+            await self._authorize(identity, served.resource)
+            upstream = await self._connect(identity, served, packet)
+        except PteleportError as err:
+            self._refuse(conn, auditor, err)
+            return
+        our_pid = secrets.randbelow(2**31 - 1) + 1
+        our_secret = secrets.token_bytes(4)
+        host, port = split_uri(served.resource["spec"]["uri"])
+        session = _Session(auditor.sid, identity, host, port, upstream.tls, upstream.conn.backend_pid,
+                           upstream.conn.backend_secret)
+        self.deps.sessions[(our_pid, our_secret)] = session
+        hello = [authentication_ok()]
+        hello += [parameter_status(k, v) for k, v in upstream.conn.parameters.items()]
+        hello += [backend_key_data(our_pid, our_secret), ready_for_query(b"I")]
+        conn.write(b"".join(hello))
+        auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True,
+                     db_roles=list(identity.roles))
+        server_conn, leftover = attach_stream(upstream.conn.reader, upstream.conn.writer)
+        try:
+            reason = await splice(conn, server_conn, tap_a_to_b=auditor.tap(), b_leftover=leftover)
+            if isinstance(reason, BadParameter):
+                log.warning("session %s ended: %s", auditor.sid, reason)
+        finally:
+            self.deps.sessions.pop((our_pid, our_secret), None)
+            auditor.emit(ev.DB_SESSION_END, ev.DB_SESSION_END_CODE)
+
+    async def _read_startup(self, conn: Connection) -> Any:
+        for _ in range(3):
+            head = await asyncio.wait_for(conn.read_exactly(8), 30)
+            length = startup_packet_length(head)
+            packet = parse_startup_packet(head + await asyncio.wait_for(conn.read_exactly(length - 8), 30))
+            if isinstance(packet, SSLRequest | GSSENCRequest):
+                conn.write(b"N")  # the hop to us is already TLS
+                continue
+            return packet
+        raise BadParameter("too many negotiation requests")
+
+    def _refuse(self, conn: Connection, auditor: _Auditor, err: PteleportError) -> None:
+        log.info("refused %s: %s", auditor.base["user"], err.message)
+        auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_FAILURE_CODE, success=False, error=err.message)
+        conn.write(error_response(err.message, sqlstate_for(err)))
+
+    async def _authorize(self, identity: Identity, db: dict) -> None:
+        roles = await self.deps.roles(list(identity.roles))
+        checker = AccessChecker(roles, identity.traits)
+        route = identity.route
+        assert route is not None
+        checker.check_db_access(db["metadata"]["name"], db["metadata"].get("labels", {}), route.username,
+                                route.database)
+
+    async def _connect(self, identity: Identity, served: ServedDatabase, startup: StartupMessage) -> Any:
+        route = identity.route
+        assert route is not None
+        host, port = split_uri(served.resource["spec"]["uri"])
+        creds = self.deps.credentials
+        tls = await creds.tls_for(served.resource, served.local)
+        tls, password = await creds.secret_for(served.resource, served.local, route.username, tls)
+        params = {k: v for k, v in startup.params.items() if k not in DROPPED_STARTUP_PARAMS}
+        conn = await connect_upstream(host, port, route.username, route.database, tls, password=password,
+                                      startup_params=params)
+        return _Upstream(conn, tls)
+
+    async def _cancel(self, identity: Identity, request: CancelRequest) -> None:
+        session = self.deps.sessions.get((request.pid, bytes(request.secret)))
+        if session is None:
+            return
+        if session.identity.username != identity.username:
+            log.warning("%s tried to cancel a query of %s; ignored", identity.username, session.identity.username)
+            return
+        try:
+            await send_cancel(session.upstream_host, session.upstream_port, session.tls, session.backend_pid,
+                              session.backend_secret)
+        except PteleportError as err:
+            log.warning("cancel for session %s failed: %s", session.sid, err.message)
+
+
+@dataclass
+class _Upstream:
+    conn: Any
+    tls: UpstreamTLS

@@ -1,0 +1,171 @@
+"""The database service (agent): joins, dials the proxy, heartbeats, serves sessions.
+
+It serves the databases of its config file plus the dynamic ``db`` resources its
+``db_service.resources`` label matchers select, and re-reads roles and resources from
+auth every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from common.client import AsyncClusterClient, ClusterCredentials
+from common.identity import identity_from_pem
+from common.relay import Connection
+from common.tls import ALPN_TUNNEL, client_context, load_certs
+from pteleport.config import Config, DatabaseConfig
+from pteleport.dbagent.audit_shipper import AuditShipper
+from pteleport.dbagent.credentials import Credentials, LocalSettings
+from pteleport.dbagent.engine import EngineDeps, PostgresEngine, ServedDatabase
+from pteleport.dbagent.join import join
+from pteleport.rbac.matchers import match_labels
+from pteleport.rbac.role import parse_role
+from pteleport.tunnel.agent import TunnelAgent
+from pteleport.tunnel.protocol import read_message
+
+log = logging.getLogger("pteleport.dbagent")
+REFRESH_EVERY = 5.0  # resources re-read and heartbeat sent (auth keeps them 60 s)
+ROLE_CACHE_SECONDS = 5.0
+
+
+def static_resource(db: DatabaseConfig) -> ServedDatabase:
+    labels = dict(db.static_labels)
+    labels["teleport.dev/origin"] = "config"
+    spec: dict[str, Any] = {"protocol": db.protocol, "uri": db.uri, "tls": {"mode": db.tls.mode}}
+    if db.tls.server_name:
+        spec["tls"]["server_name"] = db.tls.server_name
+    if db.tls.ca_cert:
+        spec["tls"]["ca_cert"] = db.tls.ca_cert
+    aws = {k: v for k, v in db.aws.model_dump().items() if v}
+    if aws:
+        spec["aws"] = aws
+    resource = {"kind": "db", "version": "v3",
+                "metadata": {"name": db.name, "description": db.description, "labels": labels}, "spec": spec}
+    return ServedDatabase(resource, LocalSettings(db.tls.ca_cert_file, db.password_file))
+
+
+class DatabaseAgent:
+    def __init__(self, config: Config, clock: Callable[[], datetime]) -> None:
+        self.config = config
+        self.clock = clock
+        self.static = {db.name: static_resource(db) for db in config.db_service.databases}
+        self.dynamic: dict[str, ServedDatabase] = {}
+        self._roles: dict[str, tuple[float, Any]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.client: AsyncClusterClient | None = None
+        self.tunnel: TunnelAgent | None = None
+
+    def databases(self) -> dict[str, ServedDatabase]:
+        return {**self.dynamic, **self.static}
+
+    async def run(self) -> None:
+        cfg = self.config
+        proxy = cfg.teleport.proxy_server or cfg.teleport.auth_server
+        if not proxy:
+            from common.errors import BadParameter
+
+            raise BadParameter("teleport.proxy_server is required for the database service (the proxy HOST:PORT)")
+        ident = await asyncio.to_thread(join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins,
+                                        cfg.teleport.nodename)
+        cas = load_certs(ident.cas)
+        self.host_ca_pem = ident.cas.split(b"-----END CERTIFICATE-----", 1)[0] + b"-----END CERTIFICATE-----\n"
+        self.user_cas = [c for c in cas if "user CA" in c.subject.rfc4514_string()]
+        host_identity = identity_from_pem(ident.cert)
+        self.server_id = host_identity.username
+        self.cluster = ident.cluster
+        creds = ClusterCredentials(ident.cert, ident.key, self.host_ca_pem)
+        self.client = AsyncClusterClient(proxy, creds)
+        self.shipper = AuditShipper(self.client)
+        engine = PostgresEngine(EngineDeps(
+            cluster_name=lambda: self.cluster,
+            server_id=self.server_id,
+            hostname=cfg.teleport.nodename or socket.gethostname(),
+            user_ca=lambda: self.user_cas,
+            database=lambda name: self.databases().get(name),
+            roles=self.roles,
+            credentials=Credentials(self.client, cfg.data_dir),
+            emit=self.shipper.emit,
+            clock=self.clock,
+        ))
+
+        async def on_session(conn: Connection) -> None:
+            header = await asyncio.wait_for(read_message(conn), 30)
+            if header.get("type") == "session":
+                await engine.handle(conn, header)
+
+        host, _, port = proxy.rpartition(":")
+        ctx = client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
+        self.tunnel = TunnelAgent(host.strip("[]"), int(port), ctx, cfg.teleport.nodename,
+                                  lambda: sorted(self.databases()), on_session)
+        await self._refresh_dynamic()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.tunnel.run()),
+            loop.create_task(self.shipper.run()),
+            loop.create_task(self._heartbeats()),
+        ]
+        log.info("database service %s serving %s", self.server_id, sorted(self.databases()) or "nothing yet")
+        await asyncio.gather(*self._tasks)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.tunnel is not None:
+            await self.tunnel.stop()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.shipper.flush()
+            with contextlib.suppress(Exception):
+                await self.client.post("/v1/agents/heartbeat", {"hostname": self.config.teleport.nodename,
+                                                                "databases": []})
+            await self.client.aclose()
+
+    async def roles(self, names: list[str]) -> list[Any]:
+        """Role definitions, fresh within a few seconds (changes apply to new sessions)."""
+        now = time.monotonic()
+        missing = [n for n in names if n not in self._roles or now - self._roles[n][0] > ROLE_CACHE_SECONDS]
+        if missing:
+            assert self.client is not None
+            docs = await self.client.get("/v1/resources/role")
+            fresh = {d["metadata"]["name"]: parse_role(d) for d in docs}
+            self._roles = {name: (now, role) for name, role in fresh.items()}
+        return [self._roles[n][1] for n in names if n in self._roles]
+
+    async def _refresh_dynamic(self) -> None:
+        matchers = self.config.db_service.resources
+        if not matchers or self.client is None:
+            return
+        try:
+            docs = await self.client.get("/v1/resources/db")
+        except Exception as exc:
+            log.warning("could not read database resources: %s", exc)
+            return
+        served = {}
+        for doc in docs:
+            labels = doc["metadata"].get("labels", {})
+            for matcher in matchers:
+                selector = {k: v if isinstance(v, list) else [v] for k, v in matcher.labels.items()}
+                if match_labels(selector, labels):
+                    served[doc["metadata"]["name"]] = ServedDatabase(doc, LocalSettings())
+                    break
+        self.dynamic = served
+
+    async def _heartbeats(self) -> None:
+        assert self.client is not None
+        while True:
+            await self._refresh_dynamic()
+            try:
+                await self.client.post("/v1/agents/heartbeat", {
+                    "hostname": self.config.teleport.nodename,
+                    "databases": [d.resource for d in self.databases().values()],
+                })
+            except Exception as exc:
+                log.warning("heartbeat to auth failed: %s", exc)
+            await asyncio.sleep(REFRESH_EVERY)

@@ -1,0 +1,221 @@
+"""Composition root: builds every object from the config and runs the enabled services.
+
+Concrete choices (SQLite or PostgreSQL backend, which audit log, the clock) are made
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from common.durations import parse_duration
+from common.errors import BadParameter
+from common.identity_file import IdentityFile, render, write_private
+from common.tls import generate_private_key, private_key_pem
+from pteleport.config import Config
+
+log = logging.getLogger("pteleport")
+
+ADMIN_IDENTITY = "admin-identity.pem"
+PROCESS_FILE = "process.json"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def split_addr(addr: str, default_port: int = 3080) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        return addr, default_port
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BadParameter(f'"{addr}" is not HOST:PORT')
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+def _open_storage(config: Config):  # type: ignore[no-untyped-def]
+    storage = config.teleport.storage
+    data_dir = config.data_dir
+    if storage.type == "postgresql":
+        from pteleport.audit.log import PostgresAuditLog
+        from pteleport.storage.postgres import PostgresBackend
+
+        if not storage.conn_string:
+            raise BadParameter("teleport.storage.conn_string is required for the postgresql backend")
+        return PostgresBackend(storage.conn_string, clock=utc_now), PostgresAuditLog(storage.conn_string)
+    if storage.type == "memory":
+        from pteleport.audit.log import MemoryAuditLog
+        from pteleport.storage.memory import MemoryBackend
+
+        return MemoryBackend(clock=utc_now), MemoryAuditLog()
+    from pteleport.audit.log import SQLiteAuditLog
+    from pteleport.storage.sqlite import SQLiteBackend
+
+    path = storage.path or str(data_dir / "backend" / "sqlite.db")
+    return SQLiteBackend(path, clock=utc_now), SQLiteAuditLog(str(data_dir / "log" / "events.db"))
+
+
+class Process:
+    """One running pteleport: auth + proxy, and/or a database service."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stopping = asyncio.Event()
+        self.listen_port = 0
+        self._closers: list = []
+
+    async def run(self) -> None:
+        data_dir = self.config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        tasks = []
+        if self.config.auth_service.enabled or self.config.proxy_service.enabled:
+            await self._start_cluster()
+        if self.config.db_service.enabled:
+            from pteleport.dbagent.service import DatabaseAgent
+
+            agent = DatabaseAgent(self.config, clock=utc_now)
+            tasks.append(loop.create_task(agent.run()))
+            self._closers.append(agent.stop)
+        log.info("pteleport is running; press Ctrl+C or send SIGTERM to stop")
+        stop = loop.create_task(self.stopping.wait())
+        await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        log.info("stopping")
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _start_cluster(self) -> None:
+        from aiohttp import web
+
+        from pteleport.api.app import ProxyInfo, build_app
+        from pteleport.auth.context import AuthSettings
+        from pteleport.auth.server import AuthServer
+        from pteleport.ca.authority import self_signed_web_cert
+        from pteleport.proxy.listener import PublicListener, build_contexts
+        from pteleport.proxy.server import ProxyServer
+        from pteleport.tunnel.server import TunnelServer
+
+        cfg = self.config
+        if not (cfg.auth_service.enabled and cfg.proxy_service.enabled):
+            raise BadParameter(
+                "auth_service and proxy_service run together in one process; enable both (or neither)"
+            )
+        data_dir = cfg.data_dir
+        backend, audit = _open_storage(cfg)
+        self._closers.append(_async(backend.close))
+        host, port = split_addr(cfg.proxy_service.web_listen_addr)
+        public = cfg.proxy_service.public_addrs[0] if cfg.proxy_service.public_addrs else None
+        public_addr = public or f"{_public_host(host)}:{port}"
+        settings = AuthSettings(
+            cluster_name=cfg.auth_service.cluster_name or cfg.teleport.nodename,
+            public_addr=public_addr,
+            second_factor=cfg.auth_service.authentication.second_factor,
+            max_attempts=cfg.auth_service.lockout.max_attempts,
+            lockout=parse_duration(cfg.auth_service.lockout.lockout_duration),
+            audit_retention=parse_duration(cfg.auth_service.audit.retention),
+            static_tokens=cfg.auth_service.tokens,
+        )
+        auth = AuthServer(backend, audit, utc_now, settings)
+        await asyncio.to_thread(auth.init_cluster)
+        self.auth = auth
+        now = utc_now()
+        # Web certificate: configured, or self-signed and kept in the data dir.
+        if cfg.proxy_service.https_keypairs:
+            pair = cfg.proxy_service.https_keypairs[0]
+            try:
+                web_cert = Path(pair.cert_file).read_bytes()
+                web_key = Path(pair.key_file).read_bytes()
+            except OSError as exc:
+                raise BadParameter(f"cannot read the web certificate or key: {exc}") from None
+        else:
+            web_cert, web_key = _self_signed(data_dir, [_public_host(host), "localhost", "127.0.0.1",
+                                                        public_addr.rsplit(":", 1)[0]], now,
+                                             self_signed_web_cert)
+        host_key = generate_private_key()
+        names = sorted({public_addr.rsplit(":", 1)[0], "localhost", "127.0.0.1", _public_host(host)})
+        host_cert = auth.certs.sign_host(f"proxy-{cfg.teleport.nodename}", "Proxy", host_key.public_key(), names)
+        client_cas = auth.ctx.ca_bundle("user", "host")
+        ssl_ctx = build_contexts(web_cert, web_key, host_cert, private_key_pem(host_key), client_cas)
+
+        tunnel = TunnelServer()
+        proxy = ProxyServer(tunnel, lambda t: auth.ctx.ca(t).cert, utc_now)
+        app = build_app(auth, ProxyInfo(public_addr))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._closers.append(runner.cleanup)
+        listener = PublicListener(ssl_ctx, runner.server, proxy.handle_postgres, proxy.handle_tunnel)  # type: ignore[arg-type]
+        self.listen_port = await listener.start(host, port)
+        self._closers.append(listener.stop)
+        actual = f"{host}:{self.listen_port}"
+        if port == 0:
+            auth.ctx.settings.public_addr = public or f"{_public_host(host)}:{self.listen_port}"
+        self._write_admin_identity(auth, actual)
+        loop = asyncio.get_running_loop()
+        prune = loop.create_task(_prune_audit(audit, settings.audit_retention))
+        self._closers.append(_async(prune.cancel))
+        log.info("cluster %s: proxy listening on %s (public address %s)", auth.cluster_name, actual,
+                 auth.ctx.settings.public_addr)
+        print(f"pteleport: cluster {auth.cluster_name} is listening on https://{actual}", flush=True)
+
+    def _write_admin_identity(self, auth, listen_addr: str) -> None:  # type: ignore[no-untyped-def]
+        """pctl on this host reads this file (0600) to act as the cluster admin."""
+        key = generate_private_key()
+        cert = auth.admin_identity_cert(key.public_key())
+        host, port = split_addr(listen_addr)
+        addr = f"{_public_host(host)}:{port}"
+        cas = auth.ctx.ca_bundle("host", "user", "db")
+        data_dir = self.config.data_dir
+        write_private(data_dir / ADMIN_IDENTITY,
+                      render(IdentityFile(private_key_pem(key), cert, cas, addr, auth.cluster_name)))
+        write_private(data_dir / PROCESS_FILE, json.dumps(
+            {"pid": os.getpid(), "proxy": addr, "public_addr": auth.ctx.settings.public_addr,
+             "cluster_name": auth.cluster_name}).encode())
+
+
+def _public_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):  # noqa: S104
+        return socket.gethostname() if host else "localhost"
+    return host
+
+
+def _self_signed(data_dir: Path, hosts: list[str], now: datetime, make) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+    cert_path, key_path = data_dir / "webproxy_cert.pem", data_dir / "webproxy_key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path.read_bytes(), key_path.read_bytes()
+    cert, key = make(sorted(set(hosts)), now)
+    write_private(key_path, key)
+    write_private(cert_path, cert)
+    return cert, key
+
+
+def _async(fn):  # type: ignore[no-untyped-def]
+    async def call() -> None:
+        fn()
+
+    return call
+
+
+async def _prune_audit(audit, retention: timedelta) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        try:
+            await asyncio.to_thread(audit.prune, utc_now() - retention)
+        except Exception:
+            log.exception("pruning the audit log failed")
+        await asyncio.sleep(3600)

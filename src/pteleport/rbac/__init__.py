@@ -1,0 +1,1 @@
+"""Roles, matchers and the access checker (pure: no I/O)."""

@@ -1,0 +1,1 @@
+"""Backend interface and its implementations (SQLite, PostgreSQL, memory)."""

@@ -1,0 +1,119 @@
+"""Agent end of the reverse tunnel: dial out to the proxy, stay connected, answer dials.
+
+States: connecting -> connected -> (lost) -> waiting (backoff with jitter) -> connecting.
+The dialer and the sleep function are injected so tests can drive reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+
+from common.relay import Connection
+from common.tls import INTERNAL_SNI
+from pteleport.tunnel.protocol import encode, read_message
+
+log = logging.getLogger("pteleport.tunnel.agent")
+
+HEARTBEAT_EVERY = 10.0
+BACKOFF_MIN = 0.25
+BACKOFF_MAX = 10.0
+
+
+async def dial_tls(host: str, port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> Connection:
+    loop = asyncio.get_running_loop()
+    _transport, conn = await asyncio.wait_for(
+        loop.create_connection(Connection, host, port, ssl=ctx, server_hostname=INTERNAL_SNI,
+                               ssl_handshake_timeout=timeout),
+        timeout,
+    )
+    return conn
+
+
+class TunnelAgent:
+    def __init__(
+        self,
+        proxy_host: str,
+        proxy_port: int,
+        ssl_context: ssl.SSLContext,
+        hostname: str,
+        databases: Callable[[], list[str]],
+        on_session: Callable[[Connection], Awaitable[None]],
+    ) -> None:
+        self.proxy_host = proxy_host
+        self.proxy_port = proxy_port
+        self.ssl_context = ssl_context
+        self.hostname = hostname
+        self.databases = databases
+        self.on_session = on_session
+        self.state = "connecting"
+        self.connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            self.state = "connecting"
+            try:
+                control = await dial_tls(self.proxy_host, self.proxy_port, self.ssl_context)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                self.state = "waiting"
+                log.warning("cannot reach the proxy at %s:%s (%s); retrying in %.1fs",
+                            self.proxy_host, self.proxy_port, exc, backoff)
+                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            self.state = "connected"
+            self.connected.set()
+            log.info("connected to the proxy at %s:%s", self.proxy_host, self.proxy_port)
+            await self._serve(control)
+            self.connected.clear()
+            self.state = "waiting"
+            log.warning("lost the connection to the proxy; reconnecting")
+            await asyncio.sleep(BACKOFF_MIN * (0.5 + random.random()))  # noqa: S311
+
+    async def _serve(self, control: Connection) -> None:
+        control.write(encode({"type": "hello", "hostname": self.hostname, "databases": self.databases()}))
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(control))
+        try:
+            while True:
+                message = await read_message(control)
+                if message["type"] == "dial":
+                    self._spawn(self._open_data(str(message["dial_id"])))
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            beat.cancel()
+            control.close()
+
+    async def _heartbeat(self, control: Connection) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            control.write(encode({"type": "heartbeat", "databases": self.databases()}))
+
+    async def _open_data(self, dial_id: str) -> None:
+        try:
+            conn = await dial_tls(self.proxy_host, self.proxy_port, self.ssl_context)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.warning("could not open a session link to the proxy: %s", exc)
+            return
+        conn.write(encode({"type": "data", "dial_id": dial_id}))
+        try:
+            await self.on_session(conn)
+        except Exception:
+            log.exception("session failed")
+        finally:
+            conn.close()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()

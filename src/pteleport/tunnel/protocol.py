@@ -1,0 +1,28 @@
+"""Messages on the reverse tunnel: one JSON object per line, then (for data links) raw bytes.
+
+An agent keeps one *control* link open: it sends ``hello`` (the databases it serves) and
+``heartbeat`` lines; the proxy sends ``dial`` lines. For each dial the agent opens a new
+*data* link that starts with a ``data`` line naming the dial id; after that the link is
+one database session's bytes, preceded by one ``session`` line from the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from common.relay import Connection
+
+MAX_LINE = 256 * 1024
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+async def read_message(conn: Connection) -> dict[str, Any]:
+    line = await conn.read_line(MAX_LINE)
+    message = json.loads(line)
+    if not isinstance(message, dict) or "type" not in message:
+        raise ValueError("tunnel message without a type")
+    return message
