@@ -170,7 +170,7 @@ class PgServer:
         as_root = os.geteuid() == 0
         parent = Path(base_dir) if base_dir is not None else Path(tempfile.gettempdir())
         if as_root and not _traversable_by_others(parent):
-            parent = Path("/tmp")  # noqa: S108 - the server user must reach the directory
+            parent = Path("/tmp")
         root = Path(tempfile.mkdtemp(prefix="pteleport-pg-", dir=parent))
         os.chmod(root, 0o755)
         server = cls(root, _free_port(), as_root)

@@ -61,7 +61,5 @@ def test_ca_pin_is_sha256_of_the_subject_public_key_info():
 
     ca = new_authority("host", "c", NOW)
     cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert ca_pin(cert) == "sha256:" + hashlib.sha256(spki).hexdigest()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, NoReturn
 
 import typer
@@ -17,13 +17,13 @@ import typer
 from common.errors import EXIT_USAGE, PteleportError, UsageError, exit_code_for
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     text = "text"
     json = "json"
     yaml = "yaml"
 
 
-class DataFormat(str, Enum):
+class DataFormat(StrEnum):
     yaml = "yaml"
     json = "json"
     text = "text"
@@ -121,8 +121,10 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
+
     def line(cells: list[str]) -> str:
         return " ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)

@@ -80,8 +80,15 @@ def _network_error(addr: str, exc: Exception) -> PteleportError:
 class ClusterClient:
     """Synchronous API client (the CLIs)."""
 
-    def __init__(self, addr: str, *, creds: ClusterCredentials | None = None, insecure: bool = False,
-                 ca_file: str | None = None, timeout: httpx.Timeout = TIMEOUT) -> None:
+    def __init__(
+        self,
+        addr: str,
+        *,
+        creds: ClusterCredentials | None = None,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        timeout: httpx.Timeout = TIMEOUT,
+    ) -> None:
         self.addr = normalize_addr(addr)
         self.creds = creds
         if creds is not None:

@@ -79,7 +79,7 @@ def load(path: str | Path, warn: callable | None = None) -> IdentityFile:  # typ
         data = path.read_bytes()
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise NotLoggedIn(f"identity file {path} does not exist; create one with \"pctl auth sign\"") from None
+        raise NotLoggedIn(f'identity file {path} does not exist; create one with "pctl auth sign"') from None
     except PermissionError:
         raise NotLoggedIn(f"identity file {path} cannot be read by this user; check its owner and mode") from None
     if warn is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -140,8 +140,9 @@ class Connection(asyncio.Protocol):
 class _Pipe(asyncio.Protocol):
     """Reads from one transport and writes every chunk to the peer transport."""
 
-    def __init__(self, peer: asyncio.Transport, done: asyncio.Future[None],
-                 tap: Callable[[bytes], None] | None) -> None:
+    def __init__(
+        self, peer: asyncio.Transport, done: asyncio.Future[None], tap: Callable[[bytes], None] | None
+    ) -> None:
         self.peer = peer
         self.done = done
         self.tap = tap
@@ -181,8 +182,9 @@ class _Pipe(asyncio.Protocol):
             self.done.set_result(exc)  # type: ignore[arg-type]
 
 
-async def splice(a: Connection, b: Connection, tap_a_to_b: Callable[[bytes], None] | None = None,
-                 b_leftover: bytes = b"") -> Exception | None:
+async def splice(
+    a: Connection, b: Connection, tap_a_to_b: Callable[[bytes], None] | None = None, b_leftover: bytes = b""
+) -> Exception | None:
     """Relay a <-> b until either side closes; returns the error that ended it, if any.
 
     ``tap_a_to_b`` sees every chunk going from a to b (the agent parses queries there);

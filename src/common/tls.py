@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from common.errors import BadParameter, NotLoggedIn
@@ -44,9 +44,7 @@ def private_key_pem(key: PrivateKey) -> bytes:
 
 
 def public_key_pem(key: PrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_private_key(pem: bytes) -> PrivateKey:
@@ -84,9 +82,7 @@ def ca_pin(cert: x509.Certificate | bytes) -> str:
     """``sha256:<hex>`` of the certificate's DER SubjectPublicKeyInfo (Teleport's CA pin)."""
     if isinstance(cert, bytes):
         cert = load_cert(cert)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 

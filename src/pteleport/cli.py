@@ -40,9 +40,13 @@ def version() -> None:
 
 @app.command()
 def start(
-    config: Annotated[str | None, typer.Option("--config", "-c", help="YAML config file (teleport.yaml shape).")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="YAML config file (teleport.yaml shape).")
+    ] = None,
     data_dir: Annotated[str | None, typer.Option("--data-dir", help="Where the cluster keeps its state.")] = None,
-    listen: Annotated[str | None, typer.Option("--listen", help="Proxy listen address (default 127.0.0.1:3080).")] = None,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="Proxy listen address (default 127.0.0.1:3080).")
+    ] = None,
     public_addr: Annotated[str | None, typer.Option("--public-addr", help="Address users and agents reach.")] = None,
     cert_file: Annotated[str | None, typer.Option("--cert-file", help="Web TLS certificate (PEM).")] = None,
     key_file: Annotated[str | None, typer.Option("--key-file", help="Web TLS key (PEM).")] = None,
@@ -52,8 +56,16 @@ def start(
     """Start pteleport: auth + proxy with no config, or the services a config file enables."""
     from pteleport.startup import run_start
 
-    run_start(config, data_dir=data_dir, listen=listen, public_addr=public_addr, cert_file=cert_file,
-              key_file=key_file, cluster_name=cluster_name, second_factor=second_factor)
+    run_start(
+        config,
+        data_dir=data_dir,
+        listen=listen,
+        public_addr=public_addr,
+        cert_file=cert_file,
+        key_file=key_file,
+        cluster_name=cluster_name,
+        second_factor=second_factor,
+    )
 
 
 @db_app.command("start")
@@ -77,17 +89,29 @@ def db_start(
     from pteleport.dbconfig import agent_config_dict
     from pteleport.startup import run_config_dict
 
-    doc = agent_config_dict(token=token, proxy=proxy, name=name, uri=uri, protocol=protocol,
-                            ca_pins=ca_pin or [], labels=labels, description=description,
-                            aws_region=aws_region, ca_cert_file=ca_cert_file, tls_mode=tls_mode,
-                            password_file=password_file, data_dir=data_dir, nodename=nodename)
+    doc = agent_config_dict(
+        token=token,
+        proxy=proxy,
+        name=name,
+        uri=uri,
+        protocol=protocol,
+        ca_pins=ca_pin or [],
+        labels=labels,
+        description=description,
+        aws_region=aws_region,
+        ca_cert_file=ca_cert_file,
+        tls_mode=tls_mode,
+        password_file=password_file,
+        data_dir=data_dir,
+        nodename=nodename,
+    )
     run_config_dict(doc)
 
 
 @db_configure.command("create")
 def db_configure_create(
-    token: Annotated[str, typer.Option("--token", help="Join token (value or a file holding it).")] = "/tmp/token",  # noqa: S108
-    proxy: Annotated[str, typer.Option("--proxy", help="Proxy address HOST:PORT.")] = "0.0.0.0:3080",  # noqa: S104
+    token: Annotated[str, typer.Option("--token", help="Join token (value or a file holding it).")] = "/tmp/token",  # noqa: S107, S108
+    proxy: Annotated[str, typer.Option("--proxy", help="Proxy address HOST:PORT.")] = "0.0.0.0:3080",
     ca_pin: Annotated[list[str] | None, typer.Option("--ca-pin", help="sha256:... (repeatable).")] = None,
     name: Annotated[str | None, typer.Option("--name")] = None,
     protocol: Annotated[str, typer.Option("--protocol")] = "postgres",
@@ -101,16 +125,30 @@ def db_configure_create(
     dynamic_resources_labels: Annotated[str, typer.Option("--dynamic-resources-labels")] = "",
     data_dir: Annotated[str | None, typer.Option("--data-dir")] = None,
     nodename: Annotated[str | None, typer.Option("--nodename")] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="stdout, file (default path) or file:///PATH")] = "stdout",
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="stdout, file (default path) or file:///PATH")
+    ] = "stdout",
 ) -> None:
     """Write a database service config (then run: pteleport start -c FILE)."""
     from pteleport.dbconfig import agent_config_dict, render_config, write_output
 
-    doc = agent_config_dict(token=token, proxy=proxy, name=name, uri=uri, protocol=protocol,
-                            ca_pins=ca_pin or [], labels=labels, description=description,
-                            aws_region=aws_region, ca_cert_file=ca_cert_file, tls_mode=tls_mode,
-                            password_file=password_file, data_dir=data_dir, nodename=nodename,
-                            resource_labels=dynamic_resources_labels)
+    doc = agent_config_dict(
+        token=token,
+        proxy=proxy,
+        name=name,
+        uri=uri,
+        protocol=protocol,
+        ca_pins=ca_pin or [],
+        labels=labels,
+        description=description,
+        aws_region=aws_region,
+        ca_cert_file=ca_cert_file,
+        tls_mode=tls_mode,
+        password_file=password_file,
+        data_dir=data_dir,
+        nodename=nodename,
+        resource_labels=dynamic_resources_labels,
+    )
     write_output(render_config(doc), output)
 
 

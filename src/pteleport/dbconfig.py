@@ -37,10 +37,24 @@ def read_token(value: str) -> str:
     return value
 
 
-def agent_config_dict(*, token: str, proxy: str, name: str | None, uri: str | None, protocol: str,
-                      ca_pins: list[str], labels: str, description: str, aws_region: str | None,
-                      ca_cert_file: str | None, tls_mode: str, password_file: str | None,
-                      data_dir: str | None, nodename: str | None, resource_labels: str = "") -> dict[str, Any]:
+def agent_config_dict(
+    *,
+    token: str,
+    proxy: str,
+    name: str | None,
+    uri: str | None,
+    protocol: str,
+    ca_pins: list[str],
+    labels: str,
+    description: str,
+    aws_region: str | None,
+    ca_cert_file: str | None,
+    tls_mode: str,
+    password_file: str | None,
+    data_dir: str | None,
+    nodename: str | None,
+    resource_labels: str = "",
+) -> dict[str, Any]:
     for pin in ca_pins:
         if not pin.startswith("sha256:"):
             raise BadParameter(f'--ca-pin "{pin}" must start with sha256: (copy it from "pctl status")')
@@ -107,5 +121,7 @@ def write_output(text: str, output: str) -> None:
         raise BadParameter('--output must be "stdout", "file" or "file:///PATH"')
     # The file holds the join token: keep it private.
     write_private(path, text.encode())
-    print(f"Wrote config to file {path!r}. Now you can start the server:\n\n  pteleport start --config={path}",
-          file=sys.stderr)
+    print(
+        f"Wrote config to file {path!r}. Now you can start the server:\n\n  pteleport start --config={path}",
+        file=sys.stderr,
+    )

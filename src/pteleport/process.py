@@ -38,7 +38,7 @@ def split_addr(addr: str, default_port: int = 3080) -> tuple[str, int]:
         return addr, default_port
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise BadParameter(f'"{addr}" is not HOST:PORT')
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _open_storage(config: Config):  # type: ignore[no-untyped-def]
@@ -114,9 +114,7 @@ class Process:
 
         cfg = self.config
         if not (cfg.auth_service.enabled and cfg.proxy_service.enabled):
-            raise BadParameter(
-                "auth_service and proxy_service run together in one process; enable both (or neither)"
-            )
+            raise BadParameter("auth_service and proxy_service run together in one process; enable both (or neither)")
         data_dir = cfg.data_dir
         backend, audit = _open_storage(cfg)
         self._closers.append(_async(backend.close))
@@ -145,9 +143,12 @@ class Process:
             except OSError as exc:
                 raise BadParameter(f"cannot read the web certificate or key: {exc}") from None
         else:
-            web_cert, web_key = _self_signed(data_dir, [_public_host(host), "localhost", "127.0.0.1",
-                                                        public_addr.rsplit(":", 1)[0]], now,
-                                             self_signed_web_cert)
+            web_cert, web_key = _self_signed(
+                data_dir,
+                [_public_host(host), "localhost", "127.0.0.1", public_addr.rsplit(":", 1)[0]],
+                now,
+                self_signed_web_cert,
+            )
         host_key = generate_private_key()
         names = sorted({public_addr.rsplit(":", 1)[0], "localhost", "127.0.0.1", _public_host(host)})
         host_cert = auth.certs.sign_host(f"proxy-{cfg.teleport.nodename}", "Proxy", host_key.public_key(), names)
@@ -170,8 +171,12 @@ class Process:
         loop = asyncio.get_running_loop()
         prune = loop.create_task(_prune_audit(audit, settings.audit_retention))
         self._closers.append(_async(prune.cancel))
-        log.info("cluster %s: proxy listening on %s (public address %s)", auth.cluster_name, actual,
-                 auth.ctx.settings.public_addr)
+        log.info(
+            "cluster %s: proxy listening on %s (public address %s)",
+            auth.cluster_name,
+            actual,
+            auth.ctx.settings.public_addr,
+        )
         print(f"pteleport: cluster {auth.cluster_name} is listening on https://{actual}", flush=True)
 
     def _write_admin_identity(self, auth, listen_addr: str) -> None:  # type: ignore[no-untyped-def]
@@ -182,15 +187,24 @@ class Process:
         addr = f"{_public_host(host)}:{port}"
         cas = auth.ctx.ca_bundle("host", "user", "db")
         data_dir = self.config.data_dir
-        write_private(data_dir / ADMIN_IDENTITY,
-                      render(IdentityFile(private_key_pem(key), cert, cas, addr, auth.cluster_name)))
-        write_private(data_dir / PROCESS_FILE, json.dumps(
-            {"pid": os.getpid(), "proxy": addr, "public_addr": auth.ctx.settings.public_addr,
-             "cluster_name": auth.cluster_name}).encode())
+        write_private(
+            data_dir / ADMIN_IDENTITY, render(IdentityFile(private_key_pem(key), cert, cas, addr, auth.cluster_name))
+        )
+        write_private(
+            data_dir / PROCESS_FILE,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "proxy": addr,
+                    "public_addr": auth.ctx.settings.public_addr,
+                    "cluster_name": auth.cluster_name,
+                }
+            ).encode(),
+        )
 
 
 def _public_host(host: str) -> str:
-    if host in ("0.0.0.0", "", "::"):  # noqa: S104
+    if host in ("0.0.0.0", "", "::"):
         return socket.gethostname() if host else "localhost"
     return host
 

@@ -54,9 +54,17 @@ def run_config_dict(doc: dict) -> None:
     _run(parse_config(doc, "flags"))
 
 
-def _apply_flags(config: Config, *, data_dir: str | None, listen: str | None, public_addr: str | None,
-                 cert_file: str | None, key_file: str | None, cluster_name: str | None,
-                 second_factor: str | None) -> None:
+def _apply_flags(
+    config: Config,
+    *,
+    data_dir: str | None,
+    listen: str | None,
+    public_addr: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    cluster_name: str | None,
+    second_factor: str | None,
+) -> None:
     if data_dir:
         config.teleport.data_dir = data_dir
     if listen:

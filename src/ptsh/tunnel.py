@@ -30,8 +30,9 @@ MAX_STARTUP = 10000
 class CertSource:
     """Where the tunnel gets the current certificate; ``refresh`` may re-issue it."""
 
-    def __init__(self, cert: bytes, key: bytes, host_cas: bytes,
-                 refresh: Callable[[], tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self, cert: bytes, key: bytes, host_cas: bytes, refresh: Callable[[], tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.host_cas = host_cas
         self.refresh = refresh
         self._ctx = self._make(cert, key)
@@ -49,8 +50,9 @@ class CertSource:
 
 
 class LocalTunnel:
-    def __init__(self, proxy_host: str, proxy_port: int, certs: CertSource,
-                 on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, proxy_host: str, proxy_port: int, certs: CertSource, on_error: Callable[[str], None] | None = None
+    ) -> None:
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
         self.certs = certs
@@ -112,8 +114,14 @@ class LocalTunnel:
     async def _dial(self) -> Connection:
         loop = asyncio.get_running_loop()
         _transport, conn = await asyncio.wait_for(
-            loop.create_connection(Connection, self.proxy_host, self.proxy_port, ssl=self.certs.context(),
-                                   server_hostname=INTERNAL_SNI, ssl_handshake_timeout=15),
+            loop.create_connection(
+                Connection,
+                self.proxy_host,
+                self.proxy_port,
+                ssl=self.certs.context(),
+                server_hostname=INTERNAL_SNI,
+                ssl_handshake_timeout=15,
+            ),
             20,
         )
         return conn

@@ -57,17 +57,19 @@ def _me(request: web.Request) -> Identity:
 async def ping(request: web.Request) -> web.Response:
     auth = _auth(request)
     info = request.app[INFO]
-    return web.json_response({
-        "cluster_name": auth.cluster_name,
-        "server_version": __version__,
-        "min_client_version": "0.1.0",
-        "auth": {"type": "local", "second_factor": auth.ctx.settings.second_factor, "local": {"name": ""}},
-        "proxy": {
-            "tls_routing_enabled": True,
-            "ssh": {"public_addr": info.public_addr, "web_listen_addr": info.public_addr},
-            "db": {"postgres_public_addr": info.postgres_public_addr or ""},
-        },
-    })
+    return web.json_response(
+        {
+            "cluster_name": auth.cluster_name,
+            "server_version": __version__,
+            "min_client_version": "0.1.0",
+            "auth": {"type": "local", "second_factor": auth.ctx.settings.second_factor, "local": {"name": ""}},
+            "proxy": {
+                "tls_routing_enabled": True,
+                "ssh": {"public_addr": info.public_addr, "web_listen_addr": info.public_addr},
+                "db": {"postgres_public_addr": info.postgres_public_addr or ""},
+            },
+        }
+    )
 
 
 async def cas(request: web.Request) -> web.Response:
@@ -81,12 +83,14 @@ async def login(request: web.Request) -> web.Response:
     cert, identity = await auth.login.login(
         req.user, req.password, req.otp_token, req.public_key, _ttl(req.ttl_seconds), _remote(request)
     )
-    return web.json_response({
-        "cert": cert.decode(),
-        "cluster_name": auth.cluster_name,
-        "cas": auth.public_cas(),
-        "username": identity.username,
-    })
+    return web.json_response(
+        {
+            "cert": cert.decode(),
+            "cluster_name": auth.cluster_name,
+            "cas": auth.public_cas(),
+            "username": identity.username,
+        }
+    )
 
 
 async def invite_get(request: web.Request) -> web.Response:
@@ -122,8 +126,7 @@ async def tokens_add(request: web.Request) -> web.Response:
     req = await _body(request, models.TokenRequest)
     auth = _auth(request)
     doc = auth.tokens.add(_me(request), req.types, _ttl(req.ttl_seconds), req.value, req.labels)
-    return web.json_response({"token": doc, "ca_pin": auth.status()["ca_pin"],
-                              "proxy": request.app[INFO].public_addr})
+    return web.json_response({"token": doc, "ca_pin": auth.status()["ca_pin"], "proxy": request.app[INFO].public_addr})
 
 
 async def tokens_list(request: web.Request) -> web.Response:
@@ -187,17 +190,33 @@ async def database_cert(request: web.Request) -> web.Response:
     auth = _auth(request)
     me = _me(request)
     try:
-        cert, route = auth.certs.db_cert(me, req.public_key, req.database, req.db_user, req.db_name,
-                                         _ttl(req.ttl_seconds), auth.databases)
+        cert, route = auth.certs.db_cert(
+            me, req.public_key, req.database, req.db_user, req.db_name, _ttl(req.ttl_seconds), auth.databases
+        )
     except Exception as exc:
         from common.errors import AccessDenied
 
         if isinstance(exc, AccessDenied):
-            auth.ctx.emit("db.session.start", "TDB00W", user=me.username, db_service=req.database,
-                          db_user=req.db_user, db_name=req.db_name, success=False, error=exc.message)
+            auth.ctx.emit(
+                "db.session.start",
+                "TDB00W",
+                user=me.username,
+                db_service=req.database,
+                db_user=req.db_user,
+                db_name=req.db_name,
+                success=False,
+                error=exc.message,
+            )
         raise
-    return web.json_response({"cert": cert.decode(), "db_user": route.username, "db_name": route.database,
-                              "database": route.service_name, "protocol": route.protocol})
+    return web.json_response(
+        {
+            "cert": cert.decode(),
+            "db_user": route.username,
+            "db_name": route.database,
+            "database": route.service_name,
+            "protocol": route.protocol,
+        }
+    )
 
 
 async def user_cert(request: web.Request) -> web.Response:
@@ -207,13 +226,18 @@ async def user_cert(request: web.Request) -> web.Response:
     me = _me(request)
     auth.ctx.authorize(me, "user", "impersonate")
     doc = auth.user_record(req.user)
-    identity = Identity(username=req.user, roles=tuple(doc["spec"].get("roles", [])),
-                        traits=doc["spec"].get("traits", {}), impersonator=me.username)
+    identity = Identity(
+        username=req.user,
+        roles=tuple(doc["spec"].get("roles", [])),
+        traits=doc["spec"].get("traits", {}),
+        impersonator=me.username,
+    )
     ttl = auth.certs.capped_ttl(identity, _ttl(req.ttl_seconds))
     identity = Identity(**{**identity.__dict__, "expires": auth.ctx.clock() + ttl})
     if req.database:
-        cert, _route = auth.certs.db_cert(identity, req.public_key, req.database, req.db_user, req.db_name,
-                                          ttl, auth.databases)
+        cert, _route = auth.certs.db_cert(
+            identity, req.public_key, req.database, req.db_user, req.db_name, ttl, auth.databases
+        )
     else:
         cert = auth.certs.sign_user(identity, req.public_key, ttl)
     return web.json_response({"cert": cert.decode(), "cas": auth.public_cas(), "cluster_name": auth.cluster_name})
@@ -259,9 +283,12 @@ async def events_search(request: web.Request) -> web.Response:
         return datetime.fromisoformat(q[name]) if q.get(name) else None
 
     events = auth.ctx.audit.search(
-        from_time=when("from"), to_time=when("to"),
+        from_time=when("from"),
+        to_time=when("to"),
         event_types=q.getall("type") if "type" in q else None,
-        user=q.get("user"), sid=q.get("sid"), limit=min(int(q.get("limit", "500")), 10000),
+        user=q.get("user"),
+        sid=q.get("sid"),
+        limit=min(int(q.get("limit", "500")), 10000),
         order="desc" if q.get("order") == "desc" else "asc",
     )
     return web.json_response(events)

@@ -23,7 +23,7 @@ def caller(request: web.Request, auth: AuthServer) -> Identity:
     """The caller's identity, or NotLoggedIn with what to do."""
     cert = peer_certificate(request)
     if cert is None:
-        raise NotLoggedIn("this request needs a certificate; log in with \"ptsh login\" first")
+        raise NotLoggedIn('this request needs a certificate; log in with "ptsh login" first')
     identity = identity_from_cert(cert)
     ca = auth.ctx.ca("host" if identity.is_host else "user").cert
     verify_issued_by(cert, [ca], auth.ctx.clock())

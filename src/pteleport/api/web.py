@@ -26,9 +26,16 @@ code {{ word-break: break-all; font-size: .8rem; }} .error {{ color: #b42318; }}
 
 
 def _page(title: str, body: str, status: int = 200) -> web.Response:
-    return web.Response(text=_PAGE.format(title=html.escape(title), body=body), content_type="text/html",
-                        status=status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-                                                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'"})
+    return web.Response(
+        text=_PAGE.format(title=html.escape(title), body=body),
+        content_type="text/html",
+        status=status,
+        headers={
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
+        },
+    )
 
 
 def _qr_svg(uri: str) -> str:
@@ -51,14 +58,20 @@ def _form(auth: AuthServer, token: str, error: str = "") -> web.Response:
         parts.append(_qr_svg(details["otpauth_uri"]))
         parts.append(f"<p><code>{html.escape(details['otpauth_uri'])}</code></p>")
     parts.append('<form method="post">')
-    parts.append('<label for="password">New password</label>'
-                 '<input id="password" name="password" type="password" autocomplete="new-password" required minlength="8">')
-    parts.append('<label for="confirm">Confirm password</label>'
-                 '<input id="confirm" name="confirm" type="password" autocomplete="new-password" required minlength="8">')
+    parts.append(
+        '<label for="password">New password</label>'
+        '<input id="password" name="password" type="password" autocomplete="new-password" required minlength="8">'
+    )
+    parts.append(
+        '<label for="confirm">Confirm password</label>'
+        '<input id="confirm" name="confirm" type="password" autocomplete="new-password" required minlength="8">'
+    )
     if "otpauth_uri" in details:
-        parts.append('<label for="otp">Authenticator code</label>'
-                     '<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" required pattern="[0-9]{6}">')
-    parts.append("<button type=\"submit\">Set password</button></form>")
+        parts.append(
+            '<label for="otp">Authenticator code</label>'
+            '<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" required pattern="[0-9]{6}">'
+        )
+    parts.append('<button type="submit">Set password</button></form>')
     return _page(action, "".join(parts))
 
 
@@ -67,7 +80,9 @@ def add_web_routes(app: web.Application, auth: AuthServer) -> None:
         try:
             return _form(auth, request.match_info["token"])
         except PteleportError as err:
-            return _page("Invite", f'<h1>This link cannot be used</h1><p class="error">{html.escape(err.message)}</p>', 404)
+            return _page(
+                "Invite", f'<h1>This link cannot be used</h1><p class="error">{html.escape(err.message)}</p>', 404
+            )
 
     async def submit(request: web.Request) -> web.Response:
         token = request.match_info["token"]
@@ -83,8 +98,11 @@ def add_web_routes(app: web.Application, auth: AuthServer) -> None:
             except PteleportError:
                 return _page("Invite", f'<p class="error">{html.escape(err.message)}</p>', 400)
         proxy = html.escape(auth.ctx.settings.public_addr)
-        return _page("Done", f'<h1 class="ok">Password set for {html.escape(user)}</h1>'
-                     f"<p>Log in from a terminal:</p><p><code>ptsh login --proxy={proxy} --user={html.escape(user)}</code></p>")
+        return _page(
+            "Done",
+            f'<h1 class="ok">Password set for {html.escape(user)}</h1>'
+            f"<p>Log in from a terminal:</p><p><code>ptsh login --proxy={proxy} --user={html.escape(user)}</code></p>",
+        )
 
     for kind in ("invite", "reset"):
         app.router.add_get(f"/web/{kind}/{{token}}", show)

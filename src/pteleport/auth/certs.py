@@ -77,7 +77,9 @@ class CertService:
         labels = db["metadata"].get("labels", {})
         if not actor.is_admin:
             if not checker.can_see_db(labels):
-                raise NotFound(f'database "{service_name}" not found; run "ptsh db ls" to see the databases you can use')
+                raise NotFound(
+                    f'database "{service_name}" not found; run "ptsh db ls" to see the databases you can use'
+                )
             db_user, db_name = _pick_defaults(checker, labels, db_user, db_name, service_name)
             checker.check_db_access(service_name, labels, db_user, db_name)
         elif not db_user:
@@ -125,9 +127,7 @@ def _pick_defaults(checker: Any, labels: dict, db_user: str, db_name: str, servi
             db_user = concrete[0]
         else:
             shown = ", ".join(allowed) if allowed else "none"
-            raise BadParameter(
-                f'pass --db-user: your roles allow these db users for "{service}": {shown}'
-            )
+            raise BadParameter(f'pass --db-user: your roles allow these db users for "{service}": {shown}')
     if not db_name:
         allowed, _denied = checker.allowed_db_names(labels)
         concrete = [n for n in allowed if n != "*" and not n.startswith("^")]
@@ -135,7 +135,5 @@ def _pick_defaults(checker: Any, labels: dict, db_user: str, db_name: str, servi
             db_name = concrete[0]
         else:
             shown = ", ".join(allowed) if allowed else "none"
-            raise BadParameter(
-                f'pass --db-name: your roles allow these db names for "{service}": {shown}'
-            )
+            raise BadParameter(f'pass --db-name: your roles allow these db names for "{service}": {shown}')
     return db_user, db_name

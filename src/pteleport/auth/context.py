@@ -65,9 +65,7 @@ class AuthContext:
     def ca(self, ca_type: str) -> CertAuthority:
         if ca_type not in self._cas:
             doc = self.cas_store.get(ca_type)
-            self._cas[ca_type] = CertAuthority(
-                ca_type, doc["cluster_name"], doc["cert"].encode(), doc["key"].encode()
-            )
+            self._cas[ca_type] = CertAuthority(ca_type, doc["cluster_name"], doc["cert"].encode(), doc["key"].encode())
         return self._cas[ca_type]
 
     def ca_bundle(self, *types: str) -> bytes:

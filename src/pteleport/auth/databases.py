@@ -73,9 +73,7 @@ def parse_db(doc: dict) -> dict:
             raise BadParameter(f'db "{name}": unknown field {loc}') from None
         raise BadParameter(f'db "{name}": {loc}: {first["msg"]}') from None
     if not NAME_RE.match(model.metadata.name):
-        raise BadParameter(
-            f'db "{model.metadata.name}": metadata.name must be lower-case letters, digits and dashes'
-        )
+        raise BadParameter(f'db "{model.metadata.name}": metadata.name must be lower-case letters, digits and dashes')
     host, _, port = model.spec.uri.rpartition(":")
     if not host or not port.isdigit():
         raise BadParameter(f'db "{model.metadata.name}": spec.uri must be HOST:PORT (got "{model.spec.uri}")')
@@ -96,8 +94,9 @@ class DatabaseService:
         self.ctx.authorize(actor, "db", "update" if exists else "create")
         doc["metadata"].setdefault("labels", {})["teleport.dev/origin"] = "dynamic"
         self.ctx.databases.put(name, doc)
-        self.ctx.emit("db.update" if exists else "db.create", "TDB04I" if exists else "TDB03I",
-                      user=actor.username, name=name)
+        self.ctx.emit(
+            "db.update" if exists else "db.create", "TDB04I" if exists else "TDB03I", user=actor.username, name=name
+        )
         return "updated" if exists else "created"
 
     def resources(self, actor: Identity) -> list[dict]:

@@ -46,7 +46,12 @@ class LoginService:
 
     def _fail(self, user: str, reason: str, remote: str) -> AccessDenied:
         self.ctx.emit(
-            "user.login", "T1000W", user=user, method="local", success=False, error=reason,
+            "user.login",
+            "T1000W",
+            user=user,
+            method="local",
+            success=False,
+            error=reason,
             **{"addr.remote": remote},
         )
         return AccessDenied(GENERIC_FAILURE, detail=reason)
@@ -63,11 +68,18 @@ class LoginService:
         now = self.ctx.clock()
         until = self._locked_until(user, now)
         if until is not None:
-            self.ctx.emit("user.login", "T1000W", user=user, method="local", success=False,
-                          error="user is locked", **{"addr.remote": remote})
+            self.ctx.emit(
+                "user.login",
+                "T1000W",
+                user=user,
+                method="local",
+                success=False,
+                error="user is locked",
+                **{"addr.remote": remote},
+            )
             raise LimitExceeded(
                 f"too many failed logins: {user} is locked until {until:%Y-%m-%d %H:%M:%S} UTC; "
-                "wait, or ask an admin to run \"pctl users reset\""
+                'wait, or ask an admin to run "pctl users reset"'
             )
         try:
             doc = self.ctx.users.get(user)

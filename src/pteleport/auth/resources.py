@@ -14,11 +14,18 @@ from pteleport.rbac.presets import PRESET_ROLE_NAMES
 from pteleport.rbac.role import parse_role, role_to_dict
 
 KIND_ALIASES = {
-    "role": "role", "roles": "role",
-    "user": "user", "users": "user",
-    "db": "db", "dbs": "db", "database": "db", "databases": "db",
-    "token": "token", "tokens": "token",
-    "db_server": "db_server", "db_servers": "db_server",
+    "role": "role",
+    "roles": "role",
+    "user": "user",
+    "users": "user",
+    "db": "db",
+    "dbs": "db",
+    "database": "db",
+    "databases": "db",
+    "token": "token",
+    "tokens": "token",
+    "db_server": "db_server",
+    "db_servers": "db_server",
 }
 USER_FIELDS = {"kind", "version", "metadata", "spec", "status"}
 
@@ -108,7 +115,9 @@ class ResourceService:
         if not force:
             for kind, doc in checked:
                 if kind == "role" and self.ctx.roles.exists(doc["metadata"]["name"]):
-                    raise AlreadyExists(f'role "{doc["metadata"]["name"]}" already exists; pass -f/--force to overwrite it')
+                    raise AlreadyExists(
+                        f'role "{doc["metadata"]["name"]}" already exists; pass -f/--force to overwrite it'
+                    )
         results = []
         for kind, doc in checked:
             name = doc["metadata"]["name"]

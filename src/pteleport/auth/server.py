@@ -53,8 +53,13 @@ class AuthServer:
             if self.ctx.cas_store.exists(ca_type):
                 continue
             ca = new_authority(ca_type, self.cluster_name, now)
-            doc = {"type": ca_type, "cluster_name": self.cluster_name,
-                   "cert": ca.cert_pem.decode(), "key": ca.key_pem.decode(), "created": now.isoformat()}
+            doc = {
+                "type": ca_type,
+                "cluster_name": self.cluster_name,
+                "cert": ca.cert_pem.decode(),
+                "key": ca.key_pem.decode(),
+                "created": now.isoformat(),
+            }
             try:
                 self.ctx.cas_store.create(ca_type, doc)
             except AlreadyExists:
@@ -77,13 +82,15 @@ class AuthServer:
         for ca_type in CA_TYPES:
             doc = self.ctx.cas_store.get(ca_type)
             cert = load_cert(doc["cert"].encode())
-            cas.append({
-                "type": ca_type,
-                "created": doc.get("created"),
-                "rotation": "never updated",
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "pin": ca_pin(cert),
-            })
+            cas.append(
+                {
+                    "type": ca_type,
+                    "created": doc.get("created"),
+                    "rotation": "never updated",
+                    "not_after": cert.not_valid_after_utc.isoformat(),
+                    "pin": ca_pin(cert),
+                }
+            )
         return {
             "cluster_name": self.cluster_name,
             "version": __version__,

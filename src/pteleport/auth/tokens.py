@@ -44,8 +44,9 @@ class TokenService:
         self.ctx = ctx
         self.certs = certs
 
-    def add(self, actor: Identity, types: list[str], ttl: timedelta | None, value: str | None,
-            labels: dict | None = None) -> dict:
+    def add(
+        self, actor: Identity, types: list[str], ttl: timedelta | None, value: str | None, labels: dict | None = None
+    ) -> dict:
         self.ctx.authorize(actor, "token", "create")
         roles = normalize_roles(types)
         ttl = ttl or DEFAULT_TTL
@@ -99,27 +100,41 @@ class TokenService:
             return self.ctx.tokens.get(secret_key(token)), False
         except NotFound:
             raise AccessDenied(
-                "the join token is invalid or has expired; create a new one with \"pctl tokens add --type=db\""
+                'the join token is invalid or has expired; create a new one with "pctl tokens add --type=db"'
             ) from None
 
-    def join(self, token: str, role: str, host_id: str, hostname: str, public_key_pem: str,
-             remote: str) -> bytes:
+    def join(self, token: str, role: str, host_id: str, hostname: str, public_key_pem: str, remote: str) -> bytes:
         """Check the token's type and expiry, then sign a host certificate for the joining process."""
         key = load_public_key(public_key_pem)
         try:
             doc, static = self._find(token)
         except AccessDenied as exc:
-            self.ctx.emit("instance.join", "TJ002E", role=role, host_id=host_id, success=False,
-                          error=str(exc), **{"addr.remote": remote})
+            self.ctx.emit(
+                "instance.join",
+                "TJ002E",
+                role=role,
+                host_id=host_id,
+                success=False,
+                error=str(exc),
+                **{"addr.remote": remote},
+            )
             raise
         if role not in doc["spec"]["roles"]:
             raise AccessDenied(
-                f'this token cannot join a {role} service (it allows {", ".join(doc["spec"]["roles"])}); '
+                f"this token cannot join a {role} service (it allows {', '.join(doc['spec']['roles'])}); "
                 "create one with the right --type"
             )
         if not static and role in SINGLE_USE_ROLES:
             self.ctx.tokens.delete(secret_key(token))
         cert = self.certs.sign_host(host_id, role, key, [hostname] if hostname else [])
-        self.ctx.emit("instance.join", "TJ002I", role=role, host_id=host_id, nodename=hostname, success=True,
-                      method="token", **{"addr.remote": remote})
+        self.ctx.emit(
+            "instance.join",
+            "TJ002I",
+            role=role,
+            host_id=host_id,
+            nodename=hostname,
+            success=True,
+            method="token",
+            **{"addr.remote": remote},
+        )
         return cert

@@ -77,7 +77,9 @@ class UserService:
         try:
             self.ctx.users.create(name, doc)
         except AlreadyExists:
-            raise AlreadyExists(f'user "{name}" already exists; use "pctl users update" or "pctl users reset"') from None
+            raise AlreadyExists(
+                f'user "{name}" already exists; use "pctl users update" or "pctl users reset"'
+            ) from None
         self.ctx.emit("user.create", "T1002I", user=actor.username, name=name, roles=roles, connector="local")
         return self._new_user_token(actor, name, "invite", ttl)
 
@@ -91,8 +93,13 @@ class UserService:
             raise AlreadyExists(f'user "{name}" already exists; pass -f/--force to overwrite it')
         self.ctx.authorize(actor, "user", "update" if exists else "create")
         self.ctx.users.put(name, doc)
-        self.ctx.emit("user.update" if exists else "user.create", "T1003I" if exists else "T1002I",
-                      user=actor.username, name=name, roles=doc["spec"].get("roles", []))
+        self.ctx.emit(
+            "user.update" if exists else "user.create",
+            "T1003I" if exists else "T1002I",
+            user=actor.username,
+            name=name,
+            roles=doc["spec"].get("roles", []),
+        )
         return "updated" if exists else "created"
 
     def update(self, actor: Identity, name: str, roles: list[str] | None, traits: dict[str, list[str]]) -> dict:
@@ -188,7 +195,9 @@ class UserService:
                 raise BadParameter("open the invite link first to get the authenticator secret")
             found = totp.verify(secret, otp_code or "", self.ctx.clock(), 0)
             if found is None:
-                raise BadParameter("the authenticator code is not valid; check the device's clock and try the current code")
+                raise BadParameter(
+                    "the authenticator code is not valid; check the device's clock and try the current code"
+                )
             counter = found
         # Single use: the token disappears before the password is stored.
         self.ctx.user_tokens.backend.delete(item.key)

@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.identity import Identity, extensions_for, subject_for
-from common.tls import PrivateKey, cert_pem, generate_private_key, load_cert, load_private_key, private_key_pem
+from common.tls import (
+    PrivateKey,
+    cert_pem,
+    generate_private_key,
+    load_cert,
+    load_private_key,
+    private_key_pem,
+)
 
 CA_TYPES = ("user", "host", "db")
 CA_VALIDITY = timedelta(days=3650)

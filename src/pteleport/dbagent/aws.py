@@ -11,7 +11,7 @@ from typing import Any
 
 from common.errors import AccessDenied, ConnectionProblem
 
-TOKEN_POLICY_HINT = (
+IAM_POLICY_HINT = (
     'the IAM identity of the database service needs "rds-db:connect" on '
     '"arn:aws:rds-db:<region>:<account>:dbuser:<resource id>/<db user>"'
 )
@@ -35,8 +35,7 @@ def _session(region: str, assume_role_arn: str | None, external_id: str | None) 
         if code in ("AccessDenied", "AccessDeniedException"):
             raise AccessDenied(
                 f"the database service may not assume role {assume_role_arn}: check that role's trust "
-                "relationship allows the service's own IAM identity"
-                + (" with this external ID" if external_id else "")
+                "relationship allows the service's own IAM identity" + (" with this external ID" if external_id else "")
             ) from None
         raise ConnectionProblem(f"assuming role {assume_role_arn} failed: {exc}") from None
     except BotoCoreError as exc:
@@ -57,8 +56,9 @@ def _no_credentials(exc: Exception) -> AccessDenied:
     )
 
 
-def rds_auth_token(host: str, port: int, db_user: str, region: str,
-                   assume_role_arn: str | None = None, external_id: str | None = None) -> str:
+def rds_auth_token(
+    host: str, port: int, db_user: str, region: str, assume_role_arn: str | None = None, external_id: str | None = None
+) -> str:
     """The IAM auth token (valid 15 minutes) for ``db_user`` at ``host:port``."""
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
@@ -69,4 +69,4 @@ def rds_auth_token(host: str, port: int, db_user: str, region: str,
     except (NoCredentialsError, BotoCoreError) as exc:
         if isinstance(exc, NoCredentialsError) or "credential" in str(exc).lower():
             raise _no_credentials(exc) from None
-        raise ConnectionProblem(f"could not generate the RDS IAM auth token: {exc}; {TOKEN_POLICY_HINT}") from None
+        raise ConnectionProblem(f"could not generate the RDS IAM auth token: {exc}; {IAM_POLICY_HINT}") from None

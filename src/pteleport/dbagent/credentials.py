@@ -56,7 +56,9 @@ class Credentials:
             ca_file = await self._rds_bundle(aws["region"])
         return UpstreamTLS(mode=tls.get("mode", "verify-full"), ca_file=ca_file, server_name=tls.get("server_name"))
 
-    async def secret_for(self, db: dict, local: LocalSettings, db_user: str, tls: UpstreamTLS) -> tuple[UpstreamTLS, str | None]:
+    async def secret_for(
+        self, db: dict, local: LocalSettings, db_user: str, tls: UpstreamTLS
+    ) -> tuple[UpstreamTLS, str | None]:
         spec = db["spec"]
         aws = spec.get("aws") or {}
         if aws.get("region"):
@@ -82,8 +84,9 @@ class Credentials:
             if cached and time.monotonic() - cached[0] < CLIENT_CERT_REFRESH:
                 return cached[1], cached[2]
             key = generate_private_key()
-            body = await self.client.post("/v1/certs/db-client",
-                                          {"db_user": db_user, "public_key": public_key_pem(key).decode()})
+            body = await self.client.post(
+                "/v1/certs/db-client", {"db_user": db_user, "public_key": public_key_pem(key).decode()}
+            )
             cert, key_pem = body["cert"].encode(), private_key_pem(key)
             self._certs[db_user] = (time.monotonic(), cert, key_pem)
             return cert, key_pem

@@ -125,30 +125,36 @@ class _Auditor:
             self.base["db_aws_region"] = db["spec"]["aws"]["region"]
 
     def emit(self, name: str, code: str, **fields: Any) -> None:
-        event = ev.make_event(name, code, clock=self.deps.clock, cluster_name=self.deps.cluster_name(),
-                              ei=self.ei, **self.base, **fields)
+        event = ev.make_event(
+            name, code, clock=self.deps.clock, cluster_name=self.deps.cluster_name(), ei=self.ei, **self.base, **fields
+        )
         self.ei += 1
         self.deps.emit(event)
 
     def tap(self) -> Callable[[bytes], None]:
         """The client→server tap: frames messages and emits one event per SQL-carrying one."""
         frames = FrameReader()
-        statements: dict[str, str] = {}
+        param_oids: dict[str, list[int]] = {}
 
         def on_data(data: bytes) -> None:
             for kind, payload in frames.feed(data):
                 if kind == QUERY:
-                    self.emit(ev.DB_SESSION_QUERY, ev.DB_SESSION_QUERY_CODE, db_query=parse_query(payload).query,
-                              success=True)
+                    self.emit(
+                        ev.DB_SESSION_QUERY, ev.DB_SESSION_QUERY_CODE, db_query=parse_query(payload).sql, success=True
+                    )
                 elif kind == PARSE:
                     msg = parse_parse(payload)
-                    statements[msg.statement] = msg.query
-                    self.emit(ev.POSTGRES_PARSE, ev.POSTGRES_PARSE_CODE, statement_name=msg.statement,
-                              query=msg.query)
+                    param_oids[msg.statement] = msg.param_oids
+                    self.emit(ev.POSTGRES_PARSE, ev.POSTGRES_PARSE_CODE, statement_name=msg.statement, query=msg.query)
                 elif kind == BIND:
                     msg = parse_bind(payload)
-                    self.emit(ev.POSTGRES_BIND, ev.POSTGRES_BIND_CODE, statement_name=msg.statement,
-                              portal_name=msg.portal, parameters=bind_parameters_for_audit(msg))
+                    self.emit(
+                        ev.POSTGRES_BIND,
+                        ev.POSTGRES_BIND_CODE,
+                        statement_name=msg.statement,
+                        portal_name=msg.portal,
+                        parameters=bind_parameters_for_audit(msg),
+                    )
                 elif kind == EXECUTE:
                     self.emit(ev.POSTGRES_EXECUTE, ev.POSTGRES_EXECUTE_CODE, portal_name=parse_execute(payload).portal)
                 elif kind == CLOSE:
@@ -158,8 +164,12 @@ class _Auditor:
                 elif kind == FUNCTION_CALL:
                     msg = parse_function_call(payload)
                     args = [base64.b64encode(a).decode() if a is not None else None for a in msg.args]
-                    self.emit(ev.POSTGRES_FUNCTION_CALL, ev.POSTGRES_FUNCTION_CALL_CODE, function_oid=str(msg.oid),
-                              function_args=args)
+                    self.emit(
+                        ev.POSTGRES_FUNCTION_CALL,
+                        ev.POSTGRES_FUNCTION_CALL_CODE,
+                        function_oid=str(msg.oid),
+                        function_args=args,
+                    )
 
         return on_data
 
@@ -176,7 +186,7 @@ class PostgresEngine:
         verify_issued_by(cert, self.deps.user_ca(), self.deps.clock())
         identity = identity_from_cert(cert)
         if identity.route is None:
-            raise AccessDenied("the certificate is not for a database; run \"ptsh db login\"")
+            raise AccessDenied('the certificate is not for a database; run "ptsh db login"')
         return identity
 
     async def handle(self, conn: Connection, header: dict) -> None:
@@ -190,7 +200,7 @@ class PostgresEngine:
         auditor = _Auditor(self.deps, identity, served.resource if served else None, remote)
         try:
             packet = await self._read_startup(conn)
-        except (ConnectionError, BadParameter, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ConnectionError, BadParameter) as exc:
             log.info("bad startup from %s: %s", remote, exc)
             return
         if isinstance(packet, CancelRequest):
@@ -212,19 +222,19 @@ class PostgresEngine:
         our_pid = secrets.randbelow(2**31 - 1) + 1
         our_secret = secrets.token_bytes(4)
         host, port = split_uri(served.resource["spec"]["uri"])
-        session = _Session(auditor.sid, identity, host, port, upstream.tls, upstream.conn.backend_pid,
-                           upstream.conn.backend_secret)
+        session = _Session(
+            auditor.sid, identity, host, port, upstream.tls, upstream.conn.backend_pid, upstream.conn.backend_secret
+        )
         self.deps.sessions[(our_pid, our_secret)] = session
         hello = [authentication_ok()]
         hello += [parameter_status(k, v) for k, v in upstream.conn.parameters.items()]
         hello += [backend_key_data(our_pid, our_secret), ready_for_query(b"I")]
         conn.write(b"".join(hello))
-        auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True,
-                     db_roles=list(identity.roles))
+        auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True, db_roles=list(identity.roles))
         server_conn, leftover = attach_stream(upstream.conn.reader, upstream.conn.writer)
         try:
             reason = await splice(conn, server_conn, tap_a_to_b=auditor.tap(), b_leftover=leftover)
-            if isinstance(reason, BadParameter):
+            if reason is not None and not isinstance(reason, ConnectionError):
                 log.warning("session %s ended: %s", auditor.sid, reason)
         finally:
             self.deps.sessions.pop((our_pid, our_secret), None)
@@ -251,8 +261,9 @@ class PostgresEngine:
         checker = AccessChecker(roles, identity.traits)
         route = identity.route
         assert route is not None
-        checker.check_db_access(db["metadata"]["name"], db["metadata"].get("labels", {}), route.username,
-                                route.database)
+        checker.check_db_access(
+            db["metadata"]["name"], db["metadata"].get("labels", {}), route.username, route.database
+        )
 
     async def _connect(self, identity: Identity, served: ServedDatabase, startup: StartupMessage) -> Any:
         route = identity.route
@@ -262,8 +273,9 @@ class PostgresEngine:
         tls = await creds.tls_for(served.resource, served.local)
         tls, password = await creds.secret_for(served.resource, served.local, route.username, tls)
         params = {k: v for k, v in startup.params.items() if k not in DROPPED_STARTUP_PARAMS}
-        conn = await connect_upstream(host, port, route.username, route.database, tls, password=password,
-                                      startup_params=params)
+        conn = await connect_upstream(
+            host, port, route.username, route.database, tls, password=password, startup_params=params
+        )
         return _Upstream(conn, tls)
 
     async def _cancel(self, identity: Identity, request: CancelRequest) -> None:
@@ -274,8 +286,9 @@ class PostgresEngine:
             log.warning("%s tried to cancel a query of %s; ignored", identity.username, session.identity.username)
             return
         try:
-            await send_cancel(session.upstream_host, session.upstream_port, session.tls, session.backend_pid,
-                              session.backend_secret)
+            await send_cancel(
+                session.upstream_host, session.upstream_port, session.tls, session.backend_pid, session.backend_secret
+            )
         except PteleportError as err:
             log.warning("cancel for session %s failed: %s", session.sid, err.message)
 

@@ -28,8 +28,7 @@ def fetch_cas(proxy: str, pins: list[str]) -> dict[str, str]:
         host_ca = load_cert(body["cas"]["host"].encode())
         if not pin_matches(host_ca, pins):
             raise AccessDenied(
-                f"the cluster at {proxy} does not match --ca-pin; "
-                "run \"pctl status\" on the cluster to get the right pin"
+                f'the cluster at {proxy} does not match --ca-pin; run "pctl status" on the cluster to get the right pin'
             )
         return body["cas"]
     try:
@@ -37,7 +36,7 @@ def fetch_cas(proxy: str, pins: list[str]) -> dict[str, str]:
             return client.get("/v1/cas")["cas"]
     except ConnectionProblem as exc:
         raise BadParameter(
-            f"cannot verify the cluster at {proxy} ({exc.message}); pass --ca-pin with the pin from \"pctl status\""
+            f'cannot verify the cluster at {proxy} ({exc.message}); pass --ca-pin with the pin from "pctl status"'
         ) from None
 
 
@@ -54,10 +53,16 @@ def join(data_dir: Path, proxy: str, token: str | None, pins: list[str], nodenam
     host_id = str(uuid.uuid4())
     creds = ClusterCredentials(None, None, host_cas)
     with ClusterClient(proxy, creds=creds) as client:
-        body = client.post("/v1/join", {
-            "token": token, "role": "Db", "host_id": host_id,
-            "hostname": nodename or socket.gethostname(), "public_key": public_key_pem(key).decode(),
-        })
+        body = client.post(
+            "/v1/join",
+            {
+                "token": token,
+                "role": "Db",
+                "host_id": host_id,
+                "hostname": nodename or socket.gethostname(),
+                "public_key": public_key_pem(key).decode(),
+            },
+        )
     bundle = (body["cas"]["host"] + body["cas"]["user"] + body["cas"]["db"]).encode()
     ident = IdentityFile(private_key_pem(key), body["cert"].encode(), bundle, proxy, body["cluster_name"])
     write_private(path, render(ident))

@@ -46,8 +46,12 @@ def static_resource(db: DatabaseConfig) -> ServedDatabase:
     aws = {k: v for k, v in db.aws.model_dump().items() if v}
     if aws:
         spec["aws"] = aws
-    resource = {"kind": "db", "version": "v3",
-                "metadata": {"name": db.name, "description": db.description, "labels": labels}, "spec": spec}
+    resource = {
+        "kind": "db",
+        "version": "v3",
+        "metadata": {"name": db.name, "description": db.description, "labels": labels},
+        "spec": spec,
+    }
     return ServedDatabase(resource, LocalSettings(db.tls.ca_cert_file, db.password_file))
 
 
@@ -72,8 +76,9 @@ class DatabaseAgent:
             from common.errors import BadParameter
 
             raise BadParameter("teleport.proxy_server is required for the database service (the proxy HOST:PORT)")
-        ident = await asyncio.to_thread(join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins,
-                                        cfg.teleport.nodename)
+        ident = await asyncio.to_thread(
+            join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename
+        )
         cas = load_certs(ident.cas)
         self.host_ca_pem = ident.cas.split(b"-----END CERTIFICATE-----", 1)[0] + b"-----END CERTIFICATE-----\n"
         self.user_cas = [c for c in cas if "user CA" in c.subject.rfc4514_string()]
@@ -83,17 +88,19 @@ class DatabaseAgent:
         creds = ClusterCredentials(ident.cert, ident.key, self.host_ca_pem)
         self.client = AsyncClusterClient(proxy, creds)
         self.shipper = AuditShipper(self.client)
-        engine = PostgresEngine(EngineDeps(
-            cluster_name=lambda: self.cluster,
-            server_id=self.server_id,
-            hostname=cfg.teleport.nodename or socket.gethostname(),
-            user_ca=lambda: self.user_cas,
-            database=lambda name: self.databases().get(name),
-            roles=self.roles,
-            credentials=Credentials(self.client, cfg.data_dir),
-            emit=self.shipper.emit,
-            clock=self.clock,
-        ))
+        engine = PostgresEngine(
+            EngineDeps(
+                cluster_name=lambda: self.cluster,
+                server_id=self.server_id,
+                hostname=cfg.teleport.nodename or socket.gethostname(),
+                user_ca=lambda: self.user_cas,
+                database=lambda name: self.databases().get(name),
+                roles=self.roles,
+                credentials=Credentials(self.client, cfg.data_dir),
+                emit=self.shipper.emit,
+                clock=self.clock,
+            )
+        )
 
         async def on_session(conn: Connection) -> None:
             header = await asyncio.wait_for(read_message(conn), 30)
@@ -102,8 +109,9 @@ class DatabaseAgent:
 
         host, _, port = proxy.rpartition(":")
         ctx = client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
-        self.tunnel = TunnelAgent(host.strip("[]"), int(port), ctx, cfg.teleport.nodename,
-                                  lambda: sorted(self.databases()), on_session)
+        self.tunnel = TunnelAgent(
+            host.strip("[]"), int(port), ctx, cfg.teleport.nodename, lambda: sorted(self.databases()), on_session
+        )
         await self._refresh_dynamic()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -123,8 +131,9 @@ class DatabaseAgent:
             with contextlib.suppress(Exception):
                 await self.shipper.flush()
             with contextlib.suppress(Exception):
-                await self.client.post("/v1/agents/heartbeat", {"hostname": self.config.teleport.nodename,
-                                                                "databases": []})
+                await self.client.post(
+                    "/v1/agents/heartbeat", {"hostname": self.config.teleport.nodename, "databases": []}
+                )
             await self.client.aclose()
 
     async def roles(self, names: list[str]) -> list[Any]:
@@ -162,10 +171,13 @@ class DatabaseAgent:
         while True:
             await self._refresh_dynamic()
             try:
-                await self.client.post("/v1/agents/heartbeat", {
-                    "hostname": self.config.teleport.nodename,
-                    "databases": [d.resource for d in self.databases().values()],
-                })
+                await self.client.post(
+                    "/v1/agents/heartbeat",
+                    {
+                        "hostname": self.config.teleport.nodename,
+                        "databases": [d.resource for d in self.databases().values()],
+                    },
+                )
             except Exception as exc:
                 log.warning("heartbeat to auth failed: %s", exc)
             await asyncio.sleep(REFRESH_EVERY)

@@ -21,8 +21,9 @@ log = logging.getLogger("pteleport.proxy")
 ConnHandler = Callable[[Connection], Awaitable[None]]
 
 
-def build_contexts(web_cert: bytes, web_key: bytes, host_cert: bytes, host_key: bytes,
-                   client_cas: bytes) -> ssl.SSLContext:
+def build_contexts(
+    web_cert: bytes, web_key: bytes, host_cert: bytes, host_key: bytes, client_cas: bytes
+) -> ssl.SSLContext:
     alpn = [ALPN_HTTP, ALPN_POSTGRES, ALPN_TUNNEL]
     web = server_context(web_cert, web_key, client_cas=client_cas, client_auth="optional", alpn=alpn)
     internal = server_context(host_cert, host_key, client_cas=client_cas, client_auth="optional", alpn=alpn)
@@ -58,8 +59,13 @@ class _Router(asyncio.Protocol):
 
 
 class PublicListener:
-    def __init__(self, ssl_context: ssl.SSLContext, http_factory: Callable[[], asyncio.Protocol],
-                 postgres: ConnHandler, tunnel: ConnHandler) -> None:
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        http_factory: Callable[[], asyncio.Protocol],
+        postgres: ConnHandler,
+        tunnel: ConnHandler,
+    ) -> None:
         self.ssl_context = ssl_context
         self.http_factory = http_factory
         self.postgres = postgres
@@ -77,8 +83,13 @@ class PublicListener:
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: _Router(self), host, port, ssl=self.ssl_context, ssl_handshake_timeout=15,
-            reuse_address=True, backlog=1024,
+            lambda: _Router(self),
+            host,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=15,
+            reuse_address=True,
+            backlog=1024,
         )
         return self.server.sockets[0].getsockname()[1]
 

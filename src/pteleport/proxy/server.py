@@ -29,8 +29,9 @@ log = logging.getLogger("pteleport.proxy")
 
 
 class ProxyServer:
-    def __init__(self, tunnel: TunnelServer, ca_certs: Callable[[str], x509.Certificate],
-                 clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, tunnel: TunnelServer, ca_certs: Callable[[str], x509.Certificate], clock: Callable[[], datetime]
+    ) -> None:
         self.tunnel = tunnel
         self.ca_certs = ca_certs
         self.clock = clock
@@ -79,8 +80,9 @@ class ProxyServer:
             conn.close()
             return
         der = conn.peer_cert_der() or b""
-        agent.write(encode({"type": "session", "client_cert": base64.b64encode(der).decode(),
-                            "remote": conn.peername()}))
+        agent.write(
+            encode({"type": "session", "client_cert": base64.b64encode(der).decode(), "remote": conn.peername()})
+        )
         agent.write(packet)
         self.active_sessions += 1
         try:

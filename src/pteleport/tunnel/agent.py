@@ -26,8 +26,9 @@ BACKOFF_MAX = 10.0
 async def dial_tls(host: str, port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> Connection:
     loop = asyncio.get_running_loop()
     _transport, conn = await asyncio.wait_for(
-        loop.create_connection(Connection, host, port, ssl=ctx, server_hostname=INTERNAL_SNI,
-                               ssl_handshake_timeout=timeout),
+        loop.create_connection(
+            Connection, host, port, ssl=ctx, server_hostname=INTERNAL_SNI, ssl_handshake_timeout=timeout
+        ),
         timeout,
     )
     return conn
@@ -66,9 +67,14 @@ class TunnelAgent:
                 control = await dial_tls(self.proxy_host, self.proxy_port, self.ssl_context)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 self.state = "waiting"
-                log.warning("cannot reach the proxy at %s:%s (%s); retrying in %.1fs",
-                            self.proxy_host, self.proxy_port, exc, backoff)
-                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311
+                log.warning(
+                    "cannot reach the proxy at %s:%s (%s); retrying in %.1fs",
+                    self.proxy_host,
+                    self.proxy_port,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = BACKOFF_MIN
@@ -79,7 +85,7 @@ class TunnelAgent:
             self.connected.clear()
             self.state = "waiting"
             log.warning("lost the connection to the proxy; reconnecting")
-            await asyncio.sleep(BACKOFF_MIN * (0.5 + random.random()))  # noqa: S311
+            await asyncio.sleep(BACKOFF_MIN * (0.5 + random.random()))
 
     async def _serve(self, control: Connection) -> None:
         control.write(encode({"type": "hello", "hostname": self.hostname, "databases": self.databases()}))

@@ -51,8 +51,7 @@ class TunnelServer:
         if first["type"] != "hello":
             conn.close()
             return
-        link = AgentLink(identity.username, str(first.get("hostname", "")), conn,
-                         set(first.get("databases", [])))
+        link = AgentLink(identity.username, str(first.get("hostname", "")), conn, set(first.get("databases", [])))
         old = self.agents.get(link.host_id)
         if old is not None:
             old.control.close()
