@@ -150,7 +150,7 @@ def test_unknown_database_is_not_found(pg, roles):
 def test_untrusted_client_certificate_is_access_denied(pg, roles):
     stranger = CertAuthority.create("not trusted by the database")
     cert, key = stranger.issue("up_cert")
-    with pytest.raises(AccessDenied, match="client certificate"):
+    with pytest.raises(AccessDenied, match="refused the database service.s client certificate"):
         asyncio.run(login_and_ask(pg, "up_cert", tls_for(pg, client_cert_pem=cert, client_key_pem=key)))
 
 

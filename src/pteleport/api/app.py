@@ -6,13 +6,14 @@ render JSON. Errors become responses in ``api.errors`` only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from common import __version__
+from common.errors import AccessDenied, BadParameter
 from common.identity import Identity
 from pteleport.api import models
 from pteleport.api.errors import error_middleware
@@ -193,20 +194,17 @@ async def database_cert(request: web.Request) -> web.Response:
         cert, route = auth.certs.db_cert(
             me, req.public_key, req.database, req.db_user, req.db_name, _ttl(req.ttl_seconds), auth.databases
         )
-    except Exception as exc:
-        from common.errors import AccessDenied
-
-        if isinstance(exc, AccessDenied):
-            auth.ctx.emit(
-                "db.session.start",
-                "TDB00W",
-                user=me.username,
-                db_service=req.database,
-                db_user=req.db_user,
-                db_name=req.db_name,
-                success=False,
-                error=exc.message,
-            )
+    except AccessDenied as exc:
+        auth.ctx.emit(
+            "db.session.start",
+            "TDB00W",
+            user=me.username,
+            db_service=req.database,
+            db_user=req.db_user,
+            db_name=req.db_name,
+            success=False,
+            error=exc.message,
+        )
         raise
     return web.json_response(
         {
@@ -233,7 +231,7 @@ async def user_cert(request: web.Request) -> web.Response:
         impersonator=me.username,
     )
     ttl = auth.certs.capped_ttl(identity, _ttl(req.ttl_seconds))
-    identity = Identity(**{**identity.__dict__, "expires": auth.ctx.clock() + ttl})
+    identity = replace(identity, expires=auth.ctx.clock() + ttl)
     if req.database:
         cert, _route = auth.certs.db_cert(
             identity, req.public_key, req.database, req.db_user, req.db_name, ttl, auth.databases
@@ -274,24 +272,35 @@ async def events_emit(request: web.Request) -> web.Response:
 
 
 async def events_search(request: web.Request) -> web.Response:
-    auth = _auth(request)
-    me = _me(request)
-    auth.ctx.authorize(me, "event", "list")
     q = request.query
 
     def when(name: str) -> datetime | None:
-        return datetime.fromisoformat(q[name]) if q.get(name) else None
+        if not q.get(name):
+            return None
+        try:
+            return datetime.fromisoformat(q[name])
+        except ValueError:
+            raise BadParameter(f"{name} must be an RFC 3339 time, e.g. 2026-11-24T13:00:00Z") from None
 
-    events = auth.ctx.audit.search(
+    try:
+        limit = int(q.get("limit", "500"))
+    except ValueError:
+        raise BadParameter("limit must be a number") from None
+    events = _auth(request).audit.search(
+        _me(request),
         from_time=when("from"),
         to_time=when("to"),
         event_types=q.getall("type") if "type" in q else None,
         user=q.get("user"),
         sid=q.get("sid"),
-        limit=min(int(q.get("limit", "500")), 10000),
-        order="desc" if q.get("order") == "desc" else "asc",
+        limit=limit,
+        order=q.get("order", "asc"),
     )
     return web.json_response(events)
+
+
+async def session_events(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).audit.session_events(_me(request), request.match_info["sid"]))
 
 
 def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
@@ -328,5 +337,6 @@ def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
     r.add_post("/v1/agents/heartbeat", heartbeat)
     r.add_post("/v1/events", events_emit)
     r.add_get("/v1/events", events_search)
+    r.add_get("/v1/sessions/{sid}/events", session_events)
     add_web_routes(app, auth)
     return app

@@ -37,7 +37,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return error_response(_http_error(exc))
+            return error_response(_http_error(exc, request))
         raise
     except PteleportError as err:
         if err.detail:
@@ -55,9 +55,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def _http_error(exc: web.HTTPException) -> PteleportError:
+def _http_error(exc: web.HTTPException, request: web.Request) -> PteleportError:
     if exc.status == 404:
-        return NotFound(f"no such API endpoint: {exc.reason}")
+        return NotFound(f"no such API endpoint: {request.method} {request.path}")
     if exc.status == 405:
         return BadParameter("this API endpoint does not accept that method")
     return BadParameter(exc.reason or "bad request")

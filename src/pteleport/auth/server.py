@@ -11,6 +11,7 @@ from common.errors import AlreadyExists, NotFound
 from common.identity import KIND_ADMIN, Identity
 from common.tls import ca_pin, load_cert
 from pteleport.audit.log import AuditLog
+from pteleport.auth.audit import AuditService
 from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, AuthSettings, Clock
 from pteleport.auth.databases import DatabaseService
@@ -35,6 +36,7 @@ class AuthServer:
         self.tokens = TokenService(self.ctx, self.certs)
         self.databases = DatabaseService(self.ctx)
         self.resources = ResourceService(self.ctx, self.users, self.tokens, self.databases)
+        self.audit = AuditService(self.ctx)
 
     @property
     def cluster_name(self) -> str:

@@ -1,0 +1,66 @@
+"""Reading the audit log: who may see which events (auditor/editor everything, access users
+the sessions they took part in), searches, and one session's events for `ptsh play`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from common.errors import AccessDenied, NotFound
+from common.identity import Identity
+from pteleport.auth.context import AuthContext
+
+MAX_LIMIT = 10_000
+
+
+class AuditService:
+    def __init__(self, ctx: AuthContext) -> None:
+        self.ctx = ctx
+
+    def _scope(self, actor: Identity, resource: str) -> str | None:
+        """None when the actor may read every event; else the only user whose events they may read."""
+        if actor.is_admin:
+            return None
+        checker = self.ctx.checker(actor)
+        if checker.rule_allows(resource, "list"):
+            return None
+        context = {"user": {"metadata": {"name": actor.username}}, "session": {"participants": [actor.username]}}
+        if checker.rule_allows(resource, "list", context):
+            return actor.username
+        raise AccessDenied(
+            f"you may not read the audit log; ask an admin for the auditor role (your roles: {', '.join(actor.roles)})"
+        )
+
+    def search(
+        self,
+        actor: Identity,
+        *,
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        event_types: list[str] | None = None,
+        user: str | None = None,
+        sid: str | None = None,
+        limit: int = 500,
+        order: str = "asc",
+    ) -> list[dict[str, Any]]:
+        only = self._scope(actor, "event")
+        if only is not None:
+            if user and user != only:
+                raise AccessDenied("you may only read events of your own sessions")
+            user = only
+        return self.ctx.audit.search(
+            from_time=from_time,
+            to_time=to_time,
+            event_types=event_types,
+            user=user,
+            sid=sid,
+            limit=max(1, min(limit, MAX_LIMIT)),
+            order="desc" if order == "desc" else "asc",
+        )
+
+    def session_events(self, actor: Identity, sid: str) -> list[dict[str, Any]]:
+        only = self._scope(actor, "session")
+        events = self.ctx.audit.search(sid=sid, limit=MAX_LIMIT, order="asc")
+        if not events or (only is not None and not any(e.get("user") == only for e in events)):
+            raise NotFound(f'no session "{sid}" found; "ptsh recordings ls" lists recent sessions')
+        return events
