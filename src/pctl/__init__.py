@@ -1,1 +1,1 @@
-"""pteleport package."""
+"""pctl: the admin tool (tctl's counterpart): tokens, resources, users, status."""

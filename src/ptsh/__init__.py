@@ -1,1 +1,1 @@
-"""pteleport package."""
+"""ptsh: the user tool (tsh's counterpart): log in, see status, use databases."""

@@ -1,0 +1,172 @@
+"""`pctl tokens add | ls | rm`: join tokens for database agents (tctl tokens)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from common.cli import render, safe_text, table
+from pctl.output import (
+    Fmt,
+    OptionalFormatOpt,
+    expiry_text,
+    labels_text,
+    parse_labels,
+    parse_time,
+    split_list,
+)
+
+tokens_app = typer.Typer(help="List, add and remove join tokens.", no_args_is_help=True)
+
+DB_TEMPLATE = """The invite token: {token}
+This token will expire in {minutes} minutes.
+
+Generate the configuration and start a pteleport agent using it:
+
+> pteleport db configure create \\
+   --token={token} \\
+{pins}   --proxy={proxy} \\
+   --name={name} \\
+   --protocol={protocol} \\
+   --uri={uri} \\
+   --output file:///etc/pteleport.yaml
+
+> pteleport start -c /etc/pteleport.yaml
+
+Please note:
+
+  - This invitation token will expire in {minutes} minutes.
+  - Database address {uri} must be reachable from the new database
+    service.
+  - When proxying an on-prem database, it must be configured with the pteleport
+    db CA and a key pair issued by the "pctl auth sign --format=db" command.
+  - When proxying an AWS RDS or Aurora database, the region must also be
+    specified with the --aws-region flag.
+"""
+
+OTHER_TEMPLATE = """The invite token: {token}
+This token will expire in {minutes} minutes.
+
+Run this on the new {roles} service to join the cluster:
+
+> pteleport start \\
+   --roles={roles} \\
+   --token={token} \\
+{pins}   --auth-server={proxy}
+
+Please note:
+
+  - This invitation token will expire in {minutes} minutes.
+  - {proxy} must be reachable from the new service.
+"""
+
+
+def _minutes(doc: dict[str, Any], fallback: float) -> str:
+    return f"{fallback:g}"
+
+
+@tokens_app.command("add")
+def add(
+    type_: Annotated[str, typer.Option("--type", help="Token type(s), e.g. db (comma-separated).")],
+    ttl: Annotated[str, typer.Option("--ttl", help="How long the token is valid (30m, 1h, ...).")] = "30m",
+    value: Annotated[str | None, typer.Option("--value", help="Use this token value instead of a random one.")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Token labels, e.g. env=prod,team=db.")] = None,
+    db_name: Annotated[str | None, typer.Option("--db-name", help="Database name for the printed command.")] = None,
+    db_protocol: Annotated[str | None, typer.Option("--db-protocol", help="Database protocol (postgres).")] = None,
+    db_uri: Annotated[str | None, typer.Option("--db-uri", help="Database address HOST:PORT.")] = None,
+    fmt: OptionalFormatOpt = None,
+) -> None:
+    """Create a join token (--format=text prints only the token)."""
+    from common.durations import parse_duration
+    from common.errors import BadParameter
+    from pctl.connect import client
+
+    delta = parse_duration(ttl, what="--ttl")
+    if delta.total_seconds() <= 0:
+        raise BadParameter("--ttl must be positive, e.g. --ttl=30m")
+    types = split_list(type_)
+    body = {
+        "types": types,
+        "ttl_seconds": int(delta.total_seconds()),
+        "value": value,
+        "labels": parse_labels(labels) or None,
+    }
+    with client() as api:
+        answer = api.post("/v1/tokens", body)
+    doc = answer["token"]
+    token = doc["metadata"]["name"]
+    if fmt == Fmt.text:
+        print(token)
+        return
+    if fmt in (Fmt.json, Fmt.yaml):
+        render({"token": token, "roles": doc["spec"]["roles"], "expires": doc["metadata"].get("expires")}, fmt)
+        return
+    minutes = f"{delta.total_seconds() / 60:g}"
+    pins = "".join(f"   --ca-pin={pin} \\\n" for pin in answer.get("ca_pins") or [answer.get("ca_pin", "")])
+    roles = [r.lower() for r in doc["spec"]["roles"]]
+    if "db" in roles:
+        print(DB_TEMPLATE.format(
+            token=token, minutes=minutes, pins=pins, proxy=answer.get("proxy", ""),
+            name=db_name or "example", protocol=db_protocol or "postgres", uri=db_uri or "example.db:5432",
+        ), end="")
+    else:
+        print(OTHER_TEMPLATE.format(token=token, minutes=minutes, pins=pins, proxy=answer.get("proxy", ""),
+                                    roles=",".join(roles)), end="")
+
+
+def _token_labels(doc: dict[str, Any]) -> str:
+    merged = dict(doc.get("metadata", {}).get("labels") or {})
+    merged.update(doc.get("spec", {}).get("suggested_labels") or {})
+    return labels_text(merged)
+
+
+def tokens_table(docs: list[dict[str, Any]]) -> str:
+    if not docs:
+        return "No active tokens found."
+    rows = [
+        [
+            safe_text(d["metadata"]["name"]),
+            ",".join(d.get("spec", {}).get("roles", [])),
+            safe_text(_token_labels(d)),
+            expiry_text(d["metadata"].get("expires")),
+        ]
+        for d in docs
+    ]
+    return table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
+
+
+def _by_expiry(doc: dict[str, Any]) -> float:
+    when = parse_time(doc.get("metadata", {}).get("expires"))
+    return when.timestamp() if when else float("inf")
+
+
+@tokens_app.command("ls")
+def ls(fmt: OptionalFormatOpt = None) -> None:
+    """List join tokens (--format=text prints only the token values)."""
+    from pctl.connect import client
+
+    with client() as api:
+        docs = sorted(api.get("/v1/tokens"), key=_by_expiry)
+    if fmt is None:
+        render(docs, Fmt.text, tokens_table)
+    elif fmt == Fmt.text:
+        render(docs, fmt, lambda ds: "\n".join(d["metadata"]["name"] for d in ds) or "No active tokens found.")
+    else:
+        render(docs, fmt)
+
+
+@tokens_app.command("rm")
+def rm(token: Annotated[str, typer.Argument(help="The token to delete.")]) -> None:
+    """Delete (revoke) a join token."""
+    from pctl.connect import client
+
+    with client() as api:
+        api.delete(f"/v1/tokens/{_quote(token)}")
+    print(f"Token {token} has been deleted")
+
+
+def _quote(part: str) -> str:
+    from urllib.parse import quote
+
+    return quote(part, safe="")

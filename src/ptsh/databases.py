@@ -1,0 +1,207 @@
+"""What `ptsh db` and `ptsh proxy db` do, without Typer: list, certificates, tunnels.
+
+Database certificates are issued by auth after an RBAC check and are bound to the user's
+own key (the same key as the login, which never leaves this machine). ``ptsh db login``
+keeps one on disk next to the profile; ``db connect`` and ``proxy db`` use one in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from common.errors import BadParameter, NotFound
+from ptsh.login_state import Login
+
+RENEW_BEFORE = timedelta(minutes=2)
+
+
+@dataclass
+class DbCert:
+    database: str
+    db_user: str
+    db_name: str
+    cert: bytes
+    expires: datetime | None
+
+
+def list_databases(login: Login) -> list[dict[str, Any]]:
+    with login.client() as client:
+        return client.get("/v1/databases")
+
+
+def filter_databases(dbs: list[dict], labels: dict[str, str], search: list[str]) -> list[dict]:
+    out = []
+    for db in dbs:
+        have = db["metadata"].get("labels", {})
+        if any(have.get(k) != v for k, v in labels.items()):
+            continue
+        if search:
+            text = " ".join(
+                [db["metadata"]["name"], db["metadata"].get("description", ""), db["spec"].get("protocol", "")]
+                + [f"{k}={v}" for k, v in have.items()]
+            ).lower()
+            if not all(word.lower() in text for word in search):
+                continue
+        out.append(db)
+    return out
+
+
+def issue_db_cert(login: Login, database: str, db_user: str, db_name: str) -> DbCert:
+    from common.identity import identity_from_pem
+    from common.tls import load_private_key, public_key_pem
+
+    public = public_key_pem(load_private_key(login.key)).decode()
+    with login.client() as client:
+        body = client.post(
+            "/v1/certs/database",
+            {"database": database, "db_user": db_user, "db_name": db_name, "public_key": public},
+        )
+    cert = body["cert"].encode()
+    return DbCert(body["database"], body["db_user"], body["db_name"], cert, identity_from_pem(cert).expires)
+
+
+def db_cert_path(login: Login, database: str) -> Any:
+    if login.profile is None:
+        return None
+    from common.profile import ProfileStore
+
+    return ProfileStore().db_dir(login.profile) / f"{database}.crt"
+
+
+def saved_db_cert(login: Login, database: str) -> DbCert | None:
+    """The certificate from ``ptsh db login`` for this database, if any."""
+    path = db_cert_path(login, database)
+    if path is None or not path.exists():
+        return None
+    from common.identity import identity_from_pem
+
+    cert = path.read_bytes()
+    ident = identity_from_pem(cert)
+    if ident.route is None:
+        return None
+    return DbCert(database, ident.route.username, ident.route.database, cert, ident.expires)
+
+
+def save_db_cert(login: Login, cert: DbCert) -> None:
+    from common.identity_file import write_private
+    from common.profile import ProfileStore
+
+    path = db_cert_path(login, cert.database)
+    if path is None:
+        return
+    ProfileStore()._mkdir(path.parent)
+    write_private(path, cert.cert)
+
+
+def logged_in_databases(login: Login) -> list[str]:
+    if login.profile is None:
+        return []
+    from common.profile import ProfileStore
+
+    return ProfileStore().logged_in_databases(login.profile)
+
+
+def logout_databases(login: Login, database: str | None) -> list[str]:
+    names = logged_in_databases(login)
+    if database:
+        if database not in names:
+            raise NotFound(f'Not logged into database "{database}"')
+        names = [database]
+    elif not names:
+        raise NotFound("Not logged into any databases")
+    for name in names:
+        path = db_cert_path(login, name)
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return names
+
+
+def cert_for(login: Login, database: str, db_user: str | None, db_name: str | None) -> DbCert:
+    """A usable certificate: the saved one when it matches and is fresh, else a new one."""
+    saved = saved_db_cert(login, database)
+    now = datetime.now(UTC)
+    if (
+        saved is not None
+        and (not db_user or db_user == saved.db_user)
+        and (not db_name or db_name == saved.db_name)
+        and (saved.expires is None or saved.expires - now > RENEW_BEFORE)
+    ):
+        return saved
+    if saved is not None:
+        db_user = db_user or saved.db_user
+        db_name = db_name or saved.db_name
+    return issue_db_cert(login, database, db_user or "", db_name or "")
+
+
+def proxy_host_port(login: Login) -> tuple[str, int]:
+    host, _, port = login.proxy.rpartition(":")
+    if not port.isdigit():
+        raise BadParameter(f'the proxy address "{login.proxy}" has no port')
+    return host.strip("[]"), int(port)
+
+
+class BackgroundTunnel:
+    """A LocalTunnel on its own event-loop thread, for `ptsh db connect` (psql runs in front)."""
+
+    def __init__(self, login: Login, cert: DbCert) -> None:
+        from ptsh.tunnel import CertSource, LocalTunnel
+
+        host, port = proxy_host_port(login)
+        self.errors: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.tunnel = LocalTunnel(host, port, CertSource(cert.cert, login.key, login.host_cas), self.errors.append)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ptsh-tunnel", daemon=True)
+
+    def start(self, port: int = 0) -> int:
+        self.thread.start()
+        return asyncio.run_coroutine_threadsafe(self.tunnel.start("127.0.0.1", port), self.loop).result(10)
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.tunnel.close(), self.loop).result(5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+def connection_url(user: str, port: int, dbname: str) -> str:
+    from urllib.parse import quote
+
+    return f"postgres://{quote(user, safe='')}@127.0.0.1:{port}/{quote(dbname, safe='')}?sslmode=disable"
+
+
+async def run_tunnel(
+    login: Login, database: str, db_user: str | None, db_name: str | None, port: int, announce: Any
+) -> None:
+    """`ptsh proxy db --tunnel`: serve until cancelled, renewing the certificate before it expires."""
+    from ptsh.tunnel import CertSource, LocalTunnel
+
+    cert = cert_for(login, database, db_user, db_name)
+    state = {"cert": cert}
+
+    def refresh() -> tuple[bytes, bytes]:
+        state["cert"] = issue_db_cert(login, database, state["cert"].db_user, state["cert"].db_name)
+        return state["cert"].cert, login.key
+
+    host, proxy_port = proxy_host_port(login)
+    source = CertSource(cert.cert, login.key, login.host_cas, refresh)
+    tunnel = LocalTunnel(host, proxy_port, source)
+    bound = await tunnel.start("127.0.0.1", port)
+    announce(cert, bound)
+    try:
+        while True:
+            await asyncio.sleep(30)
+            expires = state["cert"].expires
+            if expires is not None and expires - datetime.now(UTC) < RENEW_BEFORE:
+                try:
+                    await asyncio.to_thread(source.renew)
+                except Exception as exc:
+                    from common.cli import eprint
+
+                    eprint(f"WARNING: could not renew the database certificate: {exc}")
+    finally:
+        await tunnel.close()
