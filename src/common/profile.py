@@ -77,7 +77,7 @@ def _is_real_backend(backend: object) -> bool:
     try:
         from keyring.backends.chainer import ChainerBackend
     except ImportError:  # pragma: no cover - keyring without the chainer
-        ChainerBackend = ()  # type: ignore[assignment,misc]  # noqa: N806
+        ChainerBackend = ()  # type: ignore[assignment,misc]
     if ChainerBackend and isinstance(backend, ChainerBackend):
         return any(_is_real_backend(b) for b in backend.backends)
     name = f"{type(backend).__module__}.{type(backend).__name__}".lower()
@@ -149,7 +149,7 @@ class ProfileStore:
         """Where ``ptsh db login`` keeps database certificates: ``<user>-db/<cluster>/``."""
         return self.keys_dir(profile) / f"{profile.user}-db" / profile.cluster
 
-    def _mkdir(self, path: Path) -> None:
+    def ensure_dir(self, path: Path) -> None:
         """Create ``path`` and its parents up to the home, all 0700 (mkdir's mode obeys umask)."""
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         current = path
@@ -159,6 +159,8 @@ class ProfileStore:
             if current == self.home or self.home not in current.parents:
                 break
             current = current.parent
+
+    _mkdir = ensure_dir
 
     # profiles
     def current_name(self) -> str | None:

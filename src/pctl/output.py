@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
+from common.cli import safe_text, table
 from common.errors import BadParameter
 
 
-class Fmt(str, Enum):
+class Fmt(StrEnum):
     text = "text"
     json = "json"
     yaml = "yaml"
@@ -87,3 +88,8 @@ def expiry_text(expires: str | None, now: datetime | None = None) -> str:
     else:
         left_text = f"{seconds}s"
     return f"{when.astimezone(UTC):%d %b %y %H:%M} UTC ({left_text})"
+
+
+def safe_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """``common.cli.table`` with every cell made printable (values come from the cluster)."""
+    return table(headers, [[safe_text(cell) for cell in row] for row in rows])

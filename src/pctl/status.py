@@ -17,7 +17,7 @@ def status_text(doc: dict[str, Any]) -> str:
     rows += [(f"{t} CA", cas[t].get("rotation") or "never updated") for t in order]
     pins = doc.get("ca_pins") or [doc.get("ca_pin", "")]
     rows += [("CA pin", pin) for pin in pins]
-    width = max(len(label) for label, _ in rows)
+    width = max(len(label) for label, _ in rows) + 1  # Teleport's CA labels end in a space
     return "\n".join(f"{label.ljust(width)} {safe_text(value)}".rstrip() for label, value in rows)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from common.cli import render, safe_text, table
+from common.cli import render
 from pctl.output import (
     Fmt,
     OptionalFormatOpt,
@@ -14,6 +14,7 @@ from pctl.output import (
     labels_text,
     parse_labels,
     parse_time,
+    safe_table,
     split_list,
 )
 
@@ -60,10 +61,6 @@ Please note:
   - This invitation token will expire in {minutes} minutes.
   - {proxy} must be reachable from the new service.
 """
-
-
-def _minutes(doc: dict[str, Any], fallback: float) -> str:
-    return f"{fallback:g}"
 
 
 @tokens_app.command("add")
@@ -126,14 +123,14 @@ def tokens_table(docs: list[dict[str, Any]]) -> str:
         return "No active tokens found."
     rows = [
         [
-            safe_text(d["metadata"]["name"]),
+            d["metadata"]["name"],
             ",".join(d.get("spec", {}).get("roles", [])),
-            safe_text(_token_labels(d)),
+            _token_labels(d),
             expiry_text(d["metadata"].get("expires")),
         ]
         for d in docs
     ]
-    return table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
+    return safe_table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
 
 
 def _by_expiry(doc: dict[str, Any]) -> float:

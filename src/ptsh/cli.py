@@ -35,9 +35,17 @@ def _root(
     user: UserOpt = None,
     insecure: InsecureOpt = False,
     ca_file: CaFileOpt = None,
+    identity: Annotated[
+        str | None,
+        typer.Option("--identity", "-i", help="Identity file (pctl auth sign) instead of a login; env PTSH_IDENTITY_FILE."),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", "-d", help="Verbose output and tracebacks.")] = False,
 ) -> None:
     GLOBALS.update(proxy=proxy, user=user, insecure=insecure, ca_file=ca_file)
+    if identity:
+        from ptsh.login_state import IDENTITY_FLAG
+
+        IDENTITY_FLAG["path"] = identity
     DEBUG["on"] = DEBUG["on"] or debug
 
 

@@ -172,7 +172,7 @@ def _run_psql(argv: list[str]) -> int:
     import signal
     import subprocess
 
-    process = subprocess.Popen(argv)  # noqa: S603
+    process = subprocess.Popen(argv)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return process.wait()
