@@ -74,7 +74,7 @@ class Cluster:
 
     def start(self, timeout: float = 20.0) -> Cluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         cmd = [PTELEPORT, "start", "--data-dir", str(self.data_dir), "--listen", self.addr, *self.extra_args]
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -90,7 +90,7 @@ class Cluster:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pteleport exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                response = httpx.get(f"{self.url}/webapi/ping", verify=False, timeout=1.0)  # noqa: S501
+                response = httpx.get(f"{self.url}/webapi/ping", verify=False, timeout=1.0)
                 if response.status_code == 200 and (self.data_dir / "admin-identity.pem").exists():
                     return
             except httpx.HTTPError:
@@ -142,7 +142,7 @@ def run(cmd: list[str], env: dict[str, str], input: str | None = None,
     )
 
 
-Answer = str | Callable[[], str]
+Answer = str | Callable[[str], str]
 
 
 def pty_run(cmd: list[str], answers: list[tuple[str, Answer]], env: dict[str, str],
@@ -150,7 +150,7 @@ def pty_run(cmd: list[str], answers: list[tuple[str, Answer]], env: dict[str, st
     """Run ``cmd`` on a pseudo-terminal; answer each prompt (regex) in order.
 
     Returns (exit code, everything written to the terminal). An answer may be a callable,
-    evaluated when its prompt appears (for TOTP codes).
+    called with the output so far when its prompt appears (for TOTP codes).
     """
     import pty
 
@@ -196,7 +196,7 @@ def pty_run(cmd: list[str], answers: list[tuple[str, Answer]], env: dict[str, st
                     break
                 pos += match.end()
                 pending.pop(0)
-                text = answer() if callable(answer) else answer
+                text = answer(output.decode(errors="replace")) if callable(answer) else answer
                 os.write(master, text.encode() + b"\n")
         proc.wait(timeout=max(deadline - time.monotonic(), 1))
     finally:
@@ -254,7 +254,7 @@ def signup(cluster: Cluster, url: str, password: str) -> str:
     import httpx
 
     token = invite_token(url)
-    with httpx.Client(base_url=cluster.url, verify=False, timeout=10) as http:  # noqa: S501
+    with httpx.Client(base_url=cluster.url, verify=False, timeout=10) as http:
         details = http.get(f"/v1/invites/{token}")
         details.raise_for_status()
         secret = details.json()["totp_secret"]

@@ -57,14 +57,14 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 @dataclass
-class CertAuthority:
+class ThrowawayCA:
     """A throwaway CA for tests: ``issue`` returns (cert PEM, key PEM)."""
 
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
 
     @classmethod
-    def create(cls, name: str) -> CertAuthority:
+    def create(cls, name: str) -> ThrowawayCA:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.now(UTC)
@@ -77,9 +77,7 @@ class CertAuthority:
             .not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -104,9 +102,7 @@ class CertAuthority:
             .not_valid_after(now + timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         if sans is not None:
             names: list[x509.GeneralName] = []
@@ -134,6 +130,7 @@ def _bindir() -> Path:
 
 
 def _quote(value: str) -> str:
+    """A postgresql.conf string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -160,7 +157,7 @@ class PgServer:
         self._bindir = _bindir()
         self._running = False
         self._cert_generation = 0
-        self.server_ca: CertAuthority | None = None
+        self.server_ca: ThrowawayCA | None = None
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -185,7 +182,7 @@ class PgServer:
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete its directory. Safe to call twice."""
-        if self._running:
+        if self._running or Path(self.data_dir, "postmaster.pid").exists():
             self._running = False
             result = self._run(
                 [self._bin("pg_ctl"), "-D", self.data_dir, "-m", "fast", "-w", "-t", "20", "stop"],
@@ -228,14 +225,14 @@ class PgServer:
                 "--no-instructions",
             ]
         )
-        self.server_ca = CertAuthority.create("pteleport test server CA")
+        self.server_ca = ThrowawayCA.create("pteleport test server CA")
         cert, key = self.server_ca.issue("localhost", ["localhost", "127.0.0.1"], server=True)
         self._original_server_cert = (cert, key)
         self._write(self.ca_cert_file, self.server_ca.cert_pem, 0o644)
         self._write(self.server_cert_file, cert, 0o644)
         self._write(self.server_key_file, key, 0o600)
         # PostgreSQL refuses an empty ssl_ca_file: seed it with a CA whose key is thrown away.
-        self._write(self.client_ca_file, CertAuthority.create("placeholder client CA").cert_pem, 0o644)
+        self._write(self.client_ca_file, ThrowawayCA.create("placeholder client CA").cert_pem, 0o644)
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -289,7 +286,10 @@ class PgServer:
             return cur.fetchall() if cur.description else []
 
     def superuser_dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+        """libpq conninfo for the superuser over the Unix socket."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(host=self.socket_dir, port=self.port, user=SUPERUSER, dbname=dbname)
 
     def dsn(
         self,
@@ -313,7 +313,9 @@ class PgServer:
             parts["password"] = password
         if sslcert and sslkey:
             parts["sslcert"], parts["sslkey"] = sslcert, sslkey
-        return " ".join(f"{key}={_quote(value)}" for key, value in parts.items())
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(**parts)
 
     def psql_env(self) -> dict[str, str]:
         """Environment for ``psql`` as the superuser over the Unix socket."""
@@ -334,9 +336,7 @@ class PgServer:
         role = sql.Identifier(name)
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as conn:
             conn.execute(
-                sql.SQL("SET password_encryption = {}").format(
-                    sql.Literal("md5" if auth == "md5" else "scram-sha-256")
-                )
+                sql.SQL("SET password_encryption = {}").format(sql.Literal("md5" if auth == "md5" else "scram-sha-256"))
             )
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
             verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
@@ -395,24 +395,19 @@ class PgServer:
         self._own(tmp)
         os.replace(tmp, path)
 
-    def _run(
-        self, argv: list[str], check: bool = True, log_on_error: bool = False
-    ) -> subprocess.CompletedProcess[str]:
+    def _run(self, argv: list[str], check: bool = True, log_on_error: bool = False) -> subprocess.CompletedProcess[str]:
         if self._as_root:
             argv = ["runuser", "-u", SERVER_USER, "--", *argv]
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
         env.update(LC_ALL="C", LANG="C")
-        result = subprocess.run(
-            argv, cwd=self.root, env=env, capture_output=True, text=True, timeout=60, check=False
-        )
+        result = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, text=True, timeout=60, check=False)
         if check and result.returncode != 0:
             log = ""
             if log_on_error:
                 with contextlib.suppress(OSError):
                     log = Path(self.log_file).read_text(errors="replace")[-4000:]
             raise RuntimeError(
-                f"{' '.join(argv)} failed with exit code {result.returncode}:\n"
-                f"{result.stdout}\n{result.stderr}\n{log}"
+                f"{' '.join(argv)} failed with exit code {result.returncode}:\n{result.stdout}\n{result.stderr}\n{log}"
             )
         return result
 

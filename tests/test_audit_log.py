@@ -113,9 +113,7 @@ def test_time_format_and_parse() -> None:
 
 def test_long_query_is_truncated_with_a_marker() -> None:
     query = "select '" + "x" * 200_000 + "'"
-    e = make_event(
-        ev.DB_SESSION_QUERY, ev.DB_SESSION_QUERY_CODE, clock=FakeClock(), cluster_name="c", db_query=query
-    )
+    e = make_event(ev.DB_SESSION_QUERY, ev.DB_SESSION_QUERY_CODE, clock=FakeClock(), cluster_name="c", db_query=query)
     kept = e["db_query"]
     match = MARKER.search(kept)
     assert match is not None

@@ -31,7 +31,7 @@ from pteleport.pgwire import (
 # What psql 15 sends first: an SSLRequest, then (inside TLS) this StartupMessage.
 PSQL_SSL_REQUEST = bytes.fromhex("0000000804d2162f")
 PSQL_STARTUP = (
-    b"\x00\x00\x00\x54\x00\x03\x00\x00"
+    b"\x00\x00\x00\x4c\x00\x03\x00\x00"
     b"user\x00alice\x00database\x00app\x00application_name\x00psql\x00"
     b"client_encoding\x00UTF8\x00\x00"
 )
@@ -113,16 +113,24 @@ def test_encoders_refuse_what_cannot_be_sent():
 
 # ----- framing -------------------------------------------------------------------------
 
-# psycopg 3 sending `cur.execute("select %s::int, %s::text", (42, "secret"))`:
-# Parse, Bind (first value binary int2, second text), Describe portal, Execute, Sync.
+# Captured from psycopg 3.3 (libpq 18) connecting with application_name=psql and running
+# `cur.execute("select %s::int, %s::text", (42, "secret"))` in autocommit mode:
+# the StartupMessage, then Parse, Bind (value 1 binary int2, value 2 text),
+# Describe portal, Execute, Sync.
+PSYCOPG_STARTUP = b"\x00\x00\x007\x00\x03\x00\x00user\x00alice\x00database\x00app\x00application_name\x00psql\x00\x00"
 PSYCOPG_EXTENDED = (
-    b"P\x00\x00\x00\x26\x00select $1::int, $2::text\x00\x00\x02\x00\x00\x00\x15\x00\x00\x00\x00"
-    b"B\x00\x00\x00\x24\x00\x00\x00\x02\x00\x01\x00\x00\x00\x02\x00\x00\x00\x02\x00*"
-    b"\x00\x00\x00\x06secret\x00\x01\x00\x00"
+    b"P\x00\x00\x00(\x00select $1::int, $2::text\x00\x00\x02\x00\x00\x00\x15\x00\x00\x00\x00"
+    b'B\x00\x00\x00"\x00\x00\x00\x02\x00\x01\x00\x00\x00\x02\x00\x00\x00\x02\x00*\x00\x00\x00\x06secret\x00\x01\x00\x00'
     b"D\x00\x00\x00\x06P\x00"
-    b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"
+    b"E\x00\x00\x00\t\x00\x00\x00\x00\x00"
     b"S\x00\x00\x00\x04"
 )
+
+
+def test_psycopg_startup_message():
+    msg = pgwire.parse_startup_packet(PSYCOPG_STARTUP)
+    assert msg == StartupMessage(pgwire.PROTOCOL_3_0, {"user": "alice", "database": "app", "application_name": "psql"})
+    assert msg.encode() == PSYCOPG_STARTUP
 
 
 def test_psycopg_extended_query_sequence():
@@ -136,7 +144,8 @@ def test_psycopg_extended_query_sequence():
     assert parsed[4] is None
     assert pgwire.bind_parameters_for_audit(parsed[1]) == ["ACo=", "secret"]
     assert pgwire.bind_parameters_for_audit(parsed[1], parsed[0].param_oids) == ["42", "secret"]
-    assert b"".join(m.encode() for m in (parsed[0], parsed[1])) == PSYCOPG_EXTENDED[: 0x27 + 0x25]
+    first_two = len(messages[0][1]) + len(messages[1][1]) + 10
+    assert b"".join(m.encode() for m in (parsed[0], parsed[1])) == PSYCOPG_EXTENDED[:first_two]
 
 
 def test_frames_split_at_every_byte_come_out_whole():
@@ -360,7 +369,9 @@ def test_backend_round_trips():
     assert pgwire.parse_authentication(payload(pgwire.authentication_ok())) == (0, b"")
     assert pgwire.parse_authentication(payload(pgwire.authentication_md5_password(b"salt"))) == (5, b"salt")
     assert pgwire.parse_authentication(payload(pgwire.authentication_cleartext_password())) == (3, b"")
-    code, data = pgwire.parse_authentication(payload(pgwire.authentication_sasl(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])))
+    code, data = pgwire.parse_authentication(
+        payload(pgwire.authentication_sasl(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]))
+    )
     assert code == pgwire.AUTH_SASL
     assert pgwire.parse_sasl_mechanisms(data) == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
 
@@ -394,7 +405,7 @@ def test_error_and_notice_responses():
 def test_server_error_as_postgres_sends_it():
     # A real FATAL from PostgreSQL 15 for a wrong password (fields S V C M F L R).
     payload = (
-        b"SFATAL\x00VFATAL\x00C28P01\x00Mpassword authentication failed for user \"bob\"\x00"
+        b'SFATAL\x00VFATAL\x00C28P01\x00Mpassword authentication failed for user "bob"\x00'
         b"Fauth.c\x00L335\x00Rauth_failed\x00\x00"
     )
     err = pgwire.parse_server_error(payload)

@@ -34,8 +34,7 @@ def test_reconnects_after_the_connection_is_dropped(pg_db: tuple[Any, str, str])
     backend = PostgresBackend(dsn)
     backend.put(Item("k", b"v"))
     pg.execute(
-        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
     )
     with pytest.raises(ConnectionProblem):
         backend.get("k")

@@ -78,9 +78,7 @@ def test_several_processes_share_one_file(tmp_path: Path) -> None:
     backend = SQLiteBackend(path)
     backend.create(Item("counter", b"0"))
     processes, increments = 3, 25
-    workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(increments)]) for _ in range(processes)
-    ]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(increments)]) for _ in range(processes)]
     assert [w.wait(timeout=120) for w in workers] == [0] * processes
     assert backend.get("counter").value == str(processes * increments).encode()
     backend.close()

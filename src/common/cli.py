@@ -73,20 +73,23 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
 
 
 def _click_error(exc: Exception, prog: str) -> NoReturn:
+    from typer import exceptions as typer_exc
     from typer._click import exceptions as click_exc  # typer vendors click
 
-    if isinstance(exc, click_exc.Abort):
+    if isinstance(exc, typer_exc.Abort):
         eprint("Aborted.")
         raise SystemExit(130)
     if isinstance(exc, click_exc.ClickException):
         if isinstance(exc, click_exc.UsageError):
+            if isinstance(exc, click_exc.NoArgsIsHelpError) or not exc.format_message():
+                raise SystemExit(EXIT_USAGE)  # the help was printed already
             ctx = exc.ctx
             hint = f"\nRun '{ctx.command_path} --help' for usage." if ctx is not None else ""
             eprint(f"ERROR: {exc.format_message()}{hint}")
             raise SystemExit(EXIT_USAGE)
         eprint(f"ERROR: {exc.format_message()}")
         raise SystemExit(exc.exit_code)
-    if isinstance(exc, click_exc.Exit):
+    if isinstance(exc, typer_exc.Exit):
         raise SystemExit(exc.exit_code)
     if DEBUG["on"]:
         raise exc

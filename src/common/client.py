@@ -64,8 +64,15 @@ def _raise_for(response: httpx.Response) -> None:
     raise from_kind(kind or ("not_logged_in" if response.status_code == 401 else "internal"), message)
 
 
-def _network_error(addr: str, exc: Exception) -> PteleportError:
+def _network_error(addr: str, exc: Exception, with_cert: bool = False) -> PteleportError:
     cause = exc.__context__ or exc.__cause__ or exc
+    if with_cert and isinstance(exc, httpx.RemoteProtocolError):
+        # TLS 1.3: the server checks our certificate after our side of the handshake is done;
+        # when it refuses it and closes without an alert, this is all a client sees.
+        return NotLoggedIn(
+            f"the cluster at {addr} closed the connection without answering: it most likely refused your "
+            "certificate (expired, altered, or issued by another cluster); log in again"
+        )
     if isinstance(cause, ssl.SSLError) or isinstance(exc, ssl.SSLError) or "SSL" in str(exc):
         text = describe_ssl_error(cause if isinstance(cause, ssl.SSLError) else exc)
         if "refused your certificate" in text:
@@ -102,7 +109,7 @@ class ClusterClient:
         try:
             response = self._http.request(method, path, json=json, params=params, extensions=self._extensions)
         except httpx.HTTPError as exc:
-            raise _network_error(self.addr, exc) from None
+            raise _network_error(self.addr, exc, self.creds is not None and self.creds.cert is not None) from None
         _raise_for(response)
         try:
             return response.json()

@@ -84,16 +84,20 @@ def events(
             print(table(["Time", "Event", "Code", "User", "Session", "Detail"], [_row(e) for e in found]))
         sys.stdout.flush()
         seen = {e.get("uid") for e in found}
-        last_time = found[-1]["time"] if found else datetime.now(UTC).isoformat()
+        if follow and not found:
+            params["from"] = datetime.now(UTC).isoformat()
         while follow:
             time.sleep(1.0)
-            params["from"] = last_time
             params.pop("to", None)
-            for event in client.get("/v1/events", params=params):
+            if found:
+                params["after"] = found[-1]["uid"]
+                params.pop("from", None)
+            batch = client.get("/v1/events", params=params)
+            found = batch or found
+            for event in batch:
                 if event.get("uid") in seen:
                     continue
                 seen.add(event.get("uid"))
-                last_time = event["time"]
                 if fmt == "text":
                     print("  ".join(_row(event)), flush=True)
                 else:

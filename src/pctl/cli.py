@@ -16,6 +16,8 @@ from common import __version__
 from common.cli import DEBUG, run_app
 from pctl import resources as _resources
 from pctl import status as _status
+from pctl.audit import audit_app
+from pctl.auth import auth_app
 from pctl.db import db_app
 from pctl.tokens import tokens_app
 from pctl.users import users_app
@@ -63,6 +65,8 @@ app.command("rm")(_resources.rm)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")
+app.add_typer(auth_app, name="auth")
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:

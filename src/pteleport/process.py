@@ -164,6 +164,14 @@ class Process:
         listener = PublicListener(ssl_ctx, runner.server, proxy.handle_postgres, proxy.handle_tunnel)  # type: ignore[arg-type]
         self.listen_port = await listener.start(host, port)
         self._closers.append(listener.stop)
+        if cfg.proxy_service.postgres_listen_addr:
+            await self._start_native_postgres(
+                proxy,
+                cfg.proxy_service.postgres_listen_addr,
+                host_cert,
+                private_key_pem(host_key),
+                auth.ctx.ca_bundle("user"),
+            )
         actual = f"{host}:{self.listen_port}"
         if port == 0:
             auth.ctx.settings.public_addr = public or f"{_public_host(host)}:{self.listen_port}"
@@ -178,6 +186,37 @@ class Process:
             auth.ctx.settings.public_addr,
         )
         print(f"pteleport: cluster {auth.cluster_name} is listening on https://{actual}", flush=True)
+
+    async def _start_native_postgres(self, proxy, addr: str, cert: bytes, key: bytes, user_ca: bytes) -> None:  # type: ignore[no-untyped-def]
+        from common.relay import Connection
+        from common.tls import server_context
+
+        tls = server_context(cert, key, client_cas=user_ca, client_auth="required")
+        pg_host, pg_port = split_addr(addr, 5432)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def accept() -> Connection:
+            conn = Connection()
+            loop = asyncio.get_running_loop()
+
+            def start() -> None:
+                task = loop.create_task(proxy.handle_native(conn, tls))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+            loop.call_soon(start)
+            return conn
+
+        server = await asyncio.get_running_loop().create_server(accept, pg_host, pg_port, reuse_address=True)
+        self.postgres_port = server.sockets[0].getsockname()[1]
+
+        async def close() -> None:
+            server.close()
+            for task in list(tasks):
+                task.cancel()
+
+        self._closers.append(close)
+        log.info("native postgres listener on %s:%s", pg_host, self.postgres_port)
 
     def _write_admin_identity(self, auth, listen_addr: str) -> None:  # type: ignore[no-untyped-def]
         """pctl on this host reads this file (0600) to act as the cluster admin."""

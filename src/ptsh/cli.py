@@ -15,6 +15,7 @@ import typer
 from common import __version__
 from common.cli import DEBUG, run_app
 from ptsh import login as _login
+from ptsh import play as _play
 from ptsh import signup as _signup
 from ptsh import status as _status
 from ptsh.db import db_app
@@ -61,6 +62,7 @@ app.command("status")(_status.status)
 app.command("signup")(_signup.signup)
 app.add_typer(db_app, name="db")
 app.add_typer(proxy_app, name="proxy")
+_play.register(app)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ render JSON. Errors become responses in ``api.errors`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -278,9 +278,10 @@ async def events_search(request: web.Request) -> web.Response:
         if not q.get(name):
             return None
         try:
-            return datetime.fromisoformat(q[name])
+            when = datetime.fromisoformat(q[name].replace("Z", "+00:00"))
         except ValueError:
             raise BadParameter(f"{name} must be an RFC 3339 time, e.g. 2026-11-24T13:00:00Z") from None
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
 
     try:
         limit = int(q.get("limit", "500"))
@@ -295,6 +296,7 @@ async def events_search(request: web.Request) -> web.Response:
         sid=q.get("sid"),
         limit=limit,
         order=q.get("order", "asc"),
+        after_id=q.get("after") or None,
     )
     return web.json_response(events)
 

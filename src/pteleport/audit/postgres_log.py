@@ -134,9 +134,7 @@ class PostgresAuditLog:
 
     def prune(self, before: datetime) -> int:
         cutoff = check_aware("before", before)
-        return self._db.run(
-            lambda conn: conn.execute("DELETE FROM events WHERE time < %s", (cutoff,)).rowcount
-        )
+        return self._db.run(lambda conn: conn.execute("DELETE FROM events WHERE time < %s", (cutoff,)).rowcount)
 
     def close(self) -> None:
         self._db.close()

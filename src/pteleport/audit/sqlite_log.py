@@ -136,9 +136,7 @@ class SQLiteAuditLog:
 
     def prune(self, before: datetime) -> int:
         cutoff = _micros(check_aware("before", before))
-        return self._db.write(
-            lambda conn: conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount
-        )
+        return self._db.write(lambda conn: conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount)
 
     def close(self) -> None:
         self._db.close()

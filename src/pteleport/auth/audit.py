@@ -42,6 +42,7 @@ class AuditService:
         sid: str | None = None,
         limit: int = 500,
         order: str = "asc",
+        after_id: str | None = None,
     ) -> list[dict[str, Any]]:
         only = self._scope(actor, "event")
         if only is not None:
@@ -56,6 +57,7 @@ class AuditService:
             sid=sid,
             limit=max(1, min(limit, MAX_LIMIT)),
             order="desc" if order == "desc" else "asc",
+            after_id=after_id,
         )
 
     def session_events(self, actor: Identity, sid: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from common.errors import AlreadyExists, BadParameter, NotFound
 from common.identity import Identity
 from pteleport.auth.context import AuthContext
 
-HEARTBEAT_TTL = timedelta(seconds=60)
+HEARTBEAT_TTL = timedelta(seconds=30)  # agents heartbeat every 5 s
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 

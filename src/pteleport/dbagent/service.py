@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from common.client import AsyncClusterClient, ClusterCredentials
+from common.errors import BadParameter, ConnectionProblem
 from common.identity import identity_from_pem
 from common.relay import Connection
 from common.tls import ALPN_TUNNEL, client_context, load_certs
@@ -73,8 +74,6 @@ class DatabaseAgent:
         cfg = self.config
         proxy = cfg.teleport.proxy_server or cfg.teleport.auth_server
         if not proxy:
-            from common.errors import BadParameter
-
             raise BadParameter("teleport.proxy_server is required for the database service (the proxy HOST:PORT)")
         ident = await asyncio.to_thread(
             join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename
@@ -122,6 +121,20 @@ class DatabaseAgent:
         log.info("database service %s serving %s", self.server_id, sorted(self.databases()) or "nothing yet")
         await asyncio.gather(*self._tasks)
 
+    async def _join(self, proxy: str) -> Any:
+        """Join (or load the identity); while the proxy cannot be reached, retry with backoff."""
+        cfg = self.config
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(
+                    join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename
+                )
+            except ConnectionProblem as exc:
+                log.warning("%s; retrying in %.1fs", exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -164,7 +177,10 @@ class DatabaseAgent:
                 if match_labels(selector, labels):
                     served[doc["metadata"]["name"]] = ServedDatabase(doc, LocalSettings())
                     break
+        changed = sorted(served) != sorted(self.dynamic)
         self.dynamic = served
+        if changed and self.tunnel is not None:
+            self.tunnel.announce()
 
     async def _heartbeats(self) -> None:
         assert self.client is not None

@@ -155,11 +155,13 @@ def _build_context(tls: UpstreamTLS) -> ssl.SSLContext:
 
 
 class _Progress:
-    """What the connection is doing, for the message when the deadline passes."""
+    """What the connection is doing, for the message when something goes wrong."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, client_cert: bool = False) -> None:
         self.where = f"{host}:{port}"
         self.stage = "connect"
+        self.client_cert = client_cert
+        self.heard_back = False  # has the server sent a message since the handshake?
 
 
 def _unreachable(where: str, reason: str) -> ConnectionProblem:
@@ -179,6 +181,14 @@ def _timed_out(progress: _Progress, timeout: float) -> ConnectionProblem:
 
 
 def _closed(progress: _Progress) -> ConnectionProblem:
+    if progress.client_cert and progress.stage == "authentication" and not progress.heard_back:
+        # A TLS 1.3 server checks the client certificate after the handshake; its alert can
+        # be lost when the connection is reset, so say what most likely happened.
+        return ConnectionProblem(
+            f"the database at {progress.where} closed the connection right after the TLS handshake,"
+            " most likely because it refused the database service's client certificate; make the"
+            " database trust the CA that issued it (ssl_ca_file), or check the database server log"
+        )
     return ConnectionProblem(
         f"the database at {progress.where} closed the connection during {progress.stage};"
         " check the database server log for the reason"
@@ -204,8 +214,7 @@ def _startup_error(payload: bytes, user: str, database: str, where: str, authent
     if err.code.startswith("53"):
         return LimitExceeded(f"the database at {where} is out of resources: {quoted}; try again later", detail)
     return ConnectionProblem(
-        f'the database at {where} did not open a session for user "{user}": {quoted};'
-        " check the database server log",
+        f'the database at {where} did not open a session for user "{user}": {quoted}; check the database server log',
         detail,
     )
 
@@ -362,7 +371,7 @@ async def connect_upstream(
     """
     params = dict(startup_params or {})
     params.update(user=user, database=database)
-    progress = _Progress(host, port)
+    progress = _Progress(host, port, client_cert=tls.client_cert_pem is not None)
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await _open_tls(host, port, tls, progress)
@@ -377,6 +386,7 @@ async def connect_upstream(
 
 async def _read_message(reader: asyncio.StreamReader, progress: _Progress) -> tuple[bytes, bytes]:
     header = await reader.readexactly(5)
+    progress.heard_back = True
     length = int.from_bytes(header[1:], "big", signed=True)
     if not 4 <= length <= _MAX_STARTUP_MESSAGE:
         raise ConnectionProblem(
@@ -524,7 +534,9 @@ class _Authenticator:
                 " the database service supports SCRAM-SHA-256, so configure that for this user"
             )
         client = None
-        if _SCRAM_PLUS in offered and self.ssl_object is not None:
+        if self.ssl_object is not None:
+            # With binding data scramp picks -PLUS when offered, else sends "y" so that a
+            # server which does support binding detects a stripped mechanism list.
             with contextlib.suppress(ScramException):
                 client = ScramClient(
                     offered, self.user, password, channel_binding=("tls-server-end-point", self.ssl_object)
@@ -572,9 +584,7 @@ def _md5_response(user: str, password: str, salt: bytes) -> str:
 # ----- cancel --------------------------------------------------------------------------
 
 
-async def send_cancel(
-    host: str, port: int, tls: UpstreamTLS, pid: int, secret: bytes, timeout: float = 10.0
-) -> None:
+async def send_cancel(host: str, port: int, tls: UpstreamTLS, pid: int, secret: bytes, timeout: float = 10.0) -> None:
     """Ask the database to cancel the query running in backend ``pid`` (inside TLS)."""
     progress = _Progress(host, port)
     try:

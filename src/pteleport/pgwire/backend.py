@@ -87,9 +87,7 @@ def ready_for_query(status: bytes = b"I") -> bytes:
     return encode_message(READY_FOR_QUERY, status)
 
 
-def _fields(
-    severity: str, code: str, message: str, detail: str | None, hint: str | None
-) -> bytes:
+def _fields(severity: str, code: str, message: str, detail: str | None, hint: str | None) -> bytes:
     fields = [
         (FIELD_SEVERITY, severity),
         (FIELD_SEVERITY_V, severity),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import ssl
+import struct
 from collections.abc import Callable
 from datetime import datetime
 
@@ -21,7 +23,7 @@ from common.errors import PteleportError, sqlstate_for
 from common.identity import Identity, identity_from_cert
 from common.relay import Connection, splice
 from common.tls import verify_issued_by
-from pteleport.pgwire import error_response, startup_packet_length
+from pteleport.pgwire import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE, error_response, startup_packet_length
 from pteleport.tunnel.protocol import encode
 from pteleport.tunnel.server import TunnelServer
 
@@ -56,6 +58,39 @@ class ProxyServer:
             conn.close()
             return
         await self.tunnel.handle(conn, identity)
+
+    async def handle_native(self, conn: Connection, tls: ssl.SSLContext) -> None:
+        """The optional native Postgres listener: SSLRequest, then TLS with the client certificate.
+
+        psql reaches it with ``sslcert/sslkey`` from ``pctl auth sign --format=db`` (one hop
+        fewer than the local tunnel). Cancel requests need the tunnel: psql sends them in
+        plain text, without a certificate.
+        """
+        try:
+            for _ in range(3):
+                head = await asyncio.wait_for(conn.read_exactly(8), 30)
+                length, code = struct.unpack("!ii", head)
+                if length == 8 and code == SSL_REQUEST_CODE:
+                    conn.write(b"S")
+                    break
+                if length == 8 and code == GSSENC_REQUEST_CODE:
+                    conn.write(b"N")
+                    continue
+                conn.write(error_response("connect with TLS and a client certificate (sslmode=verify-full)", "28000"))
+                conn.close()
+                return
+            else:
+                conn.close()
+                return
+            loop = asyncio.get_running_loop()
+            assert conn.transport is not None
+            transport = await loop.start_tls(conn.transport, conn, tls, server_side=True, ssl_handshake_timeout=15)
+        except (ConnectionError, TimeoutError, OSError, ssl.SSLError) as exc:
+            log.info("native postgres connection from %s failed: %s", conn.peername(), exc)
+            conn.close()
+            return
+        conn.transport = transport  # type: ignore[assignment]
+        await self.handle_postgres(conn)
 
     async def handle_postgres(self, conn: Connection) -> None:
         try:

@@ -83,9 +83,7 @@ class AccessChecker:
 
     # --- databases -------------------------------------------------------------------------
 
-    def check_db_access(
-        self, db_name: str, db_labels: Mapping[str, str], db_user: str, database: str
-    ) -> None:
+    def check_db_access(self, db_name: str, db_labels: Mapping[str, str], db_user: str, database: str) -> None:
         """Raise ``AccessDenied`` (saying what would be needed) unless the roles allow this connection."""
         if not db_user:
             raise BadParameter(f'choose a database user to connect to "{db_name}" (--db-user)')
@@ -123,9 +121,7 @@ class AccessChecker:
                 detail=detail,
             )
         for exp in candidates:
-            if matchers.match_entry(exp.allow.users, db_user) and matchers.match_entry(
-                exp.allow.names, database
-            ):
+            if matchers.match_entry(exp.allow.users, db_user) and matchers.match_entry(exp.allow.names, database):
                 return
 
         user_somewhere = any(matchers.match_entry(exp.allow.users, db_user) for exp in candidates)
@@ -183,10 +179,7 @@ class AccessChecker:
             return [], [WILDCARD]
         denied = _dedupe(v for exp in self._expanded for v in getattr(exp.deny, which))
         allowed = _dedupe(
-            v
-            for exp in self._expanded
-            if _allow_labels_match(exp.allow, db_labels)
-            for v in getattr(exp.allow, which)
+            v for exp in self._expanded if _allow_labels_match(exp.allow, db_labels) for v in getattr(exp.allow, which)
         )
         if WILDCARD in denied:
             return [], denied
@@ -273,9 +266,7 @@ def _expand_side(cond: Conditions, traits: Mapping[str, Sequence[str]], *, deny:
     )
 
 
-def _expand_labels(
-    cond: Conditions, traits: Mapping[str, Sequence[str]], *, deny: bool
-) -> dict[str, list[str]] | None:
+def _expand_labels(cond: Conditions, traits: Mapping[str, Sequence[str]], *, deny: bool) -> dict[str, list[str]] | None:
     labels: dict[str, list[str]] = {}
     for key, patterns in matchers.normalize_selector(cond.db_labels).items():
         keys = templates.expand(key, traits)

@@ -58,9 +58,7 @@ def _labels(value: Any) -> Any:
 
 
 def _plain_labels(value: Any) -> Any:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise _expected("a map of label names to strings")
     return value
 
@@ -83,9 +81,7 @@ def _duration(value: Any) -> Any:
 
 def _role_name(value: Any) -> Any:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "expected", "must be a non-empty name of letters, digits and the characters . _ @ -"
-        )
+        raise PydanticCustomError("expected", "must be a non-empty name of letters, digits and the characters . _ @ -")
     return value
 
 

@@ -54,9 +54,7 @@ class PgConnection:
             self._drop()
         if self._conn is None:
             try:
-                self._conn = psycopg.connect(
-                    self._dsn, autocommit=True, connect_timeout=self._connect_timeout
-                )
+                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
             except psycopg.Error as err:
                 raise ConnectionProblem(f"cannot reach the {self._what} database", str(err)) from err
         return self._conn

@@ -39,9 +39,7 @@ class SQLiteConnection:
         try:
             if self.path != MEMORY:
                 create_private_file(Path(self.path))
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as err:
             raise ConnectionProblem(f"cannot open the SQLite database {self.path}", str(err)) from err
         self._conn: sqlite3.Connection | None = conn

@@ -53,6 +53,7 @@ class TunnelAgent:
         self.state = "connecting"
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._control: Connection | None = None
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -87,8 +88,14 @@ class TunnelAgent:
             log.warning("lost the connection to the proxy; reconnecting")
             await asyncio.sleep(BACKOFF_MIN * (0.5 + random.random()))
 
+    def announce(self) -> None:
+        """Tell the proxy now (not at the next heartbeat) that the set of databases changed."""
+        if self._control is not None:
+            self._control.write(encode({"type": "heartbeat", "databases": self.databases()}))
+
     async def _serve(self, control: Connection) -> None:
         control.write(encode({"type": "hello", "hostname": self.hostname, "databases": self.databases()}))
+        self._control = control
         beat = asyncio.get_running_loop().create_task(self._heartbeat(control))
         try:
             while True:
@@ -98,6 +105,7 @@ class TunnelAgent:
         except (ConnectionError, ValueError):
             pass
         finally:
+            self._control = None
             beat.cancel()
             control.close()
 
