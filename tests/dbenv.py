@@ -18,7 +18,7 @@ from typing import Any
 from tests.harness import PCTL, PTELEPORT, PTSH, Cluster, TotpDevice, find_url, pty_run, run, signup
 from tests.pgserver import PgServer
 
-PASSWORD = "correct horse battery"  # noqa: S105 - a test password
+PASSWORD = "correct horse battery"
 SEED_ROLE = """kind: role
 version: v3
 metadata:

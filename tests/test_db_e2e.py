@@ -76,8 +76,8 @@ def test_connect_runs_psql_as_the_routed_user_and_audits_the_query(env: DbEnv) -
         "postgres",
         "aurora",
     )
-    session = [e for e in env.events(sid=event["sid"])]
-    assert [e["event"] for e in session][0] == "db.session.start"
+    session = env.events(sid=event["sid"])
+    assert session[0]["event"] == "db.session.start"
     assert [e["ei"] for e in session] == list(range(len(session)))
 
 
@@ -188,9 +188,8 @@ spec:
 
 
 def test_ctrl_c_in_psql_cancels_the_running_query(env: DbEnv) -> None:
-    import pty
-
     import fcntl
+    import pty
     import termios
 
     master, slave = pty.openpty()
