@@ -117,10 +117,10 @@ def test_extended_protocol_parameters_are_audited(env: DbEnv) -> None:
 
 
 @contextlib.contextmanager
-def open_tunnel(env: DbEnv, user: str, *args: str) -> Iterator[int]:
+def open_tunnel(env: DbEnv, user: str, db_user: str = "alice") -> Iterator[int]:
     port = _free_port()
     tunnel = subprocess.Popen(
-        [PTSH, "proxy", "db", "--tunnel", f"--port={port}", "--db-user=alice", "--db-name=postgres", *args, "aurora"],
+        [PTSH, "proxy", "db", "--tunnel", f"--port={port}", f"--db-user={db_user}", "--db-name=postgres", "aurora"],
         env=env.user_env(user),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

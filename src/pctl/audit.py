@@ -54,7 +54,7 @@ def events(
     import sys
 
     from common.cli import table
-    from common.errors import UsageError
+    from common.errors import BadParameter, UsageError
     from pctl.connect import client as cluster_client
 
     if fmt not in ("text", "json", "jsonl"):
@@ -63,7 +63,10 @@ def events(
     if last:
         from common.durations import parse_duration
 
-        params["from"] = (datetime.now(UTC) - parse_duration(last, what="--last")).isoformat()
+        try:
+            params["from"] = (datetime.now(UTC) - parse_duration(last, what="--last")).isoformat()
+        except BadParameter as exc:
+            raise UsageError(exc.message) from None
     elif from_time:
         params["from"] = _time(from_time, "--from")
     if to_time:

@@ -98,13 +98,16 @@ def play(
 
 def _range(from_utc: str | None, to_utc: str | None, last: str | None) -> tuple[datetime, datetime]:
     from common.durations import parse_duration
-    from common.errors import UsageError
+    from common.errors import BadParameter, UsageError
 
     now = datetime.now(UTC)
     if last:
         if from_utc or to_utc:
             raise UsageError("use either --last or --from-utc/--to-utc")
-        return now - parse_duration(last, what="--last"), now
+        try:
+            return now - parse_duration(last, what="--last"), now
+        except BadParameter as exc:
+            raise UsageError(exc.message) from None
 
     def day(text: str, flag: str) -> datetime:
         try:

@@ -86,7 +86,7 @@ class DatabaseAgent:
         self.cluster = ident.cluster
         creds = ClusterCredentials(ident.cert, ident.key, self.host_ca_pem)
         self.client = AsyncClusterClient(proxy, creds)
-        self.shipper = AuditShipper(self.client)
+        self.shipper = AuditShipper(self.client, cfg.data_dir)
         engine = PostgresEngine(
             EngineDeps(
                 cluster_name=lambda: self.cluster,
@@ -141,8 +141,10 @@ class DatabaseAgent:
         if self.tunnel is not None:
             await self.tunnel.stop()
         if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.shipper.flush()
+            try:
+                await asyncio.wait_for(self.shipper.flush(), 5)
+            except Exception:
+                self.shipper.spill()  # delivered at the next start
             with contextlib.suppress(Exception):
                 await self.client.post(
                     "/v1/agents/heartbeat", {"hostname": self.config.teleport.nodename, "databases": []}
