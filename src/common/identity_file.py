@@ -13,10 +13,12 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +70,12 @@ def write_private(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with __import__("contextlib").suppress(OSError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def load(path: str | Path, warn: callable | None = None) -> IdentityFile:  # type: ignore[valid-type]
+def load(path: str | Path, warn: Callable[[str], None] | None = None) -> IdentityFile:
     path = Path(path)
     try:
         data = path.read_bytes()

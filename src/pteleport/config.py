@@ -6,7 +6,6 @@ A bad file is refused with one line naming the key and what is wrong
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -15,21 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.errors import BadParameter
+from common.paths import default_data_dir
 
 DEFAULT_LISTEN = "127.0.0.1:3080"
 
 
 class ConfigError(BadParameter):
     """A configuration file or flag that cannot be used."""
-
-
-def default_data_dir() -> str:
-    env = os.environ.get("PTELEPORT_DATA_DIR")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/lib/pteleport"
-    return str(Path.home() / ".local" / "share" / "pteleport")
 
 
 def _yes_no(value: Any) -> Any:
