@@ -364,3 +364,31 @@ def _indent(text: str, spaces: int) -> str:
 
 
 __all__ = ["PASSWORD", "pty_run"]
+
+
+def test_an_agent_killed_mid_session_ends_only_that_session(env: DbEnv) -> None:
+    victim = env.start_agent("victimdb")
+    query = subprocess.Popen(
+        [PTSH, "db", "connect", "--db-user=alice", "--db-name=postgres", "victimdb", "--", "-c", "select pg_sleep(20)"],
+        env=env.user_env("alice"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    victim.stop(signal.SIGKILL)
+    _out, err = query.communicate(timeout=15)
+    assert query.returncode != 0
+    assert "connection" in err.lower() and "Traceback" not in err
+    # Everything else keeps working.
+    assert connect(env, "alice", "--db-user=alice", "--db-name=postgres", "aurora").returncode == 0
+
+
+def test_garbage_instead_of_tls_is_dropped_and_the_proxy_keeps_serving(env: DbEnv) -> None:
+    host, port = env.cluster.addr.split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b"\x00\x01garbage, not a TLS ClientHello\r\n" * 50)
+        raw.settimeout(10)
+        assert _closed(raw)
+    assert connect(env, "alice", "--db-user=alice", "--db-name=postgres", "aurora").returncode == 0
+    assert env.ptsh("alice", "status").returncode == 0

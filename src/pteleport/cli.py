@@ -68,88 +68,82 @@ def start(
     )
 
 
+# Flags shared by `db start` and `db configure create` (Teleport's names).
+TokenOpt = Annotated[str, typer.Option("--token", help="Join token (value or a file holding it).")]
+CaPinOpt = Annotated[list[str] | None, typer.Option("--ca-pin", help="sha256:... pin from pctl status (repeatable).")]
+ProtocolOpt = Annotated[str, typer.Option("--protocol", help="Database protocol.")]
+LabelsOpt = Annotated[str, typer.Option("--labels", help="Static labels k=v,k2=v2.")]
+DescriptionOpt = Annotated[str, typer.Option("--description", help="Shown by ptsh db ls.")]
+AwsRegionOpt = Annotated[str | None, typer.Option("--aws-region", help="RDS/Aurora region: IAM authentication.")]
+CaCertOpt = Annotated[str | None, typer.Option("--ca-cert-file", "--ca-cert", help="CA of the database's certificate.")]
+TlsModeOpt = Annotated[str, typer.Option("--tls-mode", help="verify-full, verify-ca or insecure.")]
+PasswordFileOpt = Annotated[str | None, typer.Option("--password-file", help="File with the db user's password.")]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Where the service keeps its identity.")]
+NodenameOpt = Annotated[str | None, typer.Option("--nodename", help="This host's name in the cluster.")]
+
+
+def _agent_config(flags: dict) -> dict:
+    from pteleport.dbconfig import agent_config_dict
+
+    flags = {k: v for k, v in flags.items() if k not in ("output",)}
+    flags["ca_pins"] = flags.pop("ca_pin") or []
+    if "dynamic_resources_labels" in flags:
+        flags["resource_labels"] = flags.pop("dynamic_resources_labels")
+    return agent_config_dict(**flags)
+
+
 @db_app.command("start")
 def db_start(
-    token: Annotated[str, typer.Option("--token", help="Join token (value or a file holding it).")],
+    token: TokenOpt,
     proxy: Annotated[str, typer.Option("--proxy", "--auth-server", help="Proxy address HOST:PORT.")],
     name: Annotated[str, typer.Option("--name", help="Database name in the cluster.")],
     uri: Annotated[str, typer.Option("--uri", help="Database address HOST:PORT.")],
-    protocol: Annotated[str, typer.Option("--protocol")] = "postgres",
-    ca_pin: Annotated[list[str] | None, typer.Option("--ca-pin", help="sha256:... pin of the cluster CA.")] = None,
-    labels: Annotated[str, typer.Option("--labels", help="k=v,k2=v2")] = "",
-    description: Annotated[str, typer.Option("--description")] = "",
-    aws_region: Annotated[str | None, typer.Option("--aws-region")] = None,
-    ca_cert_file: Annotated[str | None, typer.Option("--ca-cert-file", "--ca-cert")] = None,
-    tls_mode: Annotated[str, typer.Option("--tls-mode", help="verify-full, verify-ca or insecure.")] = "verify-full",
-    password_file: Annotated[str | None, typer.Option("--password-file")] = None,
-    data_dir: Annotated[str | None, typer.Option("--data-dir")] = None,
-    nodename: Annotated[str | None, typer.Option("--nodename")] = None,
+    protocol: ProtocolOpt = "postgres",
+    ca_pin: CaPinOpt = None,
+    labels: LabelsOpt = "",
+    description: DescriptionOpt = "",
+    aws_region: AwsRegionOpt = None,
+    ca_cert_file: CaCertOpt = None,
+    tls_mode: TlsModeOpt = "verify-full",
+    password_file: PasswordFileOpt = None,
+    data_dir: DataDirOpt = None,
+    nodename: NodenameOpt = None,
 ) -> None:
     """Run a database service without a config file."""
-    from pteleport.dbconfig import agent_config_dict
+    flags = dict(locals())
     from pteleport.startup import run_config_dict
 
-    doc = agent_config_dict(
-        token=token,
-        proxy=proxy,
-        name=name,
-        uri=uri,
-        protocol=protocol,
-        ca_pins=ca_pin or [],
-        labels=labels,
-        description=description,
-        aws_region=aws_region,
-        ca_cert_file=ca_cert_file,
-        tls_mode=tls_mode,
-        password_file=password_file,
-        data_dir=data_dir,
-        nodename=nodename,
-    )
-    run_config_dict(doc)
+    run_config_dict(_agent_config(flags))
 
 
 @db_configure.command("create")
 def db_configure_create(
-    token: Annotated[str, typer.Option("--token", help="Join token (value or a file holding it).")] = "/tmp/token",  # noqa: S107, S108
+    token: TokenOpt = "/tmp/token",  # noqa: S107, S108 - Teleport's documented default
     proxy: Annotated[str, typer.Option("--proxy", help="Proxy address HOST:PORT.")] = "0.0.0.0:3080",
-    ca_pin: Annotated[list[str] | None, typer.Option("--ca-pin", help="sha256:... (repeatable).")] = None,
-    name: Annotated[str | None, typer.Option("--name")] = None,
-    protocol: Annotated[str, typer.Option("--protocol")] = "postgres",
-    uri: Annotated[str | None, typer.Option("--uri")] = None,
-    labels: Annotated[str, typer.Option("--labels", help="k=v,k2=v2")] = "",
-    description: Annotated[str, typer.Option("--description")] = "",
-    aws_region: Annotated[str | None, typer.Option("--aws-region")] = None,
-    ca_cert_file: Annotated[str | None, typer.Option("--ca-cert-file")] = None,
-    tls_mode: Annotated[str, typer.Option("--tls-mode")] = "verify-full",
-    password_file: Annotated[str | None, typer.Option("--password-file")] = None,
-    dynamic_resources_labels: Annotated[str, typer.Option("--dynamic-resources-labels")] = "",
-    data_dir: Annotated[str | None, typer.Option("--data-dir")] = None,
-    nodename: Annotated[str | None, typer.Option("--nodename")] = None,
+    ca_pin: CaPinOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Database name in the cluster.")] = None,
+    protocol: ProtocolOpt = "postgres",
+    uri: Annotated[str | None, typer.Option("--uri", help="Database address HOST:PORT.")] = None,
+    labels: LabelsOpt = "",
+    description: DescriptionOpt = "",
+    aws_region: AwsRegionOpt = None,
+    ca_cert_file: CaCertOpt = None,
+    tls_mode: TlsModeOpt = "verify-full",
+    password_file: PasswordFileOpt = None,
+    dynamic_resources_labels: Annotated[
+        str, typer.Option("--dynamic-resources-labels", help="Serve db resources with these labels (k=v,...).")
+    ] = "",
+    data_dir: DataDirOpt = None,
+    nodename: NodenameOpt = None,
     output: Annotated[
         str, typer.Option("--output", "-o", help="stdout, file (default path) or file:///PATH")
     ] = "stdout",
 ) -> None:
     """Write a database service config (then run: pteleport start -c FILE)."""
-    from pteleport.dbconfig import agent_config_dict, render_config, write_output
+    flags = dict(locals())
+    from pteleport.dbconfig import render_config, write_output
 
-    doc = agent_config_dict(
-        token=token,
-        proxy=proxy,
-        name=name,
-        uri=uri,
-        protocol=protocol,
-        ca_pins=ca_pin or [],
-        labels=labels,
-        description=description,
-        aws_region=aws_region,
-        ca_cert_file=ca_cert_file,
-        tls_mode=tls_mode,
-        password_file=password_file,
-        data_dir=data_dir,
-        nodename=nodename,
-        resource_labels=dynamic_resources_labels,
-    )
-    write_output(render_config(doc), output)
+    write_output(render_config(_agent_config(flags)), output)
 
 
 @install_app.command("systemd")

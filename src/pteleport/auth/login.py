@@ -13,6 +13,9 @@ from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext
 
 GENERIC_FAILURE = "invalid user name, password or second factor"
+# Failed logins allowed per client address in a sliding window (on top of per-user lock-out).
+IP_FAILURES = 20
+IP_WINDOW = timedelta(minutes=1)
 # At most this many password hashes run at once (each takes 19 MiB and ~40 ms).
 _HASH_SLOTS = threading.BoundedSemaphore(4)
 
@@ -21,6 +24,18 @@ class LoginService:
     def __init__(self, ctx: AuthContext, certs: CertService) -> None:
         self.ctx = ctx
         self.certs = certs
+        self._ip_failures: dict[str, list[datetime]] = {}
+
+    def _check_address(self, ip: str, now: datetime) -> None:
+        recent = [t for t in self._ip_failures.get(ip, []) if now - t < IP_WINDOW]
+        self._ip_failures[ip] = recent
+        if len(recent) >= IP_FAILURES:
+            raise LimitExceeded("too many failed logins from this address; wait a minute and try again")
+
+    def _note_address_failure(self, ip: str, now: datetime) -> None:
+        self._ip_failures.setdefault(ip, []).append(now)
+        if len(self._ip_failures) > 10_000:  # bounded memory under a spray from many addresses
+            self._ip_failures = {k: v for k, v in self._ip_failures.items() if v and now - v[-1] < IP_WINDOW}
 
     def _locked_until(self, user: str, now: datetime) -> datetime | None:
         try:
@@ -45,6 +60,7 @@ class LoginService:
         self.ctx.login_state.put(user, state)
 
     def _fail(self, user: str, reason: str, remote: str) -> AccessDenied:
+        self._note_address_failure(remote.rsplit(":", 1)[0], self.ctx.clock())
         self.ctx.emit(
             "user.login",
             "T1000W",
@@ -66,6 +82,7 @@ class LoginService:
         remote: str,
     ) -> tuple[bytes, Identity]:
         now = self.ctx.clock()
+        self._check_address(remote.rsplit(":", 1)[0], now)
         until = self._locked_until(user, now)
         if until is not None:
             self.ctx.emit(
