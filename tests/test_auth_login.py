@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from common.errors import AccessDenied, LimitExceeded
-from common.identity import KIND_ADMIN, Identity
+from common.identity import KIND_ADMIN, Identity, identity_from_pem
 from common.tls import generate_private_key, public_key_pem
 from pteleport.audit.memory_log import MemoryAuditLog
 from pteleport.auth import totp
@@ -59,13 +59,14 @@ def test_failures_from_one_address_are_rate_limited(cluster) -> None:
         login(auth, "nobody", "wrong", "000000")
 
 
-def test_a_code_is_accepted_once_and_the_certificate_ttl_is_capped(cluster) -> None:
+def test_a_code_is_accepted_once_and_the_certificate_lasts_12_hours(cluster) -> None:
     auth, clock = cluster
     secret = auth.ctx.secrets.get("alice")["totp_secret"]
     clock.now += timedelta(seconds=60)
     code = totp.code_at(secret, clock.now)
     cert, identity = login(auth, "alice", "correct horse", code)
     assert identity.username == "alice"
+    assert identity_from_pem(cert).expires == clock.now + timedelta(hours=12)
     with pytest.raises(AccessDenied):
         login(auth, "alice", "correct horse", code)
     events = auth.ctx.audit.search(event_types=["user.login"])
