@@ -46,6 +46,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
     """Run a Typer app; errors become one line on stderr and the documented exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(completion_var(prog)):
+        enable_completion()
     if "--debug" in argv or "-d" in argv[:1]:
         DEBUG["on"] = True
     try:
@@ -70,6 +72,23 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
         _click_error(exc, prog)
     if isinstance(result, int) and not isinstance(result, bool):
         raise SystemExit(result)
+
+
+def completion_var(prog: str) -> str:
+    """The variable the shell sets when it asks for completions: ``_PTSH_COMPLETE``."""
+    return f"_{prog.replace('-', '_').upper()}_COMPLETE"
+
+
+def enable_completion() -> None:
+    """Register Typer's bash, zsh and fish completion classes.
+
+    Our apps say ``add_completion=False`` (no ``--install-completion`` options, and nothing
+    loaded at start-up); the scripts in completions/ call the program back with
+    ``_PROG_COMPLETE=complete_<shell>``, and only then is this run.
+    """
+    from typer.completion import completion_init
+
+    completion_init()
 
 
 def _click_error(exc: Exception, prog: str) -> NoReturn:

@@ -1,94 +1,205 @@
-"""The credentials a ptsh command works with: the active profile, or an identity file (-i).
+"""The one place ptsh loads credentials: an identity file (``-i FILE`` or ``PTSH_IDENTITY_FILE``)
+or else the active profile.
 
-``current_login`` returns everything a command needs to talk to the cluster: the proxy
-address, the user's certificate and key, the host CA, and the identity in the certificate.
-An expired login is refused here, with the sentence that says what to do.
+``current_login`` gives a command everything it needs to talk to the cluster: the proxy
+address, the certificate and key, the host CA, and the identity in the certificate. With
+an identity file no profile and no keyring is touched. An expired login is refused here,
+with the sentence that says what to do. ``profile_login`` is the same for one stored
+profile, for ``ptsh status`` and ``ptsh login`` (which show expired ones too).
+
+Identity files are checked before use, one clear sentence each: missing (exit 3),
+unreadable or not an identity file (exit 1), readable by others (a warning), a key that is
+not the certificate's (exit 1), expired (exit 3), and, on the first call that fails to
+verify the proxy, issued by another cluster (exit 3).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from common.errors import NotLoggedIn
+from common.errors import BadParameter, ConnectionProblem, NotLoggedIn
+
+if TYPE_CHECKING:
+    from common.identity import Identity
+    from common.profile import Profile, ProfileStore
 
 IDENTITY_ENV = "PTSH_IDENTITY_FILE"
 IDENTITY_FLAG: dict[str, str | None] = {"path": None}
+RENEW_HINT = '"pctl auth sign --user=NAME --out=FILE" or "ptsh login --bot --token=TOKEN --out=FILE"'
 
 
 @dataclass
 class Login:
     proxy: str
     cert: bytes
-    key: bytes
     host_cas: bytes
     username: str
     cluster: str
     roles: tuple[str, ...]
     expires: datetime | None
-    profile: Any = None  # common.profile.Profile when logged in through a profile
+    identity: Identity
+    profile: Profile | None = None  # set when the credentials come from a profile
+    store: ProfileStore | None = None
+    identity_file: str | None = None  # set when they come from an identity file
+    _key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> bytes:
+        """The private key; from a profile it is read (file or OS keyring) only when needed."""
+        if self._key is None:
+            assert self.store is not None and self.profile is not None
+            self._key = self.store.read_key(self.profile)
+        return self._key
+
+    @property
+    def expired(self) -> bool:
+        return self.expires is not None and self.expires <= datetime.now(UTC)
 
     def client(self) -> Any:
         from common.client import ClusterClient, ClusterCredentials
 
-        return ClusterClient(self.proxy, creds=ClusterCredentials(self.cert, self.key, self.host_cas))
+        creds = ClusterCredentials(self.cert, self.key, self.host_cas)
+        if self.identity_file is None:
+            return ClusterClient(self.proxy, creds=creds)
+        login = self
 
+        class IdentityFileClient(ClusterClient):
+            def request(self, method: str, path: str, **kw: Any) -> Any:
+                try:
+                    return super().request(method, path, **kw)
+                except (ConnectionProblem, NotLoggedIn) as exc:
+                    problem = login.foreign_cluster_problem(exc)
+                    if problem:
+                        raise NotLoggedIn(problem) from None
+                    raise
 
-def _first_cert(bundle: bytes) -> bytes:
-    end = b"-----END CERTIFICATE-----"
-    head, sep, _rest = bundle.partition(end)
-    return head + sep + b"\n" if sep else bundle
+        return IdentityFileClient(self.proxy, creds=creds)
+
+    def foreign_cluster_problem(self, exc: Exception) -> str | None:
+        """When the proxy could not be verified with the identity file's CA: is it another cluster?
+
+        Asks the proxy for its CAs without trusting it (nothing secret is sent) and compares;
+        the answer only chooses the error message, it is never trusted.
+        """
+        text = str(exc)
+        if isinstance(exc, ConnectionProblem) and "securely" not in text:
+            return None  # the proxy is down or unreachable: say so, not this
+        from common.client import ClusterClient
+
+        try:
+            with ClusterClient(self.proxy, insecure=True) as probe:
+                answer = probe.get("/v1/cas")
+        except Exception:
+            return None
+        theirs = str((answer.get("cas") or {}).get("host", "")).strip()
+        if not theirs or theirs.encode() in self.host_cas:
+            return None
+        name = str(answer.get("cluster_name", ""))
+        other = f'cluster "{name}"' if name and name != self.cluster else "another cluster (its CAs differ)"
+        return (
+            f'the identity file {self.identity_file} was issued by cluster "{self.cluster}", but the proxy at '
+            f"{self.proxy} belongs to {other}; get an identity file from this cluster with {RENEW_HINT}"
+        )
 
 
 def identity_file_path() -> str | None:
     return IDENTITY_FLAG["path"] or os.environ.get(IDENTITY_ENV) or None
 
 
-def current_login(proxy: str | None = None, *, allow_expired: bool = False) -> Login:
+def _host_cas(bundle: bytes, source: str) -> bytes:
+    """Of an identity file's CAs, the host CA(s): the only ones that vouch for the proxy."""
+    from cryptography.x509.oid import NameOID
+
+    from common.tls import cert_pem, load_certs
+
+    try:
+        certs = load_certs(bundle)
+    except ValueError:
+        raise BadParameter(f"{source} holds CA certificates that cannot be read; get a new one with {RENEW_HINT}") from None
+    hosts = [
+        c for c in certs
+        if any(a.value == "host CA" for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
+    ]
+    return b"".join(cert_pem(c) for c in hosts) if hosts else bundle
+
+
+def load_identity_file(path: str, proxy: str | None = None) -> Login:
+    """An identity file as a Login, after the local checks (no network)."""
+    from common import identity_file
+    from common.cli import eprint
+    from common.identity import identity_from_cert
+    from common.tls import load_cert, load_private_key
+
+    source = f"identity file {path}"
+    ident = identity_file.load(Path(path), warn=eprint)
+    try:
+        cert = load_cert(ident.cert)
+        identity = identity_from_cert(cert)
+        key = load_private_key(ident.key)
+    except Exception:
+        raise BadParameter(
+            f"{source} holds a certificate or key that cannot be read; get a new one with {RENEW_HINT}"
+        ) from None
+    if key.public_key() != cert.public_key():
+        raise BadParameter(f"the private key in {source} does not belong to its certificate; get a new one with {RENEW_HINT}")
+    address = proxy or ident.proxy
+    if not address:
+        raise BadParameter(f"{source} names no proxy; pass --proxy=HOST:PORT")
+    return Login(
+        proxy=address,
+        cert=ident.cert,
+        host_cas=_host_cas(ident.cas, source),
+        username=identity.username,
+        cluster=ident.cluster or identity.cluster_name,
+        roles=identity.roles,
+        expires=identity.expires,
+        identity=identity,
+        identity_file=str(path),
+        _key=ident.key,
+    )
+
+
+def profile_login(store: ProfileStore, profile: Profile) -> Login:
+    """One stored profile as a Login (expired or not); the key is read only when used."""
     from common.identity import identity_from_pem
 
+    cert = store.read_cert(profile)
+    try:
+        identity = identity_from_pem(cert)
+    except Exception:
+        raise NotLoggedIn(f"the certificate in {store.cert_path(profile)} cannot be read; log in again") from None
+    return Login(
+        proxy=profile.web_proxy_addr,
+        cert=cert,
+        host_cas=store.read_cas(profile),
+        username=profile.user,
+        cluster=profile.cluster,
+        roles=identity.roles,
+        expires=identity.expires,
+        identity=identity,
+        profile=profile,
+        store=store,
+    )
+
+
+def current_login(proxy: str | None = None, *, allow_expired: bool = False) -> Login:
+    """The identity file if one is given, else the profile for ``proxy`` (else the active one)."""
     path = identity_file_path()
     if path:
-        from common import identity_file
-        from common.cli import eprint
-
-        ident = identity_file.load(Path(path), warn=eprint)
-        cert_identity = identity_from_pem(ident.cert)
-        login = Login(
-            proxy=proxy or ident.proxy,
-            cert=ident.cert,
-            key=ident.key,
-            host_cas=_first_cert(ident.cas),
-            username=cert_identity.username,
-            cluster=ident.cluster or cert_identity.cluster_name,
-            roles=cert_identity.roles,
-            expires=cert_identity.expires,
-        )
-        if not login.proxy:
-            raise NotLoggedIn(f"identity file {path} names no proxy; pass --proxy")
+        login = load_identity_file(path, proxy)
     else:
         from common.profile import ProfileStore
 
         store = ProfileStore()
-        profile = store.find(proxy)
-        cert = store.read_cert(profile)
-        cert_identity = identity_from_pem(cert)
-        login = Login(
-            proxy=profile.web_proxy_addr,
-            cert=cert,
-            key=store.read_key(profile),
-            host_cas=store.read_cas(profile),
-            username=profile.user,
-            cluster=profile.cluster,
-            roles=cert_identity.roles,
-            expires=cert_identity.expires,
-            profile=profile,
-        )
-    if not allow_expired and login.expires is not None and login.expires <= datetime.now(UTC):
+        login = profile_login(store, store.find(proxy))
+    if not allow_expired and login.expired:
+        assert login.expires is not None
+        when = login.expires.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         if path:
-            raise NotLoggedIn(f'the identity file {path} has expired; issue a new one with "pctl auth sign"')
-        raise NotLoggedIn(f'your login to {login.proxy} has expired; run "ptsh login --proxy={login.proxy}"')
+            raise NotLoggedIn(f"the identity file {path} expired at {when}; get a new one with {RENEW_HINT}")
+        raise NotLoggedIn(f'your login to {login.proxy} expired at {when}; run "ptsh login --proxy={login.proxy}"')
     return login

@@ -6,7 +6,7 @@ render JSON. Errors become responses in ``api.errors`` only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -218,27 +218,22 @@ async def database_cert(request: web.Request) -> web.Response:
 
 
 async def user_cert(request: web.Request) -> web.Response:
-    """`pctl auth sign --user`: the admin (or an impersonator) signs for a user."""
+    """`pctl auth sign --user`: the admin, the user themself, or an impersonator signs (auth/bots.py)."""
     req = await _body(request, models.UserCertRequest)
     auth = _auth(request)
-    me = _me(request)
-    auth.ctx.authorize(me, "user", "impersonate")
-    doc = auth.user_record(req.user)
-    identity = Identity(
-        username=req.user,
-        roles=tuple(doc["spec"].get("roles", [])),
-        traits=doc["spec"].get("traits", {}),
-        impersonator=me.username,
+    cert, identity = auth.bots.sign_for(
+        _me(request), req.user, req.public_key, _ttl(req.ttl_seconds), req.database, req.db_user, req.db_name,
+        auth.databases,
     )
-    ttl = auth.certs.capped_ttl(identity, _ttl(req.ttl_seconds))
-    identity = replace(identity, expires=auth.ctx.clock() + ttl)
-    if req.database:
-        cert, _route = auth.certs.db_cert(
-            identity, req.public_key, req.database, req.db_user, req.db_name, ttl, auth.databases
-        )
-    else:
-        cert = auth.certs.sign_user(identity, req.public_key, ttl)
-    return web.json_response({"cert": cert.decode(), "cas": auth.public_cas(), "cluster_name": auth.cluster_name})
+    return web.json_response(
+        {
+            "cert": cert.decode(),
+            "cas": auth.public_cas(),
+            "cluster_name": auth.cluster_name,
+            "username": identity.username,
+            "expires": identity.expires.isoformat() if identity.expires else None,
+        }
+    )
 
 
 async def db_server_cert(request: web.Request) -> web.Response:
@@ -305,6 +300,38 @@ async def session_events(request: web.Request) -> web.Response:
     return web.json_response(_auth(request).audit.session_events(_me(request), request.match_info["sid"]))
 
 
+# --- bots (machine users) ----------------------------------------------------------------
+async def bots_add(request: web.Request) -> web.Response:
+    req = await _body(request, models.BotAddRequest)
+    doc = _auth(request).bots.add(_me(request), req.name, req.roles, req.traits, _ttl(req.token_ttl_seconds))
+    return web.json_response({**doc, "proxy": request.app[INFO].public_addr})
+
+
+async def bots_list(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).bots.list(_me(request)))
+
+
+async def bots_remove(request: web.Request) -> web.Response:
+    _auth(request).bots.remove(_me(request), request.match_info["name"])
+    return web.json_response({"deleted": True})
+
+
+async def bots_join(request: web.Request) -> web.Response:
+    """`ptsh login --bot`: no certificate yet; the single-use token is the credential."""
+    req = await _body(request, models.BotJoinRequest)
+    auth = _auth(request)
+    cert, identity = auth.bots.join(req.token, req.public_key, _ttl(req.ttl_seconds), _remote(request))
+    return web.json_response(
+        {
+            "cert": cert.decode(),
+            "cas": auth.public_cas(),
+            "cluster_name": auth.cluster_name,
+            "username": identity.username,
+            "expires": identity.expires.isoformat() if identity.expires else None,
+        }
+    )
+
+
 def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
     app[AUTH] = auth
@@ -340,5 +367,9 @@ def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
     r.add_post("/v1/events", events_emit)
     r.add_get("/v1/events", events_search)
     r.add_get("/v1/sessions/{sid}/events", session_events)
+    r.add_post("/v1/bots/join", bots_join)
+    r.add_post("/v1/bots", bots_add)
+    r.add_get("/v1/bots", bots_list)
+    r.add_delete("/v1/bots/{name}", bots_remove)
     add_web_routes(app, auth)
     return app

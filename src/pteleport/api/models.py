@@ -95,3 +95,16 @@ class HeartbeatRequest(_Req):
 
 class EventsRequest(_Req):
     events: list[dict[str, Any]] = Field(max_length=10000)
+
+
+class BotAddRequest(_Req):
+    name: str = Field(min_length=1, max_length=128)
+    roles: list[str]
+    traits: dict[str, list[str]] = Field(default_factory=dict)
+    token_ttl_seconds: int | None = Field(default=None, gt=0)
+
+
+class BotJoinRequest(_Req):
+    token: str = Field(min_length=1, max_length=512)
+    public_key: str = Field(max_length=4096)
+    ttl_seconds: int | None = Field(default=None, gt=0)

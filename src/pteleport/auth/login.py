@@ -105,6 +105,8 @@ class LoginService:
             doc, record = None, None
         phc = record.get("password_hash") if record else None
         ok = await asyncio.to_thread(_verify_limited, password, phc)
+        if ok and doc is not None and _is_bot(self.ctx, user):
+            raise self._fail(user, "bots cannot log in with a password", remote)
         if not ok or doc is None or record is None:
             if doc is not None:
                 self._record_failure(user, now)
@@ -126,6 +128,12 @@ class LoginService:
         cert = self.certs.sign_user(identity, public_key_pem, ttl)
         self.ctx.emit("user.login", "T1000I", user=user, method="local", success=True, **{"addr.remote": remote})
         return cert, identity
+
+
+def _is_bot(ctx: AuthContext, user: str) -> bool:
+    from pteleport.auth.bots import is_bot
+
+    return is_bot(ctx, user)
 
 
 def _verify_limited(password: str, phc: str | None) -> bool:

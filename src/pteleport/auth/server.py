@@ -12,6 +12,7 @@ from common.identity import KIND_ADMIN, Identity
 from common.tls import ca_pin, load_cert
 from pteleport.audit.log import AuditLog
 from pteleport.auth.audit import AuditService
+from pteleport.auth.bots import BotService
 from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, AuthSettings, Clock
 from pteleport.auth.databases import DatabaseService
@@ -37,6 +38,7 @@ class AuthServer:
         self.databases = DatabaseService(self.ctx)
         self.resources = ResourceService(self.ctx, self.users, self.tokens, self.databases)
         self.audit = AuditService(self.ctx)
+        self.bots = BotService(self.ctx, self.certs)
 
     @property
     def cluster_name(self) -> str:
