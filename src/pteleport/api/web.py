@@ -41,9 +41,9 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 def _qr_svg(uri: str) -> str:
     import segno
 
-    buf = io.StringIO()
+    buf = io.BytesIO()
     segno.make(uri, error="m").save(buf, kind="svg", scale=5, xmldecl=False, svgns=True)
-    return buf.getvalue()
+    return buf.getvalue().decode("utf-8")
 
 
 def _form(auth: AuthServer, token: str, error: str = "") -> web.Response:
