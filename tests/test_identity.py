@@ -63,3 +63,20 @@ def test_ca_pin_is_sha256_of_the_subject_public_key_info():
     cert = x509.load_pem_x509_certificate(ca.cert_pem)
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert ca_pin(cert) == "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def test_only_proxy_host_certificates_can_serve_the_internal_name():
+    from pteleport.audit.memory_log import MemoryAuditLog
+    from pteleport.auth.context import AuthSettings
+    from pteleport.auth.server import AuthServer
+    from pteleport.storage.memory import MemoryBackend
+
+    auth = AuthServer(MemoryBackend(), MemoryAuditLog(), lambda: NOW, AuthSettings("c", "127.0.0.1:3080"))
+    auth.init_cluster()
+    key = generate_private_key().public_key()
+    agent = load_cert(auth.certs.sign_host("agent-1", "Db", key, ["db-host"]))
+    proxy = load_cert(auth.certs.sign_host("proxy-1", "Proxy", key, ["proxy.example.com"]))
+    with pytest.raises(x509.ExtensionNotFound):
+        agent.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    names = proxy.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "pteleport.cluster.local" in names.get_values_for_type(x509.DNSName)

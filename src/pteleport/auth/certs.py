@@ -56,7 +56,9 @@ class CertService:
             cluster_name=self.ctx.cluster_name,
             system_role=system_role,
         )
-        names = [INTERNAL_SNI, *server_names]
+        # Only a proxy serves the internal name: an agent's certificate is for client use, so a
+        # stolen agent certificate cannot impersonate the proxy to other agents or to users.
+        names = [INTERNAL_SNI, *server_names] if system_role == "Proxy" else []
         return sign_identity(self.ctx.ca("host"), public_key, identity, now, now + HOST_CERT_TTL, server_names=names)
 
     def db_cert(
