@@ -44,7 +44,7 @@ class LogConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    type: Literal["sqlite", "dir", "postgresql", "memory"] = "sqlite"
+    type: Literal["sqlite", "postgresql", "memory"] = "sqlite"
     path: str | None = None
     conn_string: str | None = None
     audit_events_uri: list[str] | str | None = None
