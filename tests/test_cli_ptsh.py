@@ -308,3 +308,47 @@ def test_keys_never_world_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for path in (tmp_path / "h").rglob("*"):
         mode = _mode(path)
         assert mode & 0o077 == 0, (path, oct(mode))
+
+
+# --- identity files (no cluster needed: status reads the file only) ----------------------------------
+def _identity_file(path: Path, expires_in: timedelta, mode: int = 0o600) -> Path:
+    from common.identity_file import IdentityFile, render, write_private
+
+    cert, key, cas = _login_material(expires_in)
+    write_private(path, render(IdentityFile(key, cert, cas, "127.0.0.1:3080", "test-cluster")))
+    path.chmod(mode)
+    return path
+
+
+def test_status_of_an_identity_file_uses_no_profile(tmp_path: Path) -> None:
+    import json
+
+    identity = _identity_file(tmp_path / "ci.identity", timedelta(hours=1))
+    env = base_env(PTSH_HOME=tmp_path / "home", PTSH_KEY_STORAGE="", PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+    result = run([PTSH, "-i", str(identity), "status"], env)
+    assert result.returncode == 0, result.stderr
+    assert f"  Key storage:        identity file ({identity})" in result.stdout.splitlines()
+    from_env = run([PTSH, "status", "--format", "json"], {**env, "PTSH_IDENTITY_FILE": str(identity)})
+    active = json.loads(from_env.stdout)["active"]
+    assert (active["username"], active["key_storage"], active["identity_file"]) == ("alice", "identity file",
+                                                                                    str(identity))
+    assert not (tmp_path / "home").exists()
+
+
+def test_identity_file_problems_without_a_cluster(tmp_path: Path) -> None:
+    env = base_env(PTSH_HOME=tmp_path / "home")
+    expired = _identity_file(tmp_path / "old.identity", -timedelta(minutes=5))
+    result = run([PTSH, "-i", str(expired), "db", "ls", "--format", "json"], env)
+    assert (result.returncode, result.stdout) == (3, "")
+    assert "ERROR: the identity file" in result.stderr and "expired at" in result.stderr
+    status = run([PTSH, "-i", str(expired), "status"], env)
+    assert status.returncode == 3 and "[EXPIRED]" in status.stdout
+    assert status.stderr.strip() == f"ERROR: The identity file {expired} has expired."
+    garbage = tmp_path / "garbage.identity"
+    garbage.write_text("not one\n")
+    result = run([PTSH, "-i", str(garbage), "status"], env)
+    assert result.returncode == 1 and "is not a pteleport identity file" in result.stderr
+    loose = _identity_file(tmp_path / "loose.identity", timedelta(hours=1), mode=0o644)
+    result = run([PTSH, "-i", str(loose), "status", "--format", "json"], env)
+    assert result.returncode == 0 and result.stdout.startswith("{")
+    assert "WARNING: identity file" in result.stderr and "chmod 600" in result.stderr

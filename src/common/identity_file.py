@@ -76,14 +76,54 @@ def write_private(path: str | Path, data: bytes) -> None:
 
 
 def load(path: str | Path, warn: Callable[[str], None] | None = None) -> IdentityFile:
+    """Read an identity file: missing is NotLoggedIn (exit 3), unreadable or not one is
+    BadParameter (exit 1), readable by other users is a warning through ``warn``."""
     path = Path(path)
     try:
         data = path.read_bytes()
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise NotLoggedIn(f'identity file {path} does not exist; create one with "pctl auth sign"') from None
+        raise NotLoggedIn(
+            f'identity file {path} does not exist; create one with "pctl auth sign --user=NAME --out={path}" '
+            f'or "ptsh login --bot --token=TOKEN --out={path}"'
+        ) from None
     except PermissionError:
-        raise NotLoggedIn(f"identity file {path} cannot be read by this user; check its owner and mode") from None
+        raise BadParameter(f"identity file {path} cannot be read by this user; check its owner and mode") from None
+    except IsADirectoryError:
+        raise BadParameter(f"identity file {path} is a directory; pass the file itself") from None
+    except OSError as exc:
+        raise BadParameter(f"identity file {path} cannot be read: {exc.strerror or exc}") from None
     if warn is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warn(f"warning: identity file {path} is readable by other users; run: chmod 600 {path}")
+        warn(f"WARNING: identity file {path} is readable by other users; run: chmod 600 {path}")
     return parse(data, f"identity file {path}")
+
+
+def foreign_cluster_problem(path: str | Path, proxy: str, cluster: str, host_cas: bytes, exc: Exception) -> str | None:
+    """After a call with an identity file failed to verify the proxy: was the file issued by another cluster?
+
+    Asks the proxy for its CAs without trusting it (nothing secret is sent) and compares them
+    with the file's host CA; the answer only picks the error message and is never trusted.
+    None when this is not the explanation (e.g. the proxy is down).
+    """
+    from common.errors import ConnectionProblem
+
+    if isinstance(exc, ConnectionProblem) and "securely" not in str(exc):
+        return None
+    from common.client import ClusterClient
+    from common.tls import cert_pem, load_certs
+
+    try:
+        with ClusterClient(proxy, insecure=True) as probe:
+            answer = probe.get("/v1/cas")
+        theirs = {cert_pem(c) for c in load_certs(str((answer.get("cas") or {}).get("host", "")).encode())}
+        ours = {cert_pem(c) for c in load_certs(host_cas)}
+    except Exception:
+        return None
+    if not theirs or theirs & ours:
+        return None
+    name = str(answer.get("cluster_name", ""))
+    other = f'cluster "{name}"' if name and name != cluster else "another cluster (its CAs differ)"
+    return (
+        f'the identity file {path} was issued by cluster "{cluster}", but the proxy at {proxy} belongs to '
+        f'{other}; get an identity file from this cluster ("pctl auth sign" or "ptsh login --bot")'
+    )

@@ -239,9 +239,7 @@ class ProfileStore:
                     f"cannot read the private key of {profile.user} from the OS keyring ({exc}); log in again"
                 ) from None
             if not value:
-                raise NotLoggedIn(
-                    f"the private key of {profile.user} is no longer in the OS keyring; log in again"
-                )
+                raise NotLoggedIn(f"the private key of {profile.user} is no longer in the OS keyring; log in again")
             return value.encode()
         try:
             return self.key_path(profile).read_bytes()
@@ -268,8 +266,10 @@ class ProfileStore:
                         f"cannot store the private key in the OS keyring ({exc}); unset {KEY_STORAGE_ENV} "
                         f"or set it to {FILE}"
                     ) from None
-                print(f"warning: the OS keyring refused the key ({exc}); storing it in a 0600 file instead",
-                      file=sys.stderr)
+                print(
+                    f"warning: the OS keyring refused the key ({exc}); storing it in a 0600 file instead",
+                    file=sys.stderr,
+                )
                 storage = FILE
         if storage == FILE:
             write_private(self.key_path(profile), key)

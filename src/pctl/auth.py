@@ -56,35 +56,48 @@ def sign(
     host: Annotated[
         str | None, typer.Option("--host", help="Sign a database server certificate for HOST[,HOST2].")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="file (identity file) or db.")] = "file",
-    ttl: Annotated[str, typer.Option("--ttl", help="Validity, e.g. 1h or 2190h.")] = "12h",
+    fmt: Annotated[str, typer.Option("--format", help="file (identity file) or db (PREFIX.key/.crt/.cas).")] = "file",
+    ttl: Annotated[str, typer.Option("--ttl", help="Validity, e.g. 1h or 2190h; the user's roles cap it.")] = "12h",
     db_service: Annotated[
         str | None, typer.Option("--db-service", help="Route the certificate to this database.")
     ] = None,
-    db_user: Annotated[str, typer.Option("--db-user")] = "",
-    db_name: Annotated[str, typer.Option("--db-name")] = "",
+    db_user: Annotated[str, typer.Option("--db-user", help="Database user the routed certificate is for.")] = "",
+    db_name: Annotated[str, typer.Option("--db-name", help="Database name the routed certificate is for.")] = "",
     proxy: Annotated[str | None, typer.Option("--proxy", help="Proxy address to record in the identity file.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
 ) -> None:
-    """Sign certificates for machines and databases (see docs/cli.md)."""
+    """Sign certificates for machines and databases: identity files for CI, db client and server certificates."""
+    from datetime import UTC, datetime
+
     from common.cli import eprint
-    from common.durations import parse_duration
-    from common.errors import UsageError
+    from common.durations import format_duration, parse_duration
+    from common.errors import AlreadyExists, UsageError
     from common.identity_file import IdentityFile, render
     from common.tls import generate_private_key, private_key_pem, public_key_pem
-    from pctl.connect import client, credentials
+    from pctl.connect import client
 
     if bool(user) == bool(host):
         raise UsageError("pass exactly one of --user (a user certificate) or --host (a database server certificate)")
     if fmt not in ("file", "db"):
         raise UsageError(f'--format must be file or db (got "{fmt}")')
-    seconds = int(parse_duration(ttl, what="--ttl").total_seconds())
+    if host and fmt != "db":
+        raise UsageError("--host signs a database server certificate: add --format=db")
+    if fmt == "db" and user and not db_service:
+        raise UsageError("--format=db with --user needs --db-service (and --db-user, --db-name)")
+    if (db_user or db_name) and not db_service:
+        raise UsageError("--db-user and --db-name route a certificate to a database: add --db-service")
+    requested = parse_duration(ttl, what="--ttl")
+    seconds = int(requested.total_seconds())
+    if seconds <= 0:
+        raise UsageError("--ttl must be positive, e.g. --ttl=1h")
+    for path in [Path(out)] if fmt == "file" else [Path(f"{out}.{ext}") for ext in ("key", "crt", "cas")]:
+        if path.exists() and not overwrite:
+            raise AlreadyExists(f"{path} already exists; pass --overwrite to replace it")
     key = generate_private_key()
     public = public_key_pem(key).decode()
     with client() as api:
+        addr = api.addr
         if host:
-            if fmt != "db":
-                raise UsageError("--host signs a database server certificate: add --format=db")
             hosts = [h.strip() for h in host.split(",") if h.strip()]
             body = api.post("/v1/certs/db-server", {"hosts": hosts, "public_key": public, "ttl_seconds": seconds})
             prefix = Path(out)
@@ -100,19 +113,29 @@ def sign(
         request = {"user": user, "public_key": public, "ttl_seconds": seconds}
         if db_service:
             request.update(database=db_service, db_user=db_user, db_name=db_name)
-        elif fmt == "db":
-            raise UsageError("--format=db with --user needs --db-service (and --db-user, --db-name)")
         body = api.post("/v1/certs/user", request)
-        addr, _creds, _source = credentials()
+    validity = ""
+    if body.get("expires"):
+        expires = datetime.fromisoformat(body["expires"])
+        left = expires - datetime.now(UTC)
+        validity = f"valid until {expires.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        if left.total_seconds() < seconds - 60:
+            validity += f", {format_duration(left)}: capped by the roles of {user} or by your own certificate"
+    else:
+        validity = f"valid for {ttl}"
     cas = body["cas"]
     if fmt == "db":
         prefix = Path(out)
         _write(Path(f"{prefix}.key"), private_key_pem(key), overwrite, True)
         _write(Path(f"{prefix}.crt"), body["cert"].encode(), overwrite, False)
         _write(Path(f"{prefix}.cas"), cas["host"].encode(), overwrite, False)
-        eprint(f"Database credentials for {user} written to {prefix}.key, {prefix}.crt and {prefix}.cas.")
+        eprint(
+            f"Database credentials for {user} at {db_service} written to {prefix}.key, {prefix}.crt and "
+            f"{prefix}.cas ({validity}). psql: sslcert={prefix}.crt sslkey={prefix}.key "
+            f"sslrootcert={prefix}.cas sslmode=verify-full, through the proxy's PostgreSQL listener."
+        )
         return
     bundle = (cas["host"] + cas["user"] + cas["db"]).encode()
     ident = IdentityFile(private_key_pem(key), body["cert"].encode(), bundle, proxy or addr, body["cluster_name"])
     _write(Path(out), render(ident), overwrite, True)
-    eprint(f"The identity file for {user} is written to {out} (valid for {ttl}); use it with: ptsh -i {out} ...")
+    eprint(f"The identity file for {user} is written to {out} ({validity}); use it with: ptsh -i {out} db ls")

@@ -13,17 +13,18 @@ from typing import Annotated
 import typer
 
 from common import __version__
-from common.cli import DEBUG, run_app
+from common.cli import DEBUG, Format, render, run_app
 from pctl import resources as _resources
 from pctl import status as _status
 from pctl.audit import audit_app
 from pctl.auth import auth_app
+from pctl.bots import bots_app
 from pctl.db import db_app
 from pctl.tokens import tokens_app
 from pctl.users import users_app
 
 app = typer.Typer(
-    help="pctl: administer a pteleport cluster (tokens, roles, users, databases).",
+    help="pctl: administer a pteleport cluster (tokens, roles, users, bots, databases, identity files).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -41,9 +42,7 @@ def _root(
     identity: Annotated[
         str | None, typer.Option("--identity", "-i", help="Identity file (from pctl auth sign) to act as.")
     ] = None,
-    auth_server: Annotated[
-        str | None, typer.Option("--auth-server", help="Proxy address HOST:PORT to reach.")
-    ] = None,
+    auth_server: Annotated[str | None, typer.Option("--auth-server", help="Proxy address HOST:PORT to reach.")] = None,
     debug: Annotated[bool, typer.Option("--debug", "-d", help="Verbose output and tracebacks.")] = False,
 ) -> None:
     from pctl.connect import STATE
@@ -53,9 +52,12 @@ def _root(
 
 
 @app.command()
-def version() -> None:
+def version(
+    fmt: Annotated[Format, typer.Option("--format", help="Output format: text, json or yaml.")] = Format.text,
+) -> None:
     """Print the version."""
-    print(f"pctl v{__version__} python{sys.version_info.major}.{sys.version_info.minor}")
+    doc = {"version": __version__, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+    render(doc, fmt, lambda d: f"pctl v{d['version']} python{d['python']}")
 
 
 app.command("status")(_status.status)
@@ -66,6 +68,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
+app.add_typer(bots_app, name="bots")
 app.add_typer(audit_app, name="audit")
 
 

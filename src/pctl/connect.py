@@ -60,7 +60,8 @@ def _host_cas(bundle: bytes) -> bytes:
 
     certs = load_certs(bundle)
     hosts = [
-        c for c in certs
+        c
+        for c in certs
         if any(a.value == "host CA" for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
     ]
     return b"".join(cert_pem(c) for c in hosts) if hosts else bundle
@@ -72,10 +73,27 @@ def _from_identity_file(path: Path, source: str) -> tuple[str, ClusterCredential
     from common.identity_file import load
 
     ident = load(path, warn=eprint)
+    _refuse_expired(ident.cert, source)
     addr = STATE["auth_server"] or ident.proxy
     if not addr:
         raise UsageError(f"pass --auth-server=HOST:PORT: {path} does not say which proxy to reach")
     return addr, ClusterCredentials(ident.cert, ident.key, _host_cas(ident.cas)), source
+
+
+def _refuse_expired(cert: bytes, source: str) -> None:
+    from datetime import UTC, datetime
+
+    from common.identity import identity_from_pem
+
+    try:
+        expires = identity_from_pem(cert).expires
+    except Exception:
+        raise BadParameter(f"{source} holds a certificate that cannot be read") from None
+    if expires is not None and expires <= datetime.now(UTC):
+        when = f"{expires.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        if source == "the admin identity":
+            raise NotLoggedIn(f"the admin identity expired at {when}; restart pteleport to renew it")
+        raise NotLoggedIn(f'the {source} expired at {when}; get a new one with "pctl auth sign"')
 
 
 def _from_profile() -> tuple[str, ClusterCredentials, str] | None:
@@ -121,12 +139,39 @@ def credentials() -> tuple[str, ClusterCredentials, str]:
         raise NotLoggedIn(problem)
     raise NotLoggedIn(
         f"pctl found no credentials: {admin} does not exist (run pctl on the auth host, or point it at the "
-        'data dir with --data-dir or -c), no -i/--identity FILE was given, and ptsh is not logged in'
+        "data dir with --data-dir or -c), no -i/--identity FILE was given, and ptsh is not logged in"
     )
 
 
 def client() -> ClusterClient:
+    """A client with the credentials found; with an identity file, a refused proxy is explained."""
     from common.client import ClusterClient
 
-    addr, creds, _source = credentials()
-    return ClusterClient(addr, creds=creds)
+    addr, creds, source = credentials()
+    if not source.startswith("identity file ") and source != "the admin identity":
+        return ClusterClient(addr, creds=creds)
+    from common.errors import ConnectionProblem
+    from common.identity_file import foreign_cluster_problem
+
+    class IdentityFileClient(ClusterClient):
+        def request(self, method: str, path: str, **kw: Any) -> Any:
+            try:
+                return super().request(method, path, **kw)
+            except (ConnectionProblem, NotLoggedIn) as exc:
+                problem = foreign_cluster_problem(
+                    source.removeprefix("identity file "), addr, _cluster(creds), creds.host_cas, exc
+                )
+                if problem:
+                    raise NotLoggedIn(problem) from None
+                raise
+
+    return IdentityFileClient(addr, creds=creds)
+
+
+def _cluster(creds: ClusterCredentials) -> str:
+    from common.identity import identity_from_pem
+
+    try:
+        return identity_from_pem(creds.cert or b"").cluster_name
+    except Exception:
+        return ""

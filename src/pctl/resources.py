@@ -83,9 +83,18 @@ def split_ref(ref: str, *, need_name: bool = False) -> tuple[str, str | None]:
 
 
 KIND_ALIASES = {
-    "role": "role", "roles": "role", "user": "user", "users": "user", "db": "db", "dbs": "db",
-    "database": "db", "databases": "db", "token": "token", "tokens": "token",
-    "db_server": "db_server", "db_servers": "db_server",
+    "role": "role",
+    "roles": "role",
+    "user": "user",
+    "users": "user",
+    "db": "db",
+    "dbs": "db",
+    "database": "db",
+    "databases": "db",
+    "token": "token",
+    "tokens": "token",
+    "db_server": "db_server",
+    "db_servers": "db_server",
 }
 
 
@@ -93,12 +102,14 @@ def _roles_table(docs: list[dict]) -> str:
     rows = []
     for d in docs:
         allow = d.get("spec", {}).get("allow", {})
-        rows.append([
-            d["metadata"]["name"],
-            labels_text(allow.get("db_labels"), hide_internal=False),
-            ",".join(allow.get("db_users", [])),
-            ",".join(allow.get("db_names", [])),
-        ])
+        rows.append(
+            [
+                d["metadata"]["name"],
+                labels_text(allow.get("db_labels"), hide_internal=False),
+                ",".join(allow.get("db_users", [])),
+                ",".join(allow.get("db_names", [])),
+            ]
+        )
     return table(["Role", "DB Labels", "DB Users", "DB Names"], rows)
 
 
@@ -108,8 +119,12 @@ def _users_table(docs: list[dict]) -> str:
 
 def _db_table(docs: list[dict]) -> str:
     rows = [
-        [d["metadata"]["name"], d["spec"].get("protocol", ""), d["spec"].get("uri", ""),
-         labels_text(d["metadata"].get("labels"))]
+        [
+            d["metadata"]["name"],
+            d["spec"].get("protocol", ""),
+            d["spec"].get("uri", ""),
+            labels_text(d["metadata"].get("labels")),
+        ]
         for d in docs
     ]
     return table(["Name", "Protocol", "URI", "Labels"], rows)
@@ -119,21 +134,27 @@ def db_servers_table(docs: list[dict]) -> str:
     rows = []
     for d in docs:
         db = d.get("spec", {}).get("database", {})
-        rows.append([
-            d["spec"].get("hostname") or d["spec"].get("host_id", ""),
-            db.get("metadata", {}).get("name", d["metadata"]["name"]),
-            db.get("spec", {}).get("protocol", ""),
-            db.get("spec", {}).get("uri", ""),
-            labels_text(db.get("metadata", {}).get("labels")),
-        ])
+        rows.append(
+            [
+                d["spec"].get("hostname") or d["spec"].get("host_id", ""),
+                db.get("metadata", {}).get("name", d["metadata"]["name"]),
+                db.get("spec", {}).get("protocol", ""),
+                db.get("spec", {}).get("uri", ""),
+                labels_text(db.get("metadata", {}).get("labels")),
+            ]
+        )
     rows.sort(key=lambda r: (r[0], r[1]))
     return table(["Host", "Name", "Protocol", "URI", "Labels"], rows)
 
 
 def _tokens_table(docs: list[dict]) -> str:
     rows = [
-        [d["metadata"]["name"], ",".join(d["spec"].get("roles", [])),
-         labels_text(d["spec"].get("suggested_labels")), expiry_text(d["metadata"].get("expires"))]
+        [
+            d["metadata"]["name"],
+            ",".join(d["spec"].get("roles", [])),
+            labels_text(d["spec"].get("suggested_labels")),
+            expiry_text(d["metadata"].get("expires")),
+        ]
         for d in docs
     ]
     return table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
@@ -160,7 +181,9 @@ def get(
     with client() as api:
         docs = api.get(path)
     if fmt == Fmt.text:
-        to_text = TEXT_TABLES.get(KIND_ALIASES.get(kind.lower(), kind), lambda ds: "\n".join(d["metadata"]["name"] for d in ds))
+        to_text = TEXT_TABLES.get(
+            KIND_ALIASES.get(kind.lower(), kind), lambda ds: "\n".join(d["metadata"]["name"] for d in ds)
+        )
         render(docs, fmt, lambda ds: to_text(ds) if ds else "")
     else:
         render(docs, fmt)

@@ -103,13 +103,25 @@ def add(
     pins = "".join(f"   --ca-pin={pin} \\\n" for pin in answer.get("ca_pins") or [answer.get("ca_pin", "")])
     roles = [r.lower() for r in doc["spec"]["roles"]]
     if "db" in roles:
-        print(DB_TEMPLATE.format(
-            token=token, minutes=minutes, pins=pins, proxy=answer.get("proxy", ""),
-            name=db_name or "example", protocol=db_protocol or "postgres", uri=db_uri or "example.db:5432",
-        ), end="")
+        print(
+            DB_TEMPLATE.format(
+                token=token,
+                minutes=minutes,
+                pins=pins,
+                proxy=answer.get("proxy", ""),
+                name=db_name or "example",
+                protocol=db_protocol or "postgres",
+                uri=db_uri or "example.db:5432",
+            ),
+            end="",
+        )
     else:
-        print(OTHER_TEMPLATE.format(token=token, minutes=minutes, pins=pins, proxy=answer.get("proxy", ""),
-                                    roles=",".join(roles)), end="")
+        print(
+            OTHER_TEMPLATE.format(
+                token=token, minutes=minutes, pins=pins, proxy=answer.get("proxy", ""), roles=",".join(roles)
+            ),
+            end="",
+        )
 
 
 def _token_labels(doc: dict[str, Any]) -> str:

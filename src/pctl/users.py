@@ -58,7 +58,9 @@ def add(
     logins: Annotated[ListOpt, typer.Option("--logins", help="Trait logins, comma-separated.")] = None,
     db_users: Annotated[ListOpt, typer.Option("--db-users", help="Trait db_users: database users allowed.")] = None,
     db_names: Annotated[ListOpt, typer.Option("--db-names", help="Trait db_names: database names allowed.")] = None,
-    ttl: Annotated[str | None, typer.Option("--ttl", help="How long the invite link works (default 1h, max 48h).")] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="How long the invite link works (default 1h, max 48h).")
+    ] = None,
     fmt: FormatOpt = Fmt.text,
 ) -> None:
     """Create a user and print the invite link they complete with ptsh signup (or a browser)."""
@@ -67,8 +69,12 @@ def add(
     role_list = split_list(roles)
     if not role_list:
         raise BadParameter("pass --roles with at least one role, e.g. --roles=access")
-    body = {"name": name, "roles": role_list, "traits": _traits(logins, db_users, db_names),
-            "ttl_seconds": _seconds(ttl)}
+    body = {
+        "name": name,
+        "roles": role_list,
+        "traits": _traits(logins, db_users, db_names),
+        "ttl_seconds": _seconds(ttl),
+    }
     with client() as api:
         doc = api.post("/v1/users", body)
     _print_user_token(doc, fmt, INVITE_TEXT)
@@ -86,8 +92,9 @@ def ls(fmt: FormatOpt = Fmt.text) -> None:
     def text(ds: list[dict]) -> str:
         if not ds:
             return "No users found"
-        return safe_table(["User", "Roles"], [[d["metadata"]["name"], ",".join(d["spec"].get("roles", []))]
-                                              for d in ds])
+        return safe_table(
+            ["User", "Roles"], [[d["metadata"]["name"], ",".join(d["spec"].get("roles", []))] for d in ds]
+        )
 
     render(docs, fmt, text)
 
@@ -137,7 +144,9 @@ def update(
 @users_app.command("reset")
 def reset(
     name: Annotated[str, typer.Argument(help="The user whose password and second factor to reset.")],
-    ttl: Annotated[str | None, typer.Option("--ttl", help="How long the reset link works (default 8h, max 24h).")] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="How long the reset link works (default 8h, max 24h).")
+    ] = None,
     fmt: FormatOpt = Fmt.text,
 ) -> None:
     """Reset a user's password and authenticator; prints a link they complete with ptsh signup."""

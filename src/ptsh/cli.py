@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from common import __version__
-from common.cli import DEBUG, run_app
+from common.cli import DEBUG, Format, render, run_app
 from ptsh import login as _login
 from ptsh import play as _play
 from ptsh import signup as _signup
@@ -38,7 +38,11 @@ def _root(
     ca_file: CaFileOpt = None,
     identity: Annotated[
         str | None,
-        typer.Option("--identity", "-i", help="Identity file (pctl auth sign) instead of a login; env PTSH_IDENTITY_FILE."),
+        typer.Option(
+            "--identity",
+            "-i",
+            help="Use this identity file (ptsh login --bot, pctl auth sign), no profile; env PTSH_IDENTITY_FILE.",
+        ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", "-d", help="Verbose output and tracebacks.")] = False,
 ) -> None:
@@ -51,9 +55,12 @@ def _root(
 
 
 @app.command()
-def version() -> None:
+def version(
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format: text, json or yaml.")] = Format.text,
+) -> None:
     """Print the version."""
-    print(f"ptsh v{__version__} python{sys.version_info.major}.{sys.version_info.minor}")
+    doc = {"version": __version__, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+    render(doc, fmt, lambda d: f"ptsh v{d['version']} python{d['python']}")
 
 
 app.command("login")(_login.login)

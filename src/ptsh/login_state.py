@@ -80,30 +80,9 @@ class Login:
         return IdentityFileClient(self.proxy, creds=creds)
 
     def foreign_cluster_problem(self, exc: Exception) -> str | None:
-        """When the proxy could not be verified with the identity file's CA: is it another cluster?
+        from common.identity_file import foreign_cluster_problem
 
-        Asks the proxy for its CAs without trusting it (nothing secret is sent) and compares;
-        the answer only chooses the error message, it is never trusted.
-        """
-        text = str(exc)
-        if isinstance(exc, ConnectionProblem) and "securely" not in text:
-            return None  # the proxy is down or unreachable: say so, not this
-        from common.client import ClusterClient
-
-        try:
-            with ClusterClient(self.proxy, insecure=True) as probe:
-                answer = probe.get("/v1/cas")
-        except Exception:
-            return None
-        theirs = str((answer.get("cas") or {}).get("host", "")).strip()
-        if not theirs or theirs.encode() in self.host_cas:
-            return None
-        name = str(answer.get("cluster_name", ""))
-        other = f'cluster "{name}"' if name and name != self.cluster else "another cluster (its CAs differ)"
-        return (
-            f'the identity file {self.identity_file} was issued by cluster "{self.cluster}", but the proxy at '
-            f"{self.proxy} belongs to {other}; get an identity file from this cluster with {RENEW_HINT}"
-        )
+        return foreign_cluster_problem(str(self.identity_file), self.proxy, self.cluster, self.host_cas, exc)
 
 
 def identity_file_path() -> str | None:
@@ -119,9 +98,12 @@ def _host_cas(bundle: bytes, source: str) -> bytes:
     try:
         certs = load_certs(bundle)
     except ValueError:
-        raise BadParameter(f"{source} holds CA certificates that cannot be read; get a new one with {RENEW_HINT}") from None
+        raise BadParameter(
+            f"{source} holds CA certificates that cannot be read; get a new one with {RENEW_HINT}"
+        ) from None
     hosts = [
-        c for c in certs
+        c
+        for c in certs
         if any(a.value == "host CA" for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
     ]
     return b"".join(cert_pem(c) for c in hosts) if hosts else bundle
@@ -145,7 +127,9 @@ def load_identity_file(path: str, proxy: str | None = None) -> Login:
             f"{source} holds a certificate or key that cannot be read; get a new one with {RENEW_HINT}"
         ) from None
     if key.public_key() != cert.public_key():
-        raise BadParameter(f"the private key in {source} does not belong to its certificate; get a new one with {RENEW_HINT}")
+        raise BadParameter(
+            f"the private key in {source} does not belong to its certificate; get a new one with {RENEW_HINT}"
+        )
     address = proxy or ident.proxy
     if not address:
         raise BadParameter(f"{source} names no proxy; pass --proxy=HOST:PORT")
@@ -187,7 +171,14 @@ def profile_login(store: ProfileStore, profile: Profile) -> Login:
 
 
 def current_login(proxy: str | None = None, *, allow_expired: bool = False) -> Login:
-    """The identity file if one is given, else the profile for ``proxy`` (else the active one)."""
+    """The identity file if one is given, else the profile for ``proxy`` (else the active one).
+
+    ``proxy`` is the command's ``--proxy``, else the global one (``ptsh --proxy=... db ls``);
+    with an identity file it replaces the address the file names.
+    """
+    from ptsh.options import GLOBALS
+
+    proxy = proxy or GLOBALS["proxy"]  # type: ignore[assignment]
     path = identity_file_path()
     if path:
         login = load_identity_file(path, proxy)

@@ -132,8 +132,10 @@ class UserService:
         from pteleport.auth.bots import is_bot
 
         if is_bot(self.ctx, name):
-            raise BadParameter(f'"{name}" is a bot: it never has a password; give it a new join token with '
-                               '"pctl bots rm" and "pctl bots add"')
+            raise BadParameter(
+                f'"{name}" is a bot: it never has a password; give it a new join token with '
+                '"pctl bots rm" and "pctl bots add"'
+            )
         ttl = ttl or RESET_TTL
         if ttl > MAX_RESET_TTL:
             raise BadParameter("a reset link can be valid for at most 24h; pass a shorter --ttl")

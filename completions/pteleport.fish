@@ -1,0 +1,1 @@
+complete --command pteleport --no-files --arguments "(env _PTELEPORT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) pteleport)" --condition "env _PTELEPORT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) pteleport"

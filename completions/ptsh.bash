@@ -1,0 +1,12 @@
+
+_ptsh_completion() {
+    local IFS=$'
+'
+    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
+                   COMP_CWORD=$COMP_CWORD \
+                   _PTSH_COMPLETE=complete_bash $1 ) )
+    return 0
+}
+
+complete -o default -F _ptsh_completion ptsh
+

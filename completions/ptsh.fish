@@ -1,0 +1,1 @@
+complete --command ptsh --no-files --arguments "(env _PTSH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ptsh)" --condition "env _PTSH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ptsh"
