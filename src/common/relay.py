@@ -85,6 +85,14 @@ class Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    async def wait_data(self) -> bool:
+        """Until something arrives (True) or the peer closes first (False); no timeout."""
+        while not self._buffer:
+            if self._eof:
+                return False
+            await self._wait()
+        return True
+
     async def read_exactly(self, n: int) -> bytes:
         while len(self._buffer) < n:
             if self._eof:

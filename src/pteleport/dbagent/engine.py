@@ -123,11 +123,26 @@ class _Auditor:
         }
         if db and (db["spec"].get("aws") or {}).get("region"):
             self.base["db_aws_region"] = db["spec"]["aws"]["region"]
+        self._clean_base: dict[str, Any] | None = None
+        self._taken: frozenset[str] = frozenset()
 
     def emit(self, name: str, code: str, **fields: Any) -> None:
-        event = ev.make_event(
-            name, code, clock=self.deps.clock, cluster_name=self.deps.cluster_name(), ei=self.ei, **self.base, **fields
-        )
+        """The same event as ``make_event(..., ei=..., **self.base, **fields)``, cheaper per query.
+
+        The session's fixed fields are sanitised once, not once per event (the tap emits
+        one event per statement, on the relay's path).
+        """
+        if self._clean_base is None:
+            self._clean_base = {k: ev.sanitise(v) for k, v in self.base.items() if v is not None}
+            self._taken = ev.RESERVED_FIELDS | self.base.keys()
+        clash = self._taken & fields.keys()
+        if clash:
+            raise BadParameter(f"emit sets {', '.join(sorted(clash))} itself")
+        event = ev.make_event(name, code, clock=self.deps.clock, cluster_name=self.deps.cluster_name(), ei=self.ei)
+        event.update(self._clean_base)
+        for key, value in fields.items():
+            if value is not None:
+                event[key] = ev.sanitise(value)
         self.ei += 1
         self.deps.emit(event)
 

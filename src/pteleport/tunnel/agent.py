@@ -2,6 +2,10 @@
 
 States: connecting -> connected -> (lost) -> waiting (backoff with jitter) -> connecting.
 The dialer and the sleep function are injected so tests can drive reconnects.
+
+When the proxy asks for a pool (``pool`` line on the control link), the agent keeps that
+many *spare* data links open, so a new session starts without a round trip on the
+control link and a TLS handshake; each spare that is used is replaced at once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ log = logging.getLogger("pteleport.tunnel.agent")
 HEARTBEAT_EVERY = 10.0
 BACKOFF_MIN = 0.25
 BACKOFF_MAX = 10.0
+MAX_POOL = 16
 
 
 async def dial_tls(host: str, port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> Connection:
@@ -96,17 +101,24 @@ class TunnelAgent:
     async def _serve(self, control: Connection) -> None:
         control.write(encode({"type": "hello", "hostname": self.hostname, "databases": self.databases()}))
         self._control = control
-        beat = asyncio.get_running_loop().create_task(self._heartbeat(control))
+        loop = asyncio.get_running_loop()
+        beat = loop.create_task(self._heartbeat(control))
+        slots: list[asyncio.Task[None]] = []
         try:
             while True:
                 message = await read_message(control)
                 if message["type"] == "dial":
                     self._spawn(self._open_data(str(message["dial_id"])))
-        except (ConnectionError, ValueError):
+                elif message["type"] == "pool" and not slots:
+                    size = min(max(int(message.get("size", 0)), 0), MAX_POOL)
+                    slots = [loop.create_task(self._spare_slot(control)) for _ in range(size)]
+        except (ConnectionError, ValueError, TypeError):
             pass
         finally:
             self._control = None
             beat.cancel()
+            for slot in slots:
+                slot.cancel()
             control.close()
 
     async def _heartbeat(self, control: Connection) -> None:
@@ -121,12 +133,44 @@ class TunnelAgent:
             log.warning("could not open a session link to the proxy: %s", exc)
             return
         conn.write(encode({"type": "data", "dial_id": dial_id}))
+        await self._run_session(conn)
+
+    async def _run_session(self, conn: Connection) -> None:
         try:
             await self.on_session(conn)
         except Exception:
             log.exception("session failed")
         finally:
             conn.close()
+
+    async def _spare_slot(self, control: Connection) -> None:
+        """Keep one spare data link open while ``control`` is up; replace it once it is used."""
+        failures = 0
+        while not control.closed.done():
+            if failures:
+                await asyncio.sleep(min(BACKOFF_MIN * 2**failures, BACKOFF_MAX) * (0.5 + random.random()))
+            try:
+                conn = await dial_tls(self.proxy_host, self.proxy_port, self.ssl_context)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                failures += 1
+                log.debug("could not open a spare link to the proxy: %s", exc)
+                continue
+            conn.write(encode({"type": "spare"}))
+            used = asyncio.get_running_loop().create_task(conn.wait_data())
+            try:
+                await asyncio.wait({used, control.closed}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+            finally:
+                if not used.done():
+                    used.cancel()
+            if not used.done() or used.cancelled() or used.exception() is not None or not used.result():
+                conn.close()  # unused: the proxy dropped it, or the control link is gone
+                failures += 1
+                continue
+            failures = 0
+            self._spawn(self._run_session(conn))
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -4,6 +4,11 @@ An agent keeps one *control* link open: it sends ``hello`` (the databases it ser
 ``heartbeat`` lines; the proxy sends ``dial`` lines. For each dial the agent opens a new
 *data* link that starts with a ``data`` line naming the dial id; after that the link is
 one database session's bytes, preceded by one ``session`` line from the proxy.
+
+Warm links: the proxy may send ``{"type": "pool", "size": N}`` after ``hello``; the agent
+then keeps N *spare* data links open, each starting with a ``spare`` line, and the proxy
+uses one for a session (``session`` line, then the bytes) without sending ``dial``. An
+agent that ignores ``pool`` keeps working through ``dial`` alone.
 """
 
 from __future__ import annotations

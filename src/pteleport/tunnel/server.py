@@ -2,11 +2,19 @@
 
 Several agents may serve one database: ``dial`` tries the live ones in turn (the least
 recently used first) and fails over to the next when one does not answer.
+
+Warm links: after ``hello`` the proxy tells the agent how many *spare* data links to keep
+open (``pool``). A spare is a data link dialled in advance (``spare`` line); ``dial`` hands
+one out at once instead of asking the agent over the control link and waiting for it to
+dial back (a round trip and a TLS handshake per session). Spares are used only while the
+agent's control link is up and was heard from recently; otherwise ``dial`` asks as before.
+Agents that do not know ``pool`` never send spares.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import time
@@ -19,6 +27,8 @@ from pteleport.tunnel.protocol import encode, read_message
 
 log = logging.getLogger("pteleport.tunnel")
 DIAL_TIMEOUT = 5.0
+POOL_SIZE = 2  # spare data links each agent keeps open
+SPARE_FRESH = 30.0  # use spares only if the control link was heard from within this many seconds
 
 
 @dataclass
@@ -28,11 +38,28 @@ class AgentLink:
     control: Connection
     databases: set[str] = field(default_factory=set)
     last_used: float = 0.0
+    last_seen: float = field(default_factory=time.monotonic)
+    spares: collections.deque[Connection] = field(default_factory=collections.deque)
+
+    def take_spare(self) -> Connection | None:
+        """A warm data link, if one is open and the agent is alive."""
+        if self.control.closed.done() or time.monotonic() - self.last_seen > SPARE_FRESH:
+            return None
+        while self.spares:
+            conn = self.spares.popleft()
+            if not conn.closed.done() and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def close_spares(self) -> None:
+        while self.spares:
+            self.spares.popleft().close()
 
 
 class TunnelServer:
-    def __init__(self) -> None:
+    def __init__(self, pool_size: int = POOL_SIZE) -> None:
         self.agents: dict[str, AgentLink] = {}
+        self.pool_size = pool_size
         self._pending: dict[str, asyncio.Future[Connection]] = {}
 
     def serving(self, database: str) -> list[AgentLink]:
@@ -48,6 +75,9 @@ class TunnelServer:
                 return
             fut.set_result(conn)
             return
+        if first["type"] == "spare":
+            self._add_spare(conn, identity)
+            return
         if first["type"] != "hello":
             conn.close()
             return
@@ -55,11 +85,15 @@ class TunnelServer:
         old = self.agents.get(link.host_id)
         if old is not None:
             old.control.close()
+            old.close_spares()
         self.agents[link.host_id] = link
         log.info("agent %s connected, serving %s", link.host_id, sorted(link.databases))
+        if self.pool_size > 0:
+            conn.write(encode({"type": "pool", "size": self.pool_size}))
         try:
             while True:
                 message = await read_message(conn)
+                link.last_seen = time.monotonic()
                 if message["type"] == "heartbeat":
                     link.databases = set(message.get("databases", []))
                     conn.write(encode({"type": "pong"}))
@@ -68,8 +102,21 @@ class TunnelServer:
         finally:
             if self.agents.get(link.host_id) is link:
                 del self.agents[link.host_id]
+            link.close_spares()
             conn.close()
             log.info("agent %s disconnected", link.host_id)
+
+    def _add_spare(self, conn: Connection, identity: Identity) -> None:
+        link = self.agents.get(identity.username)
+        if link is None or link.control.closed.done():
+            conn.close()
+            return
+        # Forget spares that closed meanwhile; refuse more than twice what we asked for.
+        link.spares = collections.deque(c for c in link.spares if not c.closed.done())
+        if len(link.spares) >= 2 * max(self.pool_size, 1):
+            conn.close()
+            return
+        link.spares.append(conn)
 
     async def dial(self, database: str) -> Connection:
         candidates = sorted(self.serving(database), key=lambda a: a.last_used)
@@ -81,6 +128,9 @@ class TunnelServer:
         errors = []
         for agent in candidates:
             agent.last_used = time.monotonic()
+            spare = agent.take_spare()
+            if spare is not None:
+                return spare
             dial_id = secrets.token_hex(12)
             fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
             self._pending[dial_id] = fut

@@ -1,0 +1,198 @@
+"""The text of docs/performance.md around the numbers of one run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import _cpu, _tps, cell, fmt, med, ratios
+
+CLI_TARGETS = {"ptsh --help": 120.0, "ptsh version": 120.0}
+DB_LS_TARGET = 400.0
+IDLE_TARGET_KIB = 64.0
+
+
+def _machine(results: dict[str, Any]) -> str:
+    mc = results["machine"]
+    return (
+        f"- CPU: {mc.get('Model name', '?')}, {mc.get('CPU(s)', '?')} cores"
+        f" ({mc.get('Thread(s) per core', '?')} thread per core), hypervisor {mc.get('Hypervisor vendor', 'none')},"
+        f" {mc.get('memory_gib', '?')} GiB RAM, Linux {mc.get('kernel', '?')}\n"
+        f"- Python {mc['python']}, uvloop {mc.get('uvloop')}, {mc.get('openssl', '')}\n"
+        f"- {mc.get('postgres')}; {mc.get('pgbench')}; {mc.get('haproxy')}\n"
+        f"- run started {results['started']}, took {results['total_s']:.0f} s"
+        f" ({', '.join(f'{k} {v:.0f} s' for k, v in results.get('phases_s', {}).items())})"
+        + (" — **quick smoke run, one short repetition: not for comparison**" if results.get("quick") else "")
+        + "\n"
+    )
+
+
+def _cli_table(results: dict[str, Any]) -> str:
+    cli = results.get("cli_ms", {})
+    scale = results.get("scale", {})
+    lines = ["| command | median ms (min–max) | target |", "|---|---|---|"]
+    for name, values in cli.items():
+        target = CLI_TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            verdict = ("met" if med(values) < target else "**missed**") + f" (< {target:g} ms)"
+        lines.append(f"| `{name}` | {cell(values)} | {verdict} |")
+    if scale:
+        n = scale["databases"]
+        for key, label in (("ptsh_db_ls_ms", f"ptsh db ls ({n:,} databases, table)"),
+                           ("ptsh_db_ls_json_ms", f"ptsh db ls --format=json ({n:,} databases)")):
+            values = scale[key]
+            verdict = ("met" if med(values) < DB_LS_TARGET else "**missed**") + f" (< {DB_LS_TARGET:g} ms)"
+            lines.append(f"| `{label}` | {cell(values)} | {verdict if key == 'ptsh_db_ls_ms' else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def _idle_table(results: dict[str, Any]) -> str:
+    idle = results.get("idle")
+    if not idle:
+        return ""
+    pt = idle["pteleport"]["kib_per_session"]
+    hp = idle["haproxy"]["kib_per_session"]
+    n = idle["pteleport"]["sessions"]
+    total = pt["proxy"] + pt["agent"]
+    htotal = hp["hop2 (proxy)"] + hp["hop3 (agent)"]
+    verdict = ("met" if total < IDLE_TARGET_KIB else "**missed**") + f" (< {IDLE_TARGET_KIB:g} KiB)"
+    return (
+        f"{n} sessions opened (StartupMessage → ReadyForQuery) and left idle; resident memory (VmRSS) of each"
+        " process after minus before, divided by the number of sessions.\n\n"
+        "| KiB per idle session | proxy | agent | proxy + agent | target | local tunnel |\n|---|---|---|---|---|---|\n"
+        f"| pteleport | {pt['proxy']:.1f} | {pt['agent']:.1f} | **{total:.1f}** | {verdict} | {pt['ptsh tunnel']:.1f} |\n"
+        f"| haproxy chain (hop 2, hop 3, hop 1) | {hp['hop2 (proxy)']:.1f} | {hp['hop3 (agent)']:.1f} |"
+        f" {htotal:.1f} | | {hp['hop1 (tunnel)']:.1f} |\n\n"
+        f"Opening the {n} sessions took {idle['pteleport']['seconds_to_open']:.1f} s through pteleport and"
+        f" {idle['haproxy']['seconds_to_open']:.1f} s through haproxy (25 at a time).\n"
+        + _floor(results)
+    )
+
+
+def _floor(results: dict[str, Any]) -> str:
+    floor = results.get("tls_floor_kib")
+    if not floor:
+        return ""
+    names = {"plain": "plain TCP", "asyncio": "TLS, stock asyncio", "uvloop": "TLS, uvloop"}
+    cells = ", ".join(f"{names[k]} **{v:.1f} KiB**" for k, v in floor.items())
+    return (
+        "\nThe floor: one idle server-side connection with a do-nothing protocol (`python -m bench.tlsfloor`,"
+        f" 400 connections) costs {cells}.\n"
+    )
+
+
+def _cpu_table(results: dict[str, Any]) -> str:
+    procs = [("pgbench", "pgbench (client)"), ("ptsh tunnel", "ptsh tunnel"), ("proxy", "proxy (pteleport start)"),
+             ("agent", "agent (pteleport db start)"), ("haproxy", "haproxy, 3 processes")]
+    lines = ["| CPU µs per transaction, pgbench -S 1 client | direct | tunnel | native listener | haproxy chain |",
+             "|---|---|---|---|---|"]
+    for proc, label in procs:
+        row = [label]
+        for path in ("direct", "tunnel", "native", "haproxy"):
+            value = _cpu(results, "select_c1", path, proc)
+            row.append(fmt(value) if value == value and value >= 1 else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    total = []
+    for path in ("direct", "tunnel", "native", "haproxy"):
+        total.append(sum(v for proc, _ in procs if (v := _cpu(results, "select_c1", path, proc)) == v and v >= 1))
+    lines.append("| **sum of the above** | " + " | ".join(f"**{fmt(t)}**" for t in total) + " |")
+    tps = [med(_tps(results, "select_c1", p)) for p in ("direct", "tunnel", "native", "haproxy")]
+    lines.append("| wall time per transaction (1 / TPS) | " + " | ".join(fmt(1e6 / t) if t == t else "–" for t in tps)
+                 + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _copy_cpu_table(results: dict[str, Any]) -> str:
+    cpu = results.get("copy_cpu_ms_per_mb")
+    if not cpu:
+        return ""
+    procs = [("psql", "psql (client)"), ("ptsh tunnel", "ptsh tunnel"), ("proxy", "proxy"), ("agent", "agent"),
+             ("haproxy", "haproxy, 3 processes")]
+    lines = ["| CPU ms per MB during the COPY | direct | tunnel | native listener | haproxy chain |",
+             "|---|---|---|---|---|"]
+    for proc, label in procs:
+        row = [label]
+        for path in ("direct", "tunnel", "native", "haproxy"):
+            value = med([r.get(proc, float("nan")) for r in cpu.get(path, [])])
+            row.append(f"{value:.1f}" if value == value and value >= 0.05 else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def _options_table(results: dict[str, Any]) -> str:
+    lines = ["| option | pgbench -S, 1 client: ratio | pgbench -S, 8 clients: ratio | note |", "|---|---|---|---|"]
+
+    def rc(key: str, path: str, source: dict[str, Any] | None = None) -> str:
+        src = source if source is not None else results.get("pgbench", {})
+        runs = src.get(key, {})
+        rs = ratios([r["tps"] for r in runs.get(path, [])], [r["tps"] for r in runs.get("direct", [])])
+        return cell(rs, 2) if rs else "–"
+
+    lines.append(f"| proxy and agent on uvloop, ptsh on asyncio (the default measured above) | {rc('select_c1', 'tunnel')}"
+                 f" | {rc('select_c8', 'tunnel')} | |")
+    asyncio_runs = results.get("asyncio")
+    if asyncio_runs:
+        lines.append(f"| proxy and agent on stock asyncio (no uvloop) | {rc('select_c1', 'tunnel', asyncio_runs)} |"
+                     f" {rc('select_c8', 'tunnel', asyncio_runs)} | after a restart, {results['settings']['side_seconds']} s runs |")
+    if "tunnel_uvloop_ptsh" in results.get("pgbench", {}).get("select_c1", {}):
+        lines.append(f"| ptsh tunnel on uvloop too | {rc('select_c1', 'tunnel_uvloop_ptsh')} |"
+                     f" {rc('select_c8', 'tunnel_uvloop_ptsh')} | a second tunnel process with uvloop installed as the"
+                     " event loop policy |")
+    lines.append(f"| native Postgres listener on the proxy (no local tunnel) | {rc('select_c1', 'native')} |"
+                 f" {rc('select_c8', 'native')} | psql with sslcert/sslkey from `pctl auth sign --format=db` |")
+    lines.append(f"| reference: haproxy, three hops | {rc('select_c1', 'haproxy')} | {rc('select_c8', 'haproxy')} | |")
+    return "\n".join(lines) + "\n"
+
+
+def render(results: dict[str, Any], rows: list[dict[str, Any]], table: str) -> str:
+    from bench.analysis import analysis
+
+    return f"""# Performance
+
+Generated by `./scripts/bench` (`python -m bench`); do not edit by hand — the analysis text
+lives in `bench/analysis.py`. Absolute numbers depend on the machine; the **ratios** to a
+direct connection, measured side by side in the same run, are what we track.
+
+## The machine of this run
+
+{_machine(results)}
+## What is compared
+
+- **direct**: `pgbench`/`psql` → PostgreSQL 15 over TLS (`sslmode=require`), as a user
+  without pteleport would connect.
+- **pteleport tunnel**: `pgbench`/`psql` → `ptsh proxy db --tunnel` (plain, 127.0.0.1) → mTLS →
+  proxy (`pteleport start`) → reverse-tunnel data link (TLS) → agent (`pteleport db start`)
+  → TLS + client certificate → PostgreSQL. Every query is parsed and audited by the agent.
+- **native listener**: `psql` with the certificate from `pctl auth sign --format=db` →
+  the proxy's Postgres port (`proxy_service.postgres_listen_addr`) → agent → PostgreSQL.
+- **haproxy chain** (native code reference): client → haproxy → mTLS → haproxy → mTLS →
+  haproxy → PostgreSQL, three processes with one thread each. haproxy cannot answer
+  PostgreSQL's SSLRequest, so the client's own TLS session to PostgreSQL runs end to end
+  through it: three TLS sessions on the path, as with pteleport.
+
+All processes share the same {results['machine'].get('CPU(s)', '?')} cores. Repetitions are interleaved
+across paths (drift hits all alike); a ratio is taken between repetition *i* of a path and
+repetition *i* of direct; cells show the median and, in brackets, the range.
+
+## Results
+
+{table}
+![ratios to direct](performance.png)
+
+### CLI start-up and `ptsh db ls`
+
+{_cli_table(results)}
+### Idle sessions: memory
+
+{_idle_table(results)}
+### Where the CPU goes
+
+CPU time (user + system, from `/proc`) that each process spent per transaction during the
+`pgbench -S -c 1` runs (medians). Everything runs on the same cores, so with 8 clients the
+sum bounds the rate: at most cores / sum transactions per second.
+
+{_cpu_table(results)}{_copy_cpu_table(results)}
+### Options measured
+
+{_options_table(results)}
+{analysis(results, rows)}"""
