@@ -148,11 +148,11 @@ class BackgroundTunnel:
     """A LocalTunnel on its own event-loop thread, for `ptsh db connect` (psql runs in front)."""
 
     def __init__(self, login: Login, cert: DbCert) -> None:
-        from ptsh.tunnel import CertSource, LocalTunnel
+        from ptsh.tunnel import CertSource, LocalTunnel, new_event_loop
 
         host, port = proxy_host_port(login)
         self.errors: list[str] = []
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.tunnel = LocalTunnel(host, port, CertSource(cert.cert, login.key, login.host_cas), self.errors.append)
         self.thread = threading.Thread(target=self.loop.run_forever, name="ptsh-tunnel", daemon=True)
 

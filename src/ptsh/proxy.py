@@ -23,11 +23,10 @@ def proxy_db(
     proxy: Annotated[str | None, typer.Option("--proxy", help="Which logged-in proxy to use.")] = None,
 ) -> None:
     """Start a local authenticated tunnel to a database (stop it with Ctrl+C)."""
-    import asyncio
-
     from common.errors import UsageError
     from ptsh.databases import connection_url, run_tunnel
     from ptsh.login_state import current_login
+    from ptsh.tunnel import run
 
     if not tunnel:
         raise UsageError("only --tunnel mode is supported: ptsh proxy db --tunnel " + database)
@@ -43,7 +42,7 @@ def proxy_db(
         )
 
     try:
-        asyncio.run(run_tunnel(login, database, db_user, db_name, port, announce))
+        run(run_tunnel(login, database, db_user, db_name, port, announce))
     except KeyboardInterrupt:
         eprint("tunnel closed")
     except OSError as exc:

@@ -15,12 +15,28 @@ import asyncio
 import logging
 import ssl
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from common.relay import Connection, splice
 from common.tls import ALPN_POSTGRES, INTERNAL_SNI, client_context
 
 log = logging.getLogger("ptsh.tunnel")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (cheaper TLS connections), else asyncio's."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(coro)
+
 
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104

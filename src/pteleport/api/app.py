@@ -6,6 +6,7 @@ render JSON. Errors become responses in ``api.errors`` only.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -222,7 +223,13 @@ async def user_cert(request: web.Request) -> web.Response:
     req = await _body(request, models.UserCertRequest)
     auth = _auth(request)
     cert, identity = auth.bots.sign_for(
-        _me(request), req.user, req.public_key, _ttl(req.ttl_seconds), req.database, req.db_user, req.db_name,
+        _me(request),
+        req.user,
+        req.public_key,
+        _ttl(req.ttl_seconds),
+        req.database,
+        req.db_user,
+        req.db_name,
         auth.databases,
     )
     return web.json_response(
@@ -262,7 +269,8 @@ async def events_emit(request: web.Request) -> web.Response:
     req = await _body(request, models.EventsRequest)
     auth = _auth(request)
     auth.ctx.authorize(_me(request), "event", "create")
-    auth.ctx.audit.emit_batch(req.events)
+    # Stored in a worker thread: the same event loop relays database sessions.
+    await asyncio.to_thread(auth.ctx.audit.emit_batch, req.events)
     return web.json_response({"accepted": len(req.events)})
 
 

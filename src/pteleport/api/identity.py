@@ -27,4 +27,7 @@ def caller(request: web.Request, auth: AuthServer) -> Identity:
     identity = identity_from_cert(cert)
     ca = auth.ctx.ca("host" if identity.is_host else "user").cert
     verify_issued_by(cert, [ca], auth.ctx.clock())
+    if not identity.is_host and not identity.is_admin and not auth.ctx.users.exists(identity.username):
+        # A removed user's certificates stop working at once, not when they expire.
+        raise NotLoggedIn(f'user "{identity.username}" no longer exists in this cluster')
     return identity

@@ -13,8 +13,8 @@ from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, secret_key
 
 DEFAULT_TTL = timedelta(minutes=30)
-JOIN_ROLES = {"db": "Db", "proxy": "Proxy", "node": "Node", "app": "App", "bot": "Bot"}
-SINGLE_USE_ROLES = {"Bot"}
+# Bots join with their own single-use tokens (pctl bots add), never through these.
+JOIN_ROLES = {"db": "Db", "proxy": "Proxy", "node": "Node", "app": "App"}
 
 
 def normalize_roles(types: list[str]) -> list[str]:
@@ -91,13 +91,13 @@ class TokenService:
         except NotFound:
             raise NotFound(f'token "{token}" does not exist; "pctl tokens ls" lists tokens') from None
 
-    def _find(self, token: str) -> tuple[dict, bool]:
+    def _find(self, token: str) -> dict:
         for static in self.ctx.settings.static_tokens:
             kinds, _, value = static.rpartition(":")
             if secrets.compare_digest(value.encode(), token.encode()):
-                return token_doc(value, normalize_roles(kinds.split(",")), None), True
+                return token_doc(value, normalize_roles(kinds.split(",")), None)
         try:
-            return self.ctx.tokens.get(secret_key(token)), False
+            return self.ctx.tokens.get(secret_key(token))
         except NotFound:
             raise AccessDenied(
                 'the join token is invalid or has expired; create a new one with "pctl tokens add --type=db"'
@@ -107,7 +107,7 @@ class TokenService:
         """Check the token's type and expiry, then sign a host certificate for the joining process."""
         key = load_public_key(public_key_pem)
         try:
-            doc, static = self._find(token)
+            doc = self._find(token)
         except AccessDenied as exc:
             self.ctx.emit(
                 "instance.join",
@@ -124,8 +124,6 @@ class TokenService:
                 f"this token cannot join a {role} service (it allows {', '.join(doc['spec']['roles'])}); "
                 "create one with the right --type"
             )
-        if not static and role in SINGLE_USE_ROLES:
-            self.ctx.tokens.delete(secret_key(token))
         cert = self.certs.sign_host(host_id, role, key, [hostname] if hostname else [])
         self.ctx.emit(
             "instance.join",

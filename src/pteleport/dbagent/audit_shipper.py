@@ -86,11 +86,15 @@ class AuditShipper:
     async def flush(self) -> None:
         async with self._lock:
             await self._flush_spool()
-            while self.queue:
-                batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
+            # Only what is queued now: events that arrive during the sends wait for the next
+            # round, so a busy agent sends a few large batches, not a stream of tiny ones.
+            pending = len(self.queue)
+            while pending > 0:
+                batch = [self.queue[i] for i in range(min(BATCH, pending))]
                 await self.client.post("/v1/events", {"events": batch})
                 for _ in batch:
                     self.queue.popleft()
+                pending -= len(batch)
 
     async def _flush_spool(self) -> None:
         if self.spool is None or not self.spool.exists():
