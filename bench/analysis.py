@@ -83,11 +83,11 @@ What we measured and tried (same run unless noted):
 
 - **uvloop** for the proxy and agent: {c1:.2f} with it, {a1:.2f} on stock asyncio (measured
   after a restart, 5 s runs; {a8:.2f} vs {c8:.2f} with 8 clients). Any difference is within the
-  swings the audit shipper causes (see "Profiling findings"): uvloop moves the TLS
+  run-to-run swings (see "Profiling findings"): uvloop moves the TLS
   transport into C, but the agent's and proxy's time goes to Python work per message.
-- **the ptsh tunnel on uvloop** as well: {u1:.2f}. `ptsh` runs its tunnel with
-  `asyncio.run`, i.e. asyncio's pure-Python TLS transport; in the profiles the tunnel
-  process spent ~100 µs per transaction on stock asyncio and ~60 µs on uvloop.
+- **the ptsh tunnel on uvloop** as well: {u1:.2f}. In the profiles the tunnel process spent
+  ~100 µs per transaction on stock asyncio's TLS transport and ~60 µs on uvloop, so `ptsh`
+  now uses uvloop when it is installed.
 - **the native Postgres listener** (one Python hop fewer): {n1:.2f}.
 - **audit**: the agent parses every client→server message and emits one event per
   statement. Building an event cost ~16 µs; the tap now sanitises the session's fixed
@@ -103,7 +103,7 @@ the 8-client runs our processes and pgbench used ~{cpu8_sum:.0f} µs of CPU per 
 {cpu8['pgbench']:.0f}), so two cores cannot pass ~{2e6 / cpu8_sum if cpu8_sum else float('nan'):,.0f} TPS even before PostgreSQL's
 own share (measured {tunnel_c8:,.0f}). haproxy reaches {h8:.2f} here. Native listener {n8:.2f};
 ptsh on uvloop {u8:.2f}; proxy and agent on stock asyncio {a8:.2f}. The ways past this bound
-are less CPU per message (first of all the audit shipper below) or more cores (one event
+are less CPU per message or more cores (one event
 loop per core).
 
 ### Bulk COPY (≈96 MB): target ≥ 0.90 — measured {copy_t:.2f} ({'met' if copy_t >= 0.9 else 'missed'})
@@ -170,27 +170,24 @@ upstream stream reader, the client certificate) come on top. OpenSSL already run
 {hp_total:.0f} KiB for the same two hops here. Reaching 64 KiB would take fewer TLS connections
 per session (a multiplexed proxy–agent link saves one per process, still ~{2 * floor_uv:.0f} KiB) and a
 TLS layer with pooled buffers; neither is a change to the relay code. The local tunnel
-runs on stock asyncio and so costs ~{tunnel_kib:.0f} KiB per connection; on uvloop it would be
-~{floor_uv:.0f}.
+now runs on uvloop when it is installed (`pip install pteleport[uvloop]`); on stock asyncio
+it costs ~{tunnel_kib:.0f} KiB per connection, on uvloop ~{floor_uv:.0f}.
 
 ## Profiling findings (by hand, py-spy and perf on the same machine)
 
-- **The agent's audit shipper sends one HTTP request per one or two events under load.**
-  `AuditShipper.flush` keeps posting until the queue is empty; at ~1,500 statements/s new
-  events arrive during each ~2 ms POST, so the 200 ms batching never happens: 2,640 POSTs
-  of 1–2 events in 8 s of `pgbench -S -c 1`. The agent spent ~50 % of its CPU in httpx
-  (each request also retries a failing `import sniffio` inside httpcore, a file-system
-  search) and the proxy ~30 % in `events_emit` (pydantic validation and one SQLite
-  transaction per request, on the event loop that also relays the sessions). This is why
-  agent and proxy CPU per transaction vary so much between runs (250–650 and 200–400 µs):
-  the number of POSTs per transaction depends on timing. With `flush` limited to the
-  events queued when it starts (an experiment on a copy of the source, not in the tree),
-  the agent needed 140–160 µs and the proxy 100–115 µs per transaction, `pgbench -S -c 1`
-  through the tunnel rose from ~1,000–1,500 to ~2,000 TPS and `-c 8` from ~2,000 to
-  ~2,950. With the tap disabled entirely (an upper bound, not an option) agent and proxy
-  need 70–90 µs each, `-c 1` reaches ~2,500–2,900 (≈0.3 of direct) and `-c 8` ~5,900.
-  The shipper and the events endpoint belong to the audit work
-  (`dbagent/audit_shipper.py`, `api/app.py`).
+- **Fixed in the tree: the agent's audit shipper used to send one HTTP request per one or
+  two events under load.** `AuditShipper.flush` kept posting until the queue was empty; at
+  ~1,500 statements/s new events arrived during each ~2 ms POST, so the 200 ms batching
+  never happened (2,640 POSTs of 1–2 events in 8 s of `pgbench -S -c 1`). The agent spent
+  ~50 % of its CPU in httpx and the proxy ~30 % in `events_emit` (validation and one
+  SQLite transaction per request, on the event loop that also relays sessions). Now a
+  round sends only what was queued when it started (large batches), and the proxy stores
+  events in a worker thread. Measured on a copy of the source before the fix went in:
+  agent 140–160 µs and proxy 100–115 µs per transaction (from 250–650 and 200–400 µs),
+  `pgbench -S -c 1` ~2,000 TPS (from ~1,000–1,500), `-c 8` ~2,950 (from ~2,000). With the
+  tap disabled entirely (an upper bound, not an option) agent and proxy need 70–90 µs
+  each, `-c 1` reaches ~2,500–2,900 (≈0.3 of direct) and `-c 8` ~5,900. The table above
+  is from a run with the fix.
 - Latency tail (before that fix): `pgbench --log` through the tunnel gave p50 0.38 ms,
   p99 4.3 ms, max 22 ms (direct: 0.07, 0.16, 4.8 ms); 9 % of the transactions (those over
   1 ms) took 42 % of the time, in clusters of 3–4 ms: with five busy processes on two
