@@ -9,6 +9,7 @@ import typer
 
 from common.cli import render, safe_text
 from common.errors import BadParameter, UsageError
+from common.kinds import KIND_ALIASES
 from pctl.output import DataFormatOpt, Fmt, expiry_text, labels_text
 from pctl.output import safe_table as table
 
@@ -80,22 +81,6 @@ def split_ref(ref: str, *, need_name: bool = False) -> tuple[str, str | None]:
     if need_name and not name:
         raise UsageError(f'pass KIND/NAME, e.g. role/dba (got "{ref}")')
     return quote(kind, safe=""), (quote(name, safe="") if name else None)
-
-
-KIND_ALIASES = {
-    "role": "role",
-    "roles": "role",
-    "user": "user",
-    "users": "user",
-    "db": "db",
-    "dbs": "db",
-    "database": "db",
-    "databases": "db",
-    "token": "token",
-    "tokens": "token",
-    "db_server": "db_server",
-    "db_servers": "db_server",
-}
 
 
 def _roles_table(docs: list[dict]) -> str:

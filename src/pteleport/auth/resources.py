@@ -6,6 +6,7 @@ from typing import Any
 
 from common.errors import AlreadyExists, BadParameter, NotFound
 from common.identity import Identity
+from common.kinds import KIND_ALIASES
 from pteleport.auth.context import AuthContext, secret_key
 from pteleport.auth.databases import DatabaseService
 from pteleport.auth.tokens import TokenService
@@ -13,20 +14,6 @@ from pteleport.auth.users import UserService, check_name
 from pteleport.rbac.presets import PRESET_ROLE_NAMES
 from pteleport.rbac.role import parse_role, role_to_dict
 
-KIND_ALIASES = {
-    "role": "role",
-    "roles": "role",
-    "user": "user",
-    "users": "user",
-    "db": "db",
-    "dbs": "db",
-    "database": "db",
-    "databases": "db",
-    "token": "token",
-    "tokens": "token",
-    "db_server": "db_server",
-    "db_servers": "db_server",
-}
 USER_FIELDS = {"kind", "version", "metadata", "spec", "status"}
 
 
