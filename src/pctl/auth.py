@@ -49,6 +49,13 @@ def _write(path: Path, data: bytes, overwrite: bool, private: bool) -> None:
         path.write_bytes(data)
 
 
+def _write_key_cert_cas(prefix: Path, key: bytes, cert: str, cas: str, overwrite: bool) -> None:
+    """PREFIX.key (0600), PREFIX.crt and PREFIX.cas, as tctl auth sign writes them."""
+    _write(Path(f"{prefix}.key"), key, overwrite, True)
+    _write(Path(f"{prefix}.crt"), cert.encode(), overwrite, False)
+    _write(Path(f"{prefix}.cas"), cas.encode(), overwrite, False)
+
+
 @auth_app.command("sign")
 def sign(
     out: Annotated[str, typer.Option("--out", "-o", help="Output file (identity) or prefix (db).")],
@@ -101,9 +108,7 @@ def sign(
             hosts = [h.strip() for h in host.split(",") if h.strip()]
             body = api.post("/v1/certs/db-server", {"hosts": hosts, "public_key": public, "ttl_seconds": seconds})
             prefix = Path(out)
-            _write(Path(f"{prefix}.key"), private_key_pem(key), overwrite, True)
-            _write(Path(f"{prefix}.crt"), body["cert"].encode(), overwrite, False)
-            _write(Path(f"{prefix}.cas"), body["ca"].encode(), overwrite, False)
+            _write_key_cert_cas(prefix, private_key_pem(key), body["cert"], body["ca"], overwrite)
             eprint(
                 f"Database server credentials written to {prefix}.key, {prefix}.crt and {prefix}.cas.\n"
                 f"In postgresql.conf: ssl_cert_file = '{prefix}.crt', ssl_key_file = '{prefix}.key', "
@@ -126,9 +131,7 @@ def sign(
     cas = body["cas"]
     if fmt == "db":
         prefix = Path(out)
-        _write(Path(f"{prefix}.key"), private_key_pem(key), overwrite, True)
-        _write(Path(f"{prefix}.crt"), body["cert"].encode(), overwrite, False)
-        _write(Path(f"{prefix}.cas"), cas["host"].encode(), overwrite, False)
+        _write_key_cert_cas(prefix, private_key_pem(key), body["cert"], cas["host"], overwrite)
         eprint(
             f"Database credentials for {user} at {db_service} written to {prefix}.key, {prefix}.crt and "
             f"{prefix}.cas ({validity}). psql: sslcert={prefix}.crt sslkey={prefix}.key "
