@@ -10,22 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.dbenv import SEED_ROLE
 from tests.harness import PCTL, Cluster, base_env, find_url, free_port, run
 
 pytestmark = pytest.mark.slow
-
-ROLE_DB = """\
-kind: role
-version: v3
-metadata:
-  name: db
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: ['*']
-    db_users: ['*']
-"""
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +121,8 @@ def test_tokens_ls_empty(tmp_path: Path) -> None:
 
 # --- resources ------------------------------------------------------------------------------------
 def test_create_from_stdin_get_and_round_trip(cluster: Cluster, tmp_path: Path) -> None:
-    assert ok(cluster, "create", input=ROLE_DB) == 'role "db" has been created\n'
-    code, _out, err = pctl(cluster, "create", input=ROLE_DB)
+    assert ok(cluster, "create", input=SEED_ROLE) == 'role "db" has been created\n'
+    code, _out, err = pctl(cluster, "create", input=SEED_ROLE)
     assert code == 1 and 'role "db" already exists' in err and "--force" in err
     exported = ok(cluster, "get", "role/db")
     doc = yaml.safe_load(exported)
@@ -173,7 +161,7 @@ def test_create_multi_document_and_rm(cluster: Cluster, tmp_path: Path) -> None:
 
 
 def test_unknown_field_names_the_field_and_stores_nothing(cluster: Cluster) -> None:
-    text = ROLE_DB.replace("name: db", "name: typo").replace("db_labels", "db_lables")
+    text = SEED_ROLE.replace("name: db", "name: typo").replace("db_labels", "db_lables")
     text = "kind: role\nversion: v3\nmetadata: {name: fine}\nspec: {allow: {db_users: [x]}}\n---\n" + text
     code, out, err = pctl(cluster, "create", input=text)
     assert code == 1, out
@@ -225,8 +213,9 @@ def test_users_add_ls_update_reset_rm(cluster: Cluster) -> None:
     assert code == 1 and "Nothing to update" in err
 
     reset = ok(cluster, "users", "reset", "ursula", "--ttl=2h")
-    assert reset.startswith('User "ursula" has been reset. Share this URL with the user to complete password '
-                            "reset, link is valid for 2h:\n")
+    assert reset.startswith(
+        'User "ursula" has been reset. Share this URL with the user to complete password reset, link is valid for 2h:\n'
+    )
     assert "/web/reset/" in find_url(reset)
     token = json.loads(ok(cluster, "users", "reset", "ursula", "--format=json"))
     assert token["kind"] == "user_token" and token["sub_kind"] == "reset" and token["spec"]["user"] == "ursula"
@@ -267,11 +256,17 @@ def test_db_ls_shows_agents_heartbeats(cluster: Cluster) -> None:
     token = ok(cluster, "tokens", "add", "--type=db", "--format=text").strip()
     key = generate_private_key()
     with ClusterClient(cluster.addr, insecure=True) as web:
-        joined = web.post("/v1/join", {"token": token, "host_id": "agent-1", "hostname": "db-host-1",
-                                       "public_key": public_key_pem(key).decode()})
+        joined = web.post(
+            "/v1/join",
+            {"token": token, "host_id": "agent-1", "hostname": "db-host-1", "public_key": public_key_pem(key).decode()},
+        )
     creds = ClusterCredentials(joined["cert"].encode(), private_key_pem(key), joined["cas"]["host"].encode())
-    database = {"kind": "db", "version": "v3", "metadata": {"name": "pg1", "labels": {"env": "prod"}},
-                "spec": {"protocol": "postgres", "uri": "pg1.internal:5432"}}
+    database = {
+        "kind": "db",
+        "version": "v3",
+        "metadata": {"name": "pg1", "labels": {"env": "prod"}},
+        "spec": {"protocol": "postgres", "uri": "pg1.internal:5432"},
+    }
     with ClusterClient(cluster.addr, creds=creds) as agent:
         agent.post("/v1/agents/heartbeat", {"hostname": "db-host-1", "databases": [database]})
     table = ok(cluster, "db", "ls")
@@ -286,12 +281,14 @@ def test_malformed_json_is_a_400_json_error(cluster: Cluster) -> None:
     import httpx
 
     for path in ("/v1/login", "/v1/invites/0123456789abcdef"):
-        response = httpx.post(cluster.url + path, content=b"{not json", verify=False,
-                              headers={"Content-Type": "application/json"})
+        response = httpx.post(
+            cluster.url + path, content=b"{not json", verify=False, headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 400
         error = response.json()["error"]
         assert error["kind"] == "bad_parameter" and error["message"]
-    response = httpx.post(cluster.url + "/v1/login", json={"user": "a", "password": "b", "public_key": "k",
-                                                            "extra": 1}, verify=False)
+    response = httpx.post(
+        cluster.url + "/v1/login", json={"user": "a", "password": "b", "public_key": "k", "extra": 1}, verify=False
+    )
     assert response.status_code == 400
     assert "extra" in response.json()["error"]["message"]

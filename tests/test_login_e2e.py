@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dbenv import SEED_ROLE
 from tests.harness import (
     PCTL,
     PTSH,
@@ -33,18 +34,6 @@ from tests.harness import (
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
-SEED_ROLE = """\
-kind: role
-version: v3
-metadata:
-  name: db
-spec:
-  allow:
-    db_labels:
-      '*': '*'
-    db_names: ['*']
-    db_users: ['*']
-"""
 GENERIC = "invalid user name, password or second factor"
 
 
@@ -73,8 +62,16 @@ class World:
         self.urls[user] = url
         return url
 
-    def login(self, user: str, home: Path, *, password: str = PASSWORD, code: str | None = None,
-              flags: tuple[str, ...] = ("--insecure",), **env: str | Path) -> tuple[int, str]:
+    def login(
+        self,
+        user: str,
+        home: Path,
+        *,
+        password: str = PASSWORD,
+        code: str | None = None,
+        flags: tuple[str, ...] = ("--insecure",),
+        **env: str | Path,
+    ) -> tuple[int, str]:
         def otp(_out: str) -> str:
             value = code if code is not None else TotpDevice(self.secrets[user]).code()
             self.last_code[user] = value
@@ -82,8 +79,7 @@ class World:
 
         return pty_run(
             [PTSH, "login", f"--proxy={self.cluster.addr}", f"--user={user}", *flags],
-            [(rf"Enter password for pteleport user {user}: ", password),
-             (r"Enter an OTP code from a device: ", otp)],
+            [(rf"Enter password for pteleport user {user}: ", password), (r"Enter an OTP code from a device: ", otp)],
             self.user_env(home, **env),
         )
 
@@ -115,8 +111,11 @@ def test_alice_signs_up_in_a_terminal(world: World) -> None:
 
     exit_code, out = pty_run(
         [PTSH, "signup", world.urls["alice"], "--insecure"],
-        [("Enter a new password: ", PASSWORD), ("Confirm the new password: ", PASSWORD),
-         ("Enter an OTP code from a device: ", code)],
+        [
+            ("Enter a new password: ", PASSWORD),
+            ("Confirm the new password: ", PASSWORD),
+            ("Enter an OTP code from a device: ", code),
+        ],
         world.user_env(world.alice_home),
     )
     assert exit_code == 0, out
@@ -181,8 +180,11 @@ def test_five_failures_lock_the_user(world: World) -> None:
     world.secrets["bob"] = signup(world.cluster, world.invite("bob"), PASSWORD)
     key = public_key_pem(generate_private_key()).decode()
     for _ in range(5):
-        response = httpx.post(world.cluster.url + "/v1/login", verify=False,
-                              json={"user": "bob", "password": "wrong", "otp_token": "000000", "public_key": key})
+        response = httpx.post(
+            world.cluster.url + "/v1/login",
+            verify=False,
+            json={"user": "bob", "password": "wrong", "otp_token": "000000", "public_key": key},
+        )
         assert response.status_code == 403
     exit_code, out = world.login("bob", world.root / "scratch-4")
     assert exit_code == 4, out
@@ -194,8 +196,12 @@ def test_keyring_storage(world: World) -> None:
     """With a real keyring backend, the key goes there and never to disk; pctl can use it."""
     home = world.root / "dave-ptsh"
     world.secrets["dave"] = signup(world.cluster, world.invite("dave"), PASSWORD)
-    env = {"PTSH_KEY_STORAGE": "", "PYTHON_KEYRING_BACKEND": "tests.fake_keyring.JsonKeyring",
-           "FAKE_KEYRING_FILE": world.root / "ring.json", "PYTHONPATH": Path(__file__).resolve().parents[1]}
+    env = {
+        "PTSH_KEY_STORAGE": "",
+        "PYTHON_KEYRING_BACKEND": "tests.fake_keyring.JsonKeyring",
+        "FAKE_KEYRING_FILE": world.root / "ring.json",
+        "PYTHONPATH": Path(__file__).resolve().parents[1],
+    }
     exit_code, out = world.login("dave", home, **env)
     assert exit_code == 0, out
     assert "Key storage:        OS keyring" in out
@@ -264,8 +270,9 @@ def test_expired_certificate_is_refused(world: World) -> None:
     result = run([PCTL, "status"], world.user_env(home))
     assert result.returncode == 3 and "expired" in result.stderr
     # The cluster itself refuses it too, with words a user can act on.
-    creds = ClusterCredentials(cert, (keys / "alice.key").read_bytes(), (keys / "cas").joinpath(
-        f"{doc['cluster_name']}.pem").read_bytes())
+    creds = ClusterCredentials(
+        cert, (keys / "alice.key").read_bytes(), (keys / "cas").joinpath(f"{doc['cluster_name']}.pem").read_bytes()
+    )
     with ClusterClient(world.cluster.addr, creds=creds) as client, pytest.raises(NotLoggedIn, match="expired"):
         client.get("/v1/whoami")
 
@@ -301,8 +308,11 @@ def test_reset_link_works_with_ptsh_signup(world: World) -> None:
 
     exit_code, out = pty_run(
         [PTSH, "signup", url, "--insecure"],
-        [("Enter a new password: ", "another good password"), ("Confirm the new password: ", "another good password"),
-         ("Enter an OTP code from a device: ", code)],
+        [
+            ("Enter a new password: ", "another good password"),
+            ("Confirm the new password: ", "another good password"),
+            ("Enter an OTP code from a device: ", code),
+        ],
         world.user_env(world.root / "carol-ptsh"),
     )
     assert exit_code == 0, out

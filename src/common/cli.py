@@ -173,3 +173,17 @@ def prompt_line(prompt: str, flag_hint: str) -> str:
     sys.stderr.write(prompt)
     sys.stderr.flush()
     return sys.stdin.readline().strip()
+
+
+def add_version_command(app: typer.Typer, prog: str) -> None:
+    """`PROG version [--format text|json|yaml]`, the same for the three programs."""
+
+    @app.command()
+    def version(
+        fmt: Format = typer.Option(Format.text, "--format", "-f", help="Output format: text, json or yaml."),
+    ) -> None:
+        """Print the version."""
+        from common import __version__
+
+        doc = {"version": __version__, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+        render(doc, fmt, lambda d: f"{prog} v{d['version']} python{d['python']}")

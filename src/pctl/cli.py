@@ -7,13 +7,11 @@ common.cli/common.errors load at start-up.
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from common import __version__
-from common.cli import DEBUG, Format, render, run_app
+from common.cli import DEBUG, add_version_command, run_app
 from pctl import resources as _resources
 from pctl import status as _status
 from pctl.audit import audit_app
@@ -51,13 +49,7 @@ def _root(
     DEBUG["on"] = DEBUG["on"] or debug
 
 
-@app.command()
-def version(
-    fmt: Annotated[Format, typer.Option("--format", help="Output format: text, json or yaml.")] = Format.text,
-) -> None:
-    """Print the version."""
-    doc = {"version": __version__, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
-    render(doc, fmt, lambda d: f"pctl v{d['version']} python{d['python']}")
+add_version_command(app, "pctl")
 
 
 app.command("status")(_status.status)

@@ -7,13 +7,11 @@ command imports what it needs, so ``ptsh --help`` and completion stay fast.
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
-from common import __version__
-from common.cli import DEBUG, Format, render, run_app
+from common.cli import DEBUG, add_version_command, run_app
 from ptsh import login as _login
 from ptsh import play as _play
 from ptsh import signup as _signup
@@ -54,13 +52,7 @@ def _root(
     DEBUG["on"] = DEBUG["on"] or debug
 
 
-@app.command()
-def version(
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format: text, json or yaml.")] = Format.text,
-) -> None:
-    """Print the version."""
-    doc = {"version": __version__, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
-    render(doc, fmt, lambda d: f"ptsh v{d['version']} python{d['python']}")
+add_version_command(app, "ptsh")
 
 
 app.command("login")(_login.login)
