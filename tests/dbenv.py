@@ -89,8 +89,16 @@ class DbEnv:
             args += [f"--{key}", value]
         return self.pctl_json(*args)
 
-    def start_agent(self, name: str = "aurora", *extra: str, wait: bool = True) -> Agent:
-        token = self.pctl("tokens", "add", "--type=db", "--format=text")
+    def start_agent(
+        self,
+        name: str = "aurora",
+        *extra: str,
+        wait: bool = True,
+        token_args: tuple[str, ...] = (),
+        uri: str | None = None,
+    ) -> Agent:
+        """A ``pteleport db start`` agent serving ``name``; ``token_args`` scope its join token."""
+        token = self.pctl("tokens", "add", "--type=db", "--format=text", *token_args)
         assert token.returncode == 0, token.stderr
         pin = self.pctl_json("status")["ca_pin"]
         data_dir = self.root / f"agent-{len(self.agents)}"
@@ -103,7 +111,7 @@ class DbEnv:
             f"--proxy={self.cluster.addr}",
             f"--ca-pin={pin}",
             f"--name={name}",
-            f"--uri=localhost:{self.pg.port}",
+            f"--uri={uri or f'localhost:{self.pg.port}'}",
             f"--ca-cert-file={self.pg.ca_cert_file}",
             "--labels=env=dev",
             f"--data-dir={data_dir}",
@@ -144,10 +152,10 @@ class DbEnv:
     def user_env(self, user: str) -> dict[str, str]:
         return self.cluster.env(PTSH_HOME=self.home(user))
 
-    def login(self, user: str) -> str:
+    def login(self, user: str, *extra: str) -> str:
         device = self.users[user]
         code, out = pty_run(
-            [PTSH, "login", f"--proxy={self.cluster.addr}", f"--user={user}", "--insecure"],
+            [PTSH, "login", f"--proxy={self.cluster.addr}", f"--user={user}", "--insecure", *extra],
             [("assword", PASSWORD), ("OTP code", lambda _out: device.code())],
             self.user_env(user),
         )

@@ -119,6 +119,9 @@ def scenario(pg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]
         assert invite["sub_kind"] == "invite"
         assert any(u["metadata"]["name"] == "bob" for u in s.run("pctl users ls").parsed)
         s.run("pctl users update", "bob", "--set-roles=access")
+        lock = s.run("pctl lock", "--user=bob", "--message=docs", "--ttl=1h").parsed
+        assert [d["metadata"]["name"] for d in s.run("pctl locks ls").parsed] == [lock["metadata"]["name"]]
+        s.run("pctl locks rm", lock["metadata"]["name"])
         assert s.run("pctl users reset", "bob").parsed["sub_kind"] == "reset"
         s.run("pctl users rm", "bob")
         assert [d["metadata"]["name"] for d in s.run("pctl db ls").parsed] == ["aurora"]

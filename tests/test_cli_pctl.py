@@ -86,9 +86,21 @@ def test_tokens_add_default_output_is_ready_to_run(cluster: Cluster) -> None:
 def test_tokens_add_structured(cluster: Cluster, fmt: str) -> None:
     out = ok(cluster, "tokens", "add", "--type=db", "--value=my-chosen-token-" + fmt, "--format", fmt)
     doc = json.loads(out) if fmt == "json" else yaml.safe_load(out)
-    assert set(doc) == {"token", "roles", "expires"}
+    assert set(doc) == {"token", "roles", "expires", "scope"}
     assert doc["token"] == "my-chosen-token-" + fmt
     assert doc["roles"] == ["Db"]
+    assert doc["scope"] is None
+    scoped = ok(cluster, "tokens", "add", "--type=db", "--db-name=aurora,billing", "--labels=env=prod", "--format", fmt)
+    doc = json.loads(scoped) if fmt == "json" else yaml.safe_load(scoped)
+    assert doc["scope"] == {"db_names": ["aurora", "billing"], "db_labels": {"env": ["prod"]}}
+
+
+def test_tokens_add_says_whether_the_token_is_scoped(cluster: Cluster) -> None:
+    unscoped = ok(cluster, "tokens", "add", "--type=db")
+    assert "This token is not scoped" in unscoped and "--db-name" in unscoped
+    scoped = ok(cluster, "tokens", "add", "--type=db", "--db-name=aurora", "--labels=env=prod")
+    assert "may serve only\n    the database(s) aurora and only while labelled env=prod." in scoped
+    assert "--name=aurora" in scoped
 
 
 def test_tokens_ls_and_rm(cluster: Cluster) -> None:
@@ -252,14 +264,16 @@ def test_db_ls_shows_agents_heartbeats(cluster: Cluster) -> None:
     from common.client import ClusterClient, ClusterCredentials
     from common.tls import generate_private_key, private_key_pem, public_key_pem
 
-    assert ok(cluster, "db", "ls").splitlines()[0].split() == ["Host", "Name", "Protocol", "URI", "Labels"]
-    token = ok(cluster, "tokens", "add", "--type=db", "--format=text").strip()
+    headers = ["Host", "Host", "ID", "Name", "Protocol", "URI", "Labels", "Scope"]
+    assert ok(cluster, "db", "ls").splitlines()[0].split() == headers
+    token = ok(cluster, "tokens", "add", "--type=db", "--format=text", "--db-name=pg1").strip()
     key = generate_private_key()
     with ClusterClient(cluster.addr, insecure=True) as web:
         joined = web.post(
             "/v1/join",
-            {"token": token, "host_id": "agent-1", "hostname": "db-host-1", "public_key": public_key_pem(key).decode()},
+            {"token": token, "hostname": "db-host-1", "public_key": public_key_pem(key).decode()},
         )
+    host_id = joined["host_id"]
     creds = ClusterCredentials(joined["cert"].encode(), private_key_pem(key), joined["cas"]["host"].encode())
     database = {
         "kind": "db",
@@ -270,7 +284,8 @@ def test_db_ls_shows_agents_heartbeats(cluster: Cluster) -> None:
     with ClusterClient(cluster.addr, creds=creds) as agent:
         agent.post("/v1/agents/heartbeat", {"hostname": "db-host-1", "databases": [database]})
     table = ok(cluster, "db", "ls")
-    assert re.search(r"^db-host-1\s+pg1\s+postgres\s+pg1\.internal:5432\s+env=prod$", table, re.M), table
+    row = rf"^db-host-1\s+{host_id}\s+pg1\s+postgres\s+pg1\.internal:5432\s+env=prod\s+pg1$"
+    assert re.search(row, table, re.M), table
     docs = json.loads(ok(cluster, "db", "ls", "--format=json"))
     assert docs[0]["kind"] == "db_server" and docs[0]["spec"]["database"]["metadata"]["name"] == "pg1"
     assert "pg1" in ok(cluster, "get", "db_servers", "--format", "text")

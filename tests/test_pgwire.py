@@ -430,3 +430,23 @@ def test_server_error_as_postgres_sends_it():
 def test_malformed_backend_payloads(parser, payload):
     with pytest.raises(BadParameter):
         parser(payload)
+
+
+def test_ready_for_query_marks_a_message_boundary() -> None:
+    z = pgwire.ready_for_query(b"I")
+    assert pgwire.ends_with_ready_for_query(b"some data" + z)
+    assert pgwire.ends_with_ready_for_query(pgwire.ready_for_query(b"T"))
+    assert not pgwire.ends_with_ready_for_query(z[:-1])
+    assert not pgwire.ends_with_ready_for_query(z[:-1] + b"X")
+    assert not pgwire.ends_with_ready_for_query(b"")
+
+
+def test_the_servers_answer_to_a_cancel_is_cut_off_for_a_fatal_of_our_own() -> None:
+    rows = pgwire.encode_message(b"D", b"\x00\x01\x00\x00\x00\x01x")
+    cancel = pgwire.error_response("canceling statement due to user request", "57014", severity="ERROR")
+    z = pgwire.ready_for_query(b"I")
+    assert pgwire.cut_trailing_cancel_error(rows + cancel + z) == rows
+    assert pgwire.cut_trailing_cancel_error(cancel + z) == b""
+    other = pgwire.error_response("division by zero", "22012", severity="ERROR")
+    assert pgwire.cut_trailing_cancel_error(rows + other + z) is None  # not our cancel: keep it
+    assert pgwire.cut_trailing_cancel_error(rows + cancel) is None  # no boundary yet

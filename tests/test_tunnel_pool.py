@@ -74,7 +74,7 @@ async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-u
 
 
 async def _use(server: TunnelServer, marker: str) -> Connection:
-    link = await server.dial("db1")
+    link = await server.dial("db1", ["host-1"])
     link.write(encode({"type": "session", "marker": marker}))
     assert await asyncio.wait_for(link.read_exactly(20), 5) == b"hello from the agent"
     return link
@@ -118,5 +118,25 @@ def test_closed_spares_are_skipped_and_dial_falls_back() -> None:
             link = await _use(server, "three")  # the closed spare is not handed out
             assert sessions[-1] == {"type": "session", "marker": "three"}
             link.close()
+
+    asyncio.run(main())
+
+
+def test_dial_routes_only_to_registered_hosts_whatever_agents_announce() -> None:
+    """The agent announces db1, but a host that auth holds no registration for gets no session."""
+
+    async def main() -> None:
+        async with tunnel_pair(pool_size=1) as (server, _agent, sessions):
+            await _until(lambda: "host-1" in server.agents)
+            from common.errors import ConnectionProblem
+
+            for registered in ([], ["host-2"]):
+                try:
+                    await server.dial("db1", registered)
+                except ConnectionProblem as err:
+                    assert 'no database service is serving "db1"' in err.message
+                else:
+                    raise AssertionError("dialled a host without a registration")
+            assert sessions == []
 
     asyncio.run(main())

@@ -159,6 +159,18 @@ class AsyncClusterClient:
     async def get(self, path: str, **kw: Any) -> Any:
         return await self.request("GET", path, **kw)
 
+    async def get_if_changed(self, path: str, etag: str | None) -> tuple[Any | None, str | None]:
+        """GET with ``If-None-Match``: (None, etag) when unchanged (304), else (body, new etag)."""
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            response = await self._http.get(path, headers=headers, extensions={"sni_hostname": INTERNAL_SNI})
+        except httpx.HTTPError as exc:
+            raise _network_error(self.addr, exc) from None
+        if response.status_code == 304:
+            return None, etag
+        _raise_for(response)
+        return response.json(), response.headers.get("ETag")
+
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.request("POST", path, json=body if body is not None else {})
 

@@ -123,8 +123,8 @@ _HTTP_STATUS: dict[str, int] = {
 
 # Postgres SQLSTATE codes sent in ErrorResponse by the database agent.
 _SQLSTATE: dict[str, str] = {
-    "access_denied": "28000",  # invalid_authorization_specification
-    "not_logged_in": "28000",
+    "access_denied": "42501",  # insufficient_privilege
+    "not_logged_in": "28000",  # invalid_authorization_specification: log in again
     "bad_parameter": "08P01",  # protocol_violation
     "usage": "08P01",
     "not_found": "3D000",  # invalid_catalog_name

@@ -17,16 +17,18 @@ OID (under the arc)       meaning                                     value (DER
 ``.7``                    login IP                                    text
 ``.8``                    host id / system role of a host identity    text
 ``.9``                    impersonator (who signed for this user)     text
+``.10``                   scope of a database service (host)         JSON ``{"db_names": [...], "db_labels": {k: [v]}}``
 =======================  ==========================================  ====================
 
-Expiry is the certificate's NotAfter. Nothing here does I/O.
+Expiry is the certificate's NotAfter; the moment of issue is its NotBefore plus
+``CERT_BACKDATE`` (certificates are backdated a little for clock skew). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -42,6 +44,10 @@ OID_DB_NAME = x509.ObjectIdentifier(OID_ARC + ".6")
 OID_LOGIN_IP = x509.ObjectIdentifier(OID_ARC + ".7")
 OID_SYSTEM_ROLE = x509.ObjectIdentifier(OID_ARC + ".8")
 OID_IMPERSONATOR = x509.ObjectIdentifier(OID_ARC + ".9")
+OID_HOST_SCOPE = x509.ObjectIdentifier(OID_ARC + ".10")
+
+CERT_BACKDATE = timedelta(minutes=1)
+"""Certificates start this much before they are issued, so a peer whose clock is a little behind accepts them."""
 
 KIND_USER = "user"
 KIND_HOST = "host"
@@ -61,6 +67,39 @@ class DatabaseRoute:
 
 
 @dataclass(frozen=True)
+class HostScope:
+    """Which databases a database service (agent) may serve, bound to its host identity at join.
+
+    Empty ``db_names`` means any name; empty ``db_labels`` means any labels. A scope with
+    neither is the same as no scope (Teleport's behaviour: any database).
+    """
+
+    db_names: tuple[str, ...] = ()
+    db_labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def of(cls, db_names: list[str] | tuple[str, ...] = (), db_labels: dict[str, list[str]] | None = None) -> HostScope:
+        labels = tuple(sorted((k, tuple(v)) for k, v in (db_labels or {}).items()))
+        return cls(tuple(db_names), labels)
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.db_labels}
+
+    @property
+    def unscoped(self) -> bool:
+        return not self.db_names and not self.db_labels
+
+    def to_dict(self) -> dict[str, object]:
+        return {"db_names": list(self.db_names), "db_labels": self.labels}
+
+    @classmethod
+    def from_dict(cls, doc: dict | None) -> HostScope:
+        doc = doc or {}
+        return cls.of(list(doc.get("db_names") or []), dict(doc.get("db_labels") or {}))
+
+
+@dataclass(frozen=True)
 class Identity:
     """The subject of a certificate issued by one of the cluster's CAs."""
 
@@ -74,6 +113,8 @@ class Identity:
     system_role: str = ""
     impersonator: str = ""
     expires: datetime | None = None
+    issued: datetime | None = None
+    host_scope: HostScope | None = None
 
     def with_route(self, route: DatabaseRoute | None) -> Identity:
         return replace(self, route=route)
@@ -138,6 +179,8 @@ def extensions_for(identity: Identity) -> list[x509.UnrecognizedExtension]:
         values.append((OID_SYSTEM_ROLE, identity.system_role))
     if identity.impersonator:
         values.append((OID_IMPERSONATOR, identity.impersonator))
+    if identity.host_scope is not None and not identity.host_scope.unscoped:
+        values.append((OID_HOST_SCOPE, json.dumps(identity.host_scope.to_dict(), sort_keys=True, separators=(",", ":"))))
     return [x509.UnrecognizedExtension(oid, _der_utf8(value)) for oid, value in values]
 
 
@@ -166,6 +209,8 @@ def identity_from_cert(cert: x509.Certificate) -> Identity:
         )
     traits_raw = ext.get(OID_TRAITS.dotted_string)
     traits = {k: list(v) for k, v in json.loads(traits_raw).items()} if traits_raw else {}
+    scope_raw = ext.get(OID_HOST_SCOPE.dotted_string)
+    host_scope = HostScope.from_dict(json.loads(scope_raw)) if scope_raw else None
     return Identity(
         username=str(cn[0].value),
         roles=roles,
@@ -177,6 +222,8 @@ def identity_from_cert(cert: x509.Certificate) -> Identity:
         system_role=ext.get(OID_SYSTEM_ROLE.dotted_string, ""),
         impersonator=ext.get(OID_IMPERSONATOR.dotted_string, ""),
         expires=cert.not_valid_after_utc.astimezone(UTC),
+        issued=cert.not_valid_before_utc.astimezone(UTC) + CERT_BACKDATE,
+        host_scope=host_scope,
     )
 
 

@@ -15,4 +15,6 @@ KIND_ALIASES = {
     "tokens": "token",
     "db_server": "db_server",
     "db_servers": "db_server",
+    "lock": "lock",
+    "locks": "lock",
 }

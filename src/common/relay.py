@@ -1,10 +1,17 @@
 """Byte relays on asyncio Protocols: a connection you can read from during a handshake, then splice.
 
 ``Connection`` buffers what arrives until the handshake code has read what it needs;
-``splice`` then swaps both transports over to ``_Pipe`` protocols, which write each
-chunk straight to the peer transport (no copies, no per-byte Python work) and use the
-transports' flow control for backpressure: when one side's write buffer fills, reading
-from the other side pauses, so a relay never buffers without bound.
+``splice`` (or a ``Splice`` you keep a handle on) then swaps both transports over to
+``_Pipe`` protocols, which write each chunk straight to the peer transport (no copies, no
+per-byte Python work) and use the transports' flow control for backpressure: when one
+side's write buffer fills, reading from the other side pauses, so a relay never buffers
+without bound.
+
+A ``Splice`` also lets its owner end a relay cleanly in the middle (the database agent
+ends sessions of locked users that way): ``tail_from_b`` is the end of what b last sent
+to a, ``filter_b_to_a`` transforms what b sends from then on, ``drop_a_to_b`` stops
+forwarding a's data, ``write_to_a`` injects bytes, and ``close`` ends both sides after
+their pending writes.
 """
 
 from __future__ import annotations
@@ -145,8 +152,15 @@ class Connection(asyncio.Protocol):
         return ""
 
 
+TAIL = 16  # bytes of the last data forwarded that each pipe remembers
+
+
 class _Pipe(asyncio.Protocol):
-    """Reads from one transport and writes every chunk to the peer transport."""
+    """Reads from one transport and writes every chunk to the peer transport.
+
+    ``filter`` (normally None) may replace a chunk before it is tapped and forwarded; it
+    returns the bytes to send (empty: nothing). ``tail`` keeps the last ``TAIL`` bytes sent.
+    """
 
     def __init__(
         self, peer: asyncio.Transport, done: asyncio.Future[None], tap: Callable[[bytes], None] | None
@@ -154,18 +168,29 @@ class _Pipe(asyncio.Protocol):
         self.peer = peer
         self.done = done
         self.tap = tap
+        self.filter: Callable[[bytes], bytes] | None = None
+        self.tail = b""
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.filter is not None:
+            try:
+                data = self.filter(data)
+            except Exception as exc:
+                self._finish(exc)
+                return
+            if not data:
+                return
         if self.tap is not None:
             try:
                 self.tap(data)
             except Exception as exc:  # a tap refusing the data ends the session
                 self._finish(exc)
                 return
+        self.tail = data[-TAIL:] if len(data) >= TAIL else (self.tail + data)[-TAIL:]
         self.peer.write(data)
 
     def eof_received(self) -> bool:
@@ -190,6 +215,71 @@ class _Pipe(asyncio.Protocol):
             self.done.set_result(exc)  # type: ignore[arg-type]
 
 
+class Splice:
+    """A relay between ``a`` and ``b`` that its owner can steer while it runs (see the module doc)."""
+
+    def __init__(
+        self,
+        a: Connection,
+        b: Connection,
+        tap_a_to_b: Callable[[bytes], None] | None = None,
+        b_leftover: bytes = b"",
+        sent_to_a: bytes = b"",
+    ) -> None:
+        """``sent_to_a``: what the owner already wrote to ``a`` for ``b`` (it starts ``tail_from_b``)."""
+        assert a.transport is not None and b.transport is not None
+        self._a, self._b = a, b
+        self._leftover = b_leftover
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ta, self.tb = a.transport, b.transport
+        self.pipe_a, self.pipe_b = _Pipe(self.tb, self.done, tap_a_to_b), _Pipe(self.ta, self.done, None)
+        self.pipe_b.tail = sent_to_a[-TAIL:]
+
+    async def run(self) -> Exception | None:
+        """Relay until either side closes; the error that ended it, if any."""
+        a, b = self._a, self._b
+        ta, tb = self.ta, self.tb
+        pending_a, pending_b = a.take_buffer(), b.take_buffer() + self._leftover
+        ta.set_protocol(self.pipe_a)
+        tb.set_protocol(self.pipe_b)
+        self.pipe_a.connection_made(ta)
+        self.pipe_b.connection_made(tb)
+        for t, was_paused in ((ta, a._paused), (tb, b._paused)):
+            if was_paused:
+                t.resume_reading()
+        if pending_a:
+            self.pipe_a.data_received(pending_a)
+        if pending_b:
+            self.pipe_b.data_received(pending_b)
+        if a._eof or b._eof:
+            self.pipe_a._finish(None)
+        result = await self.done
+        return result  # type: ignore[return-value]
+
+    @property
+    def tail_from_b(self) -> bytes:
+        return self.pipe_b.tail
+
+    def drop_a_to_b(self) -> None:
+        """Stop forwarding (and tapping) anything more that ``a`` sends."""
+        self.pipe_a.filter = lambda _data: b""
+
+    def filter_b_to_a(self, fn: Callable[[bytes], bytes]) -> None:
+        self.pipe_b.filter = fn
+
+    def write_to_a(self, data: bytes) -> None:
+        if not self.ta.is_closing():
+            self.ta.write(data)
+
+    def write_to_b(self, data: bytes) -> None:
+        if not self.tb.is_closing():
+            self.tb.write(data)
+
+    def close(self) -> None:
+        """End both sides; each transport sends what it still holds before it closes."""
+        self.pipe_b._finish(None)
+
+
 async def splice(
     a: Connection, b: Connection, tap_a_to_b: Callable[[bytes], None] | None = None, b_leftover: bytes = b""
 ) -> Exception | None:
@@ -198,27 +288,7 @@ async def splice(
     ``tap_a_to_b`` sees every chunk going from a to b (the agent parses queries there);
     if it raises, both connections close.
     """
-    assert a.transport is not None and b.transport is not None
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    ta, tb = a.transport, b.transport
-    pending_a, pending_b = a.take_buffer(), b.take_buffer() + b_leftover
-    pipe_a, pipe_b = _Pipe(tb, done, tap_a_to_b), _Pipe(ta, done, None)
-    ta.set_protocol(pipe_a)
-    tb.set_protocol(pipe_b)
-    pipe_a.connection_made(ta)
-    pipe_b.connection_made(tb)
-    for t, was_paused in ((ta, a._paused), (tb, b._paused)):
-        if was_paused:
-            t.resume_reading()
-    if pending_a:
-        pipe_a.data_received(pending_a)
-    if pending_b:
-        pipe_b.data_received(pending_b)
-    if a._eof or b._eof:
-        pipe_a._finish(None)
-    result = await done
-    return result  # type: ignore[return-value]
+    return await Splice(a, b, tap_a_to_b, b_leftover).run()
 
 
 def attach_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[Connection, bytes]:

@@ -18,6 +18,8 @@ from pctl.audit import audit_app
 from pctl.auth import auth_app
 from pctl.bots import bots_app
 from pctl.db import db_app
+from pctl.locks import lock as _lock
+from pctl.locks import locks_app
 from pctl.tokens import tokens_app
 from pctl.users import users_app
 
@@ -56,6 +58,8 @@ app.command("status")(_status.status)
 app.command("create")(_resources.create)
 app.command("get")(_resources.get)
 app.command("rm")(_resources.rm)
+app.command("lock")(_lock)
+app.add_typer(locks_app, name="locks")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")

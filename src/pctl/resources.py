@@ -13,7 +13,7 @@ from common.kinds import KIND_ALIASES
 from pctl.output import DataFormatOpt, Fmt, expiry_text, labels_text
 from pctl.output import safe_table as table
 
-KINDS_HELP = "roles, role/NAME, users, user/NAME, db, db/NAME, tokens, db_servers"
+KINDS_HELP = "roles, role/NAME, users, user/NAME, db, db/NAME, tokens, locks, lock/ID, db_servers"
 
 
 def _jsonable(value: Any) -> Any:
@@ -115,21 +115,31 @@ def _db_table(docs: list[dict]) -> str:
     return table(["Name", "Protocol", "URI", "Labels"], rows)
 
 
+def _scope_text(scope: dict | None) -> str:
+    if not scope:
+        return "any"
+    parts = [*scope.get("db_names", [])]
+    parts += [f"{k}={'|'.join(v)}" for k, v in sorted((scope.get("db_labels") or {}).items())]
+    return ",".join(parts) or "any"
+
+
 def db_servers_table(docs: list[dict]) -> str:
     rows = []
     for d in docs:
         db = d.get("spec", {}).get("database", {})
         rows.append(
             [
-                d["spec"].get("hostname") or d["spec"].get("host_id", ""),
+                d["spec"].get("hostname", ""),
+                d["spec"].get("host_id", ""),
                 db.get("metadata", {}).get("name", d["metadata"]["name"]),
                 db.get("spec", {}).get("protocol", ""),
                 db.get("spec", {}).get("uri", ""),
                 labels_text(db.get("metadata", {}).get("labels")),
+                _scope_text(d["spec"].get("scope")),
             ]
         )
-    rows.sort(key=lambda r: (r[0], r[1]))
-    return table(["Host", "Name", "Protocol", "URI", "Labels"], rows)
+    rows.sort(key=lambda r: (r[0], r[2], r[1]))
+    return table(["Host", "Host ID", "Name", "Protocol", "URI", "Labels", "Scope"], rows)
 
 
 def _tokens_table(docs: list[dict]) -> str:
@@ -145,7 +155,14 @@ def _tokens_table(docs: list[dict]) -> str:
     return table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
 
 
+def _locks_table(docs: list[dict]) -> str:
+    from pctl.locks import locks_table
+
+    return locks_table(docs)
+
+
 TEXT_TABLES = {
+    "lock": _locks_table,
     "role": _roles_table,
     "user": _users_table,
     "db": _db_table,

@@ -44,6 +44,13 @@ Please note:
     db CA and a key pair issued by the "pctl auth sign --format=db" command.
   - When proxying an AWS RDS or Aurora database, the region must also be
     specified with the --aws-region flag.
+{scope_note}"""
+
+SCOPED_NOTE = """  - This token is scoped: an agent that joins with it may serve only
+    {scope}.
+"""
+UNSCOPED_NOTE = """  - This token is not scoped: an agent that joins with it may serve any
+    database (as in Teleport). Pass --db-name and/or --labels to limit it.
 """
 
 OTHER_TEMPLATE = """The invite token: {token}
@@ -68,8 +75,12 @@ def add(
     type_: Annotated[str, typer.Option("--type", help="Token type(s), e.g. db (comma-separated).")],
     ttl: Annotated[str, typer.Option("--ttl", help="How long the token is valid (30m, 1h, ...).")] = "30m",
     value: Annotated[str | None, typer.Option("--value", help="Use this token value instead of a random one.")] = None,
-    labels: Annotated[str | None, typer.Option("--labels", help="Token labels, e.g. env=prod,team=db.")] = None,
-    db_name: Annotated[str | None, typer.Option("--db-name", help="Database name for the printed command.")] = None,
+    labels: Annotated[
+        str | None, typer.Option("--labels", help="Scope: agents may serve only databases with these labels (k=v,...).")
+    ] = None,
+    db_name: Annotated[
+        str | None, typer.Option("--db-name", help="Scope: agents may serve only these databases (comma-separated).")
+    ] = None,
     db_protocol: Annotated[str | None, typer.Option("--db-protocol", help="Database protocol (postgres).")] = None,
     db_uri: Annotated[str | None, typer.Option("--db-uri", help="Database address HOST:PORT.")] = None,
     fmt: OptionalFormatOpt = None,
@@ -83,11 +94,13 @@ def add(
     if delta.total_seconds() <= 0:
         raise BadParameter("--ttl must be positive, e.g. --ttl=30m")
     types = split_list(type_)
+    db_names = split_list(db_name)
     body = {
         "types": types,
         "ttl_seconds": int(delta.total_seconds()),
         "value": value,
         "labels": parse_labels(labels) or None,
+        "db_names": db_names or None,
     }
     with client() as api:
         answer = api.post("/v1/tokens", body)
@@ -96,8 +109,12 @@ def add(
     if fmt == Fmt.text:
         print(token)
         return
+    scope = doc["spec"].get("db_scope")
     if fmt in (Fmt.json, Fmt.yaml):
-        render({"token": token, "roles": doc["spec"]["roles"], "expires": doc["metadata"].get("expires")}, fmt)
+        render(
+            {"token": token, "roles": doc["spec"]["roles"], "expires": doc["metadata"].get("expires"), "scope": scope},
+            fmt,
+        )
         return
     minutes = f"{delta.total_seconds() / 60:g}"
     pins = "".join(f"   --ca-pin={pin} \\\n" for pin in answer.get("ca_pins") or [answer.get("ca_pin", "")])
@@ -109,9 +126,10 @@ def add(
                 minutes=minutes,
                 pins=pins,
                 proxy=answer.get("proxy", ""),
-                name=db_name or "example",
+                name=db_names[0] if db_names else "example",
                 protocol=db_protocol or "postgres",
                 uri=db_uri or "example.db:5432",
+                scope_note=SCOPED_NOTE.format(scope=_scope_words(scope)) if scope else UNSCOPED_NOTE,
             ),
             end="",
         )
@@ -122,6 +140,16 @@ def add(
             ),
             end="",
         )
+
+
+def _scope_words(scope: dict[str, Any]) -> str:
+    parts = []
+    if scope.get("db_names"):
+        parts.append("the database(s) " + ", ".join(scope["db_names"]))
+    if scope.get("db_labels"):
+        labels = ",".join(f"{k}={'|'.join(v)}" for k, v in sorted(scope["db_labels"].items()))
+        parts.append(f"databases labelled {labels}")
+    return " and only while labelled ".join([parts[0], parts[1].removeprefix("databases labelled ")]) if len(parts) == 2 else parts[0]
 
 
 def _token_labels(doc: dict[str, Any]) -> str:

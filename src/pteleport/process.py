@@ -109,7 +109,7 @@ class Process:
         from pteleport.auth.server import AuthServer
         from pteleport.ca.authority import self_signed_web_cert
         from pteleport.proxy.listener import PublicListener, build_contexts
-        from pteleport.proxy.server import ProxyServer
+        from pteleport.proxy.server import ClusterView, ProxyServer
         from pteleport.tunnel.server import TunnelServer
 
         cfg = self.config
@@ -156,7 +156,20 @@ class Process:
         ssl_ctx = build_contexts(web_cert, web_key, host_cert, private_key_pem(host_key), client_cas)
 
         tunnel = TunnelServer()
-        proxy = ProxyServer(tunnel, lambda t: auth.ctx.ca(t).cert, utc_now)
+        cluster = ClusterView(
+            ca_cert=lambda t: auth.ctx.ca(t).cert,
+            refusal=auth.access.refusal,
+            registered_hosts=auth.databases.registrations.hosts_for,
+            emit=auth.ctx.emit,
+        )
+        proxy = ProxyServer(tunnel, cluster, utc_now)
+        # Agents hear at once that locks or users changed, and fetch the snapshot again.
+        auth.access.on_change(lambda state: tunnel.broadcast({"type": "access", "version": state.version}))
+        await asyncio.to_thread(auth.databases.registrations.build)
+        loop = asyncio.get_running_loop()
+        for job in (auth.access.run(), auth.databases.registrations.run()):
+            task = loop.create_task(job)
+            self._closers.append(_async(task.cancel))
         app = build_app(auth, ProxyInfo(public_addr))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -176,7 +189,6 @@ class Process:
         if port == 0:
             auth.ctx.settings.public_addr = public or f"{_public_host(host)}:{self.listen_port}"
         self._write_admin_identity(auth, actual)
-        loop = asyncio.get_running_loop()
         prune = loop.create_task(_prune_audit(audit, settings.audit_retention))
         self._closers.append(_async(prune.cancel))
         log.info(

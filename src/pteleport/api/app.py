@@ -108,8 +108,12 @@ async def invite_post(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     req = await _body(request, models.JoinRequest)
     auth = _auth(request)
-    cert = auth.tokens.join(req.token, req.role, req.host_id, req.hostname, req.public_key, _remote(request))
-    return web.json_response({"cert": cert.decode(), "cluster_name": auth.cluster_name, "cas": auth.public_cas()})
+    cert, host_id = auth.tokens.join(
+        req.token, req.role, req.host_id or None, req.hostname, req.public_key, _remote(request)
+    )
+    return web.json_response(
+        {"cert": cert.decode(), "host_id": host_id, "cluster_name": auth.cluster_name, "cas": auth.public_cas()}
+    )
 
 
 # --- authenticated ------------------------------------------------------------------------------
@@ -127,7 +131,7 @@ async def status(request: web.Request) -> web.Response:
 async def tokens_add(request: web.Request) -> web.Response:
     req = await _body(request, models.TokenRequest)
     auth = _auth(request)
-    doc = auth.tokens.add(_me(request), req.types, _ttl(req.ttl_seconds), req.value, req.labels)
+    doc = auth.tokens.add(_me(request), req.types, _ttl(req.ttl_seconds), req.value, req.labels, req.db_names)
     return web.json_response({"token": doc, "ca_pin": auth.status()["ca_pin"], "proxy": request.app[INFO].public_addr})
 
 
@@ -254,15 +258,50 @@ async def db_server_cert(request: web.Request) -> web.Response:
 async def db_client_cert(request: web.Request) -> web.Response:
     req = await _body(request, models.DbClientCertRequest)
     auth = _auth(request)
-    auth.ctx.authorize(_me(request), "db_client_cert", "create")
-    cert = auth.certs.db_client_cert(req.db_user, req.public_key)
+    me = _me(request)
+    auth.ctx.authorize(me, "db_client_cert", "create")
+    if me.is_host and me.username not in auth.databases.registrations.hosts_for(req.database):
+        raise AccessDenied(
+            f'this database service has no registration for "{req.database}"; '
+            "it gets client certificates only for the databases it serves"
+        )
+    cert = auth.certs.db_client_cert(req.db_user, req.public_key, req.database, me.username)
     return web.json_response({"cert": cert.decode(), "ca": auth.public_cas()["db"]})
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     req = await _body(request, models.HeartbeatRequest)
-    _auth(request).databases.heartbeat(_me(request), req.databases, req.hostname)
-    return web.json_response({"ok": True})
+    refused = _auth(request).databases.heartbeat(_me(request), req.databases, req.hostname)
+    return web.json_response({"ok": True, "refused": refused})
+
+
+# --- locks and the access snapshot -------------------------------------------------------
+async def locks_add(request: web.Request) -> web.Response:
+    req = await _body(request, models.LockRequest)
+    doc = _auth(request).locks.create(_me(request), req.user, req.role, req.message, _ttl(req.ttl_seconds))
+    return web.json_response(doc)
+
+
+async def locks_list(request: web.Request) -> web.Response:
+    return web.json_response(_auth(request).locks.list(_me(request)))
+
+
+async def locks_remove(request: web.Request) -> web.Response:
+    _auth(request).locks.remove(_me(request), request.match_info["name"])
+    return web.json_response({"deleted": True})
+
+
+async def access_state(request: web.Request) -> web.Response:
+    """For database services: locks and users' current roles (304 when ``If-None-Match`` is current)."""
+    me = _me(request)
+    auth = _auth(request)
+    if not (me.is_host and me.system_role == "Db"):
+        raise AccessDenied("only database services read the access snapshot")
+    state = auth.access.current()
+    etag = f'"{state.version}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.json_response(state.to_dict(), headers={"ETag": etag})
 
 
 async def events_emit(request: web.Request) -> web.Response:
@@ -372,6 +411,10 @@ def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
     r.add_post("/v1/certs/db-server", db_server_cert)
     r.add_post("/v1/certs/db-client", db_client_cert)
     r.add_post("/v1/agents/heartbeat", heartbeat)
+    r.add_get("/v1/access-state", access_state)
+    r.add_post("/v1/locks", locks_add)
+    r.add_get("/v1/locks", locks_list)
+    r.add_delete("/v1/locks/{name}", locks_remove)
     r.add_post("/v1/events", events_emit)
     r.add_get("/v1/events", events_search)
     r.add_get("/v1/sessions/{sid}/events", session_events)

@@ -27,7 +27,6 @@ def caller(request: web.Request, auth: AuthServer) -> Identity:
     identity = identity_from_cert(cert)
     ca = auth.ctx.ca("host" if identity.is_host else "user").cert
     verify_issued_by(cert, [ca], auth.ctx.clock())
-    if not identity.is_host and not identity.is_admin and not auth.ctx.users.exists(identity.username):
-        # A removed user's certificates stop working at once, not when they expire.
-        raise NotLoggedIn(f'user "{identity.username}" no longer exists in this cluster')
+    # Locks, deleted users and roles taken away stop certificates at once, not when they expire.
+    auth.access.check(identity)
     return identity

@@ -27,7 +27,7 @@ class InviteRequest(_Req):
 class JoinRequest(_Req):
     token: str = Field(min_length=1, max_length=512)
     role: str = "Db"
-    host_id: str = Field(min_length=1, max_length=128)
+    host_id: str = Field(default="", max_length=128)  # refused when set: auth assigns host ids
     hostname: str = Field(default="", max_length=253)
     public_key: str = Field(max_length=4096)
 
@@ -37,6 +37,14 @@ class TokenRequest(_Req):
     ttl_seconds: int | None = Field(default=None, gt=0)
     value: str | None = None
     labels: dict[str, str] | None = None
+    db_names: list[str] | None = None
+
+
+class LockRequest(_Req):
+    user: str | None = Field(default=None, min_length=1, max_length=256)
+    role: str | None = Field(default=None, min_length=1, max_length=256)
+    message: str = Field(default="", max_length=1024)
+    ttl_seconds: int | None = Field(default=None, gt=0)
 
 
 class ResourcesRequest(_Req):
@@ -69,6 +77,7 @@ class DatabaseCertRequest(_Req):
 
 
 class DbClientCertRequest(_Req):
+    database: str = Field(min_length=1, max_length=128)
     db_user: str = Field(min_length=1)
     public_key: str = Field(max_length=4096)
 

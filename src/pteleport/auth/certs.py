@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from common.errors import AccessDenied, BadParameter, NotFound
-from common.identity import KIND_HOST, DatabaseRoute, Identity
+from common.identity import KIND_HOST, DatabaseRoute, HostScope, Identity
 from common.tls import INTERNAL_SNI, load_public_key
 from pteleport.auth.context import AuthContext
 from pteleport.ca.authority import sign_identity, sign_plain
@@ -32,6 +32,7 @@ class CertService:
         now = self.ctx.clock()
         key = load_public_key(public_key_pem)
         identity = replace(identity, cluster_name=self.ctx.cluster_name)
+        self.ctx.access.check_locks(identity)  # a locked user or role gets no new certificate
         cert = sign_identity(self.ctx.ca("user"), key, identity, now, now + ttl)
         if audit:
             self.ctx.emit(
@@ -47,7 +48,9 @@ class CertService:
             )
         return cert
 
-    def sign_host(self, host_id: str, system_role: str, public_key: Any, server_names: list[str]) -> bytes:
+    def sign_host(
+        self, host_id: str, system_role: str, public_key: Any, server_names: list[str], scope: HostScope | None = None
+    ) -> bytes:
         now = self.ctx.clock()
         identity = Identity(
             username=host_id,
@@ -55,6 +58,7 @@ class CertService:
             kind=KIND_HOST,
             cluster_name=self.ctx.cluster_name,
             system_role=system_role,
+            host_scope=scope,
         )
         # Only a proxy serves the internal name: an agent's certificate is for client use, so a
         # stolen agent certificate cannot impersonate the proxy to other agents or to users.
@@ -92,12 +96,21 @@ class CertService:
         cert = self.sign_user(actor.with_route(route), public_key_pem, ttl)
         return cert, route
 
-    def db_client_cert(self, db_user: str, public_key_pem: str) -> bytes:
-        """For an agent: a short-lived client certificate (CN = db user) from the db CA."""
+    def db_client_cert(self, db_user: str, public_key_pem: str, database: str = "", host_id: str = "") -> bytes:
+        """For an agent: a short-lived client certificate (CN = db user) from the db CA (audited)."""
         if not db_user:
             raise BadParameter("db_user is required")
         now = self.ctx.clock()
-        return sign_plain(self.ctx.ca("db"), load_public_key(public_key_pem), db_user, now, now + DB_CLIENT_TTL)
+        cert = sign_plain(self.ctx.ca("db"), load_public_key(public_key_pem), db_user, now, now + DB_CLIENT_TTL)
+        self.ctx.emit(
+            "cert.create",
+            "TC000I",
+            cert_type="db_client",
+            user=host_id or None,
+            identity={"user": db_user, "expires": (now + DB_CLIENT_TTL).isoformat()},
+            db_service=database or None,
+        )
+        return cert
 
     def db_server_cert(self, hosts: list[str], public_key_pem: str, ttl: timedelta) -> bytes:
         """`pctl auth sign --format=db --host=...`: a PostgreSQL server certificate from the db CA."""

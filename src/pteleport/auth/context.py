@@ -12,6 +12,7 @@ from common.errors import AccessDenied, NotFound
 from common.identity import Identity
 from pteleport.audit.events import make_event
 from pteleport.audit.log import AuditLog
+from pteleport.auth.access import AccessStateSource
 from pteleport.ca.authority import CertAuthority
 from pteleport.rbac.checker import AccessChecker
 from pteleport.rbac.presets import preset_roles
@@ -55,7 +56,14 @@ class AuthContext:
         self.databases = JsonStore(backend, "db")
         self.db_servers = JsonStore(backend, "db_servers")
         self.cas_store = JsonStore(backend, "cas")
+        self.locks = JsonStore(backend, "locks")
+        self.hosts = JsonStore(backend, "hosts")
         self._cas: dict[str, CertAuthority] = {}
+        # Locks, users and roles feed the snapshot every hop checks certificates against;
+        # any write to them rebuilds it at once.
+        self.access = AccessStateSource(self.users, self.locks, self.roles, clock)
+        for store in (self.users, self.locks, self.roles):
+            store.on_write = self.access.changed
 
     @property
     def cluster_name(self) -> str:

@@ -8,9 +8,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.errors import AlreadyExists, BadParameter, NotFound
+from common.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from common.identity import Identity
 from pteleport.auth.context import AuthContext
+from pteleport.auth.hosts import HostService
+
+# pteleport's own events (Teleport has none for registrations): a host registering a database.
+DB_SERVER_CREATE = "db_server.create"
+DB_SERVER_CREATE_CODE = "PDS00I"
+DB_SERVER_CREATE_FAILURE_CODE = "PDS00W"
 
 HEARTBEAT_TTL = timedelta(seconds=30)  # agents heartbeat every 5 s
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -80,9 +86,46 @@ def parse_db(doc: dict) -> dict:
     return model.model_dump(exclude_none=True)
 
 
-class DatabaseService:
+class RegistrationIndex:
+    """Which hosts have a live registration for each database, kept in memory for the proxy.
+
+    The proxy routes a database session only to a host found here. ``build`` reads storage
+    (call it off the event loop, or right after a heartbeat this process stored); ``run``
+    rebuilds it every second, which is how other auth processes' registrations arrive.
+    """
+
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
+        self._hosts: dict[str, list[tuple[str, datetime | None]]] = {}
+
+    def build(self) -> None:
+        index: dict[str, list[tuple[str, datetime | None]]] = {}
+        for _key, doc, item in self.ctx.db_servers.items():
+            index.setdefault(doc["metadata"]["name"], []).append((doc["spec"]["host_id"], item.expires))
+        self._hosts = index
+
+    def hosts_for(self, name: str) -> list[str]:
+        now = self.ctx.clock()
+        return [host for host, expires in self._hosts.get(name, []) if expires is None or expires > now]
+
+    async def run(self) -> None:
+        import asyncio
+        import logging
+
+        while True:
+            try:
+                await asyncio.to_thread(self.build)
+            except Exception as exc:
+                logging.getLogger("pteleport.auth").warning("could not read database registrations: %s", exc)
+            await asyncio.sleep(1.0)
+
+
+class DatabaseService:
+    def __init__(self, ctx: AuthContext, hosts: HostService) -> None:
+        self.ctx = ctx
+        self.hosts = hosts
+        self.registrations = RegistrationIndex(ctx)
+        self._refusals_seen: set[tuple[str, str, str]] = set()
 
     # --- dynamic resources ---------------------------------------------------------------
     def put_resource(self, actor: Identity, doc: dict, force: bool) -> str:
@@ -111,16 +154,37 @@ class DatabaseService:
             raise NotFound(f'db "{name}" does not exist; "pctl get db" lists databases') from None
         self.ctx.emit("db.delete", "TDB05I", user=actor.username, name=name)
 
-    # --- heartbeats -----------------------------------------------------------------------------
-    def heartbeat(self, actor: Identity, databases: list[dict], hostname: str) -> None:
-        """An agent says which databases it serves now; entries expire unless renewed."""
+    # --- heartbeats (registrations) ---------------------------------------------------------------
+    def heartbeat(self, actor: Identity, databases: list[dict], hostname: str) -> list[dict[str, str]]:
+        """A database service says which databases it serves now; entries expire unless renewed.
+
+        Each database is registered only if ``HostService.may_serve`` allows it (scope and
+        reservations); the others come back as ``{"name", "reason"}`` so the agent can say why.
+        The first registration of a database by a host is audited (``db_server.create``).
+        """
         self.ctx.authorize(actor, "db_server", "create")
+        if actor.system_role != "Db":
+            raise AccessDenied(f"a {actor.system_role or 'host'} identity may not register databases")
         now = self.ctx.clock()
         expires = now + HEARTBEAT_TTL
-        served = set()
+        scope = self.hosts.scope_of(actor)
+        reserved = self.hosts.reserved()
+        live: dict[str, list[dict]] = {}
+        for server in self.servers():
+            live.setdefault(server["metadata"]["name"], []).append(server)
+        served: set[str] = set()
+        refused: list[dict[str, str]] = []
         for db in databases:
             db = parse_db(db)
             name = db["metadata"]["name"]
+            db, conflict = self._as_registered(db)
+            reason = conflict or self.hosts.may_serve(
+                actor, scope, name, db["metadata"].get("labels", {}), reserved, live.get(name, [])
+            )
+            if reason is not None:
+                refused.append({"name": name, "reason": reason})
+                self._audit_refusal(actor, name, reason)
+                continue
             served.add(name)
             self.ctx.db_servers.put(
                 f"{name}/{actor.username}",
@@ -128,18 +192,64 @@ class DatabaseService:
                     "kind": "db_server",
                     "version": "v3",
                     "metadata": {"name": name, "expires": expires.isoformat()},
-                    "spec": {"host_id": actor.username, "hostname": hostname, "database": db},
+                    "spec": {
+                        "host_id": actor.username,
+                        "hostname": hostname,
+                        "database": db,
+                        "scope": None if scope.unscoped else scope.to_dict(),
+                    },
                 },
                 expires=expires,
             )
+            if self.hosts.note_registered(actor.username, name, hostname, now):
+                self.ctx.emit(
+                    DB_SERVER_CREATE,
+                    DB_SERVER_CREATE_CODE,
+                    user=actor.username,
+                    host_id=actor.username,
+                    server_hostname=hostname,
+                    name=name,
+                    db_uri=db["spec"].get("uri"),
+                    db_scope=None if scope.unscoped else scope.to_dict(),
+                )
         for key, doc, _item in list(self.ctx.db_servers.items()):
             if doc["spec"]["host_id"] == actor.username and doc["metadata"]["name"] not in served:
                 self.ctx.db_servers.delete(key)
+        self.registrations.build()
+        return refused
 
-    def goodbye(self, actor: Identity) -> None:
-        for key, doc, _item in list(self.ctx.db_servers.items()):
-            if doc["spec"]["host_id"] == actor.username:
-                self.ctx.db_servers.delete(key)
+    def _as_registered(self, db: dict) -> tuple[dict, str | None]:
+        """The database as it is registered: a dynamic resource's own definition wins over the agent's copy."""
+        name = db["metadata"]["name"]
+        try:
+            stored = self.ctx.databases.get(name)
+        except NotFound:
+            return db, None
+        origin = db["metadata"].get("labels", {}).get("teleport.dev/origin")
+        if origin != "dynamic":
+            return db, (
+                f'database "{name}" is also a dynamic resource ("pctl get db/{name}"); '
+                "give the database in this service's configuration another name"
+            )
+        return stored, None
+
+    def _audit_refusal(self, actor: Identity, name: str, reason: str) -> None:
+        """Once per host, database and reason (a refused agent heartbeats every few seconds)."""
+        key = (actor.username, name, reason)
+        if key in self._refusals_seen:
+            return
+        if len(self._refusals_seen) > 10_000:
+            self._refusals_seen.clear()
+        self._refusals_seen.add(key)
+        self.ctx.emit(
+            DB_SERVER_CREATE,
+            DB_SERVER_CREATE_FAILURE_CODE,
+            user=actor.username,
+            host_id=actor.username,
+            name=name,
+            success=False,
+            error=reason,
+        )
 
     def servers(self) -> list[dict]:
         return self.ctx.db_servers.list()

@@ -9,6 +9,7 @@ from common.identity import Identity
 from common.kinds import KIND_ALIASES
 from pteleport.auth.context import AuthContext, secret_key
 from pteleport.auth.databases import DatabaseService
+from pteleport.auth.locks import LockService
 from pteleport.auth.tokens import TokenService
 from pteleport.auth.users import UserService, check_name
 from pteleport.rbac.presets import PRESET_ROLE_NAMES
@@ -20,7 +21,7 @@ USER_FIELDS = {"kind", "version", "metadata", "spec", "status"}
 def canonical_kind(kind: str) -> str:
     found = KIND_ALIASES.get(kind.lower())
     if found is None:
-        raise BadParameter(f'unknown resource kind "{kind}"; use role, user, db, token or db_server')
+        raise BadParameter(f'unknown resource kind "{kind}"; use role, user, db, token, lock or db_server')
     return found
 
 
@@ -71,11 +72,14 @@ def check_token_resource(doc: dict) -> dict:
 
 
 class ResourceService:
-    def __init__(self, ctx: AuthContext, users: UserService, tokens: TokenService, dbs: DatabaseService) -> None:
+    def __init__(
+        self, ctx: AuthContext, users: UserService, tokens: TokenService, dbs: DatabaseService, locks: LockService
+    ) -> None:
         self.ctx = ctx
         self.users = users
         self.tokens = tokens
         self.dbs = dbs
+        self.locks = locks
 
     def validate(self, doc: Any) -> tuple[str, dict]:
         """Check one document without storing it (all are checked before any is stored)."""
@@ -95,6 +99,10 @@ class ResourceService:
             return kind, parse_db(doc)
         if kind == "token":
             return kind, check_token_resource(doc)
+        if kind == "lock":
+            from pteleport.rbac.locks import lock_to_dict, parse_lock
+
+            return kind, lock_to_dict(parse_lock(doc))
         raise BadParameter(f'resources of kind "{kind}" cannot be created with pctl create')
 
     def create(self, actor: Identity, docs: list[Any], force: bool) -> list[str]:
@@ -123,6 +131,9 @@ class ResourceService:
             elif kind == "db":
                 outcome = self.dbs.put_resource(actor, doc, force)
                 results.append(f'database "{name}" has been {outcome}')
+            elif kind == "lock":
+                outcome = self.locks.put_resource(actor, doc, force)
+                results.append(f'lock "{name}" has been {outcome}')
             else:
                 outcome = self.tokens.put_resource(actor, doc, force)
                 results.append(f"token has been {outcome}")
@@ -151,6 +162,13 @@ class ResourceService:
             self.ctx.authorize(actor, "db_server", "list")
             docs = self.dbs.servers()
             return [d for d in docs if not name or d["metadata"]["name"] == name]
+        if kind == "lock":
+            docs = self.locks.list(actor)
+            if name:
+                docs = [d for d in docs if d["metadata"]["name"] == name]
+                if not docs:
+                    raise NotFound(f'lock "{name}" does not exist; "pctl locks ls" lists locks')
+            return docs
         docs = self.tokens.list(actor)
         if name:
             docs = [d for d in docs if d["metadata"]["name"] == name]
@@ -185,6 +203,10 @@ class ResourceService:
         if kind == "token":
             self.tokens.remove(actor, name)
             return f"token {name} has been deleted"
+        if kind == "lock":
+            self.locks.remove(actor, name)
+            return f'lock "{name}" has been deleted'
+
         raise BadParameter(f'resources of kind "{kind}" cannot be removed')
 
 

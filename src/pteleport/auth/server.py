@@ -16,6 +16,8 @@ from pteleport.auth.bots import BotService
 from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, AuthSettings, Clock
 from pteleport.auth.databases import DatabaseService
+from pteleport.auth.hosts import HostService
+from pteleport.auth.locks import LockService
 from pteleport.auth.login import LoginService
 from pteleport.auth.resources import ResourceService
 from pteleport.auth.tokens import TokenService
@@ -31,12 +33,15 @@ ADMIN_CERT_TTL = timedelta(days=365)
 class AuthServer:
     def __init__(self, backend: Backend, audit: AuditLog, clock: Clock, settings: AuthSettings) -> None:
         self.ctx = AuthContext(backend, audit, clock, settings)
+        self.access = self.ctx.access
         self.certs = CertService(self.ctx)
-        self.users = UserService(self.ctx)
+        self.locks = LockService(self.ctx, self.access)
+        self.users = UserService(self.ctx, self.locks)
         self.login = LoginService(self.ctx, self.certs)
-        self.tokens = TokenService(self.ctx, self.certs)
-        self.databases = DatabaseService(self.ctx)
-        self.resources = ResourceService(self.ctx, self.users, self.tokens, self.databases)
+        self.hosts = HostService(self.ctx)
+        self.tokens = TokenService(self.ctx, self.certs, self.hosts)
+        self.databases = DatabaseService(self.ctx, self.hosts)
+        self.resources = ResourceService(self.ctx, self.users, self.tokens, self.databases, self.locks)
         self.audit = AuditService(self.ctx)
         self.bots = BotService(self.ctx, self.certs)
 

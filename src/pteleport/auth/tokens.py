@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from common.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
-from common.identity import Identity
+from common.identity import HostScope, Identity
 from common.tls import load_public_key
 from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, secret_key
+from pteleport.auth.hosts import HostService
 
 DEFAULT_TTL = timedelta(minutes=30)
 # Bots join with their own single-use tokens (pctl bots add), never through these.
@@ -29,23 +31,39 @@ def normalize_roles(types: list[str]) -> list[str]:
     return roles
 
 
-def token_doc(token: str, roles: list[str], expires: datetime | None, labels: dict | None = None) -> dict:
+def token_doc(
+    token: str, roles: list[str], expires: datetime | None, labels: dict | None = None, scope: HostScope | None = None
+) -> dict:
     meta: dict[str, Any] = {"name": token}
     if expires is not None:
         meta["expires"] = expires.isoformat()
     spec: dict[str, Any] = {"roles": roles, "join_method": "token"}
     if labels:
         spec["suggested_labels"] = labels
+    if scope is not None and not scope.unscoped:
+        spec["db_scope"] = scope.to_dict()
     return {"kind": "token", "version": "v2", "metadata": meta, "spec": spec}
 
 
+def token_scope(doc: dict) -> HostScope:
+    """The databases an agent joining with this token may serve (none given: any)."""
+    return HostScope.from_dict((doc.get("spec") or {}).get("db_scope"))
+
+
 class TokenService:
-    def __init__(self, ctx: AuthContext, certs: CertService) -> None:
+    def __init__(self, ctx: AuthContext, certs: CertService, hosts: HostService) -> None:
         self.ctx = ctx
         self.certs = certs
+        self.hosts = hosts
 
     def add(
-        self, actor: Identity, types: list[str], ttl: timedelta | None, value: str | None, labels: dict | None = None
+        self,
+        actor: Identity,
+        types: list[str],
+        ttl: timedelta | None,
+        value: str | None,
+        labels: dict | None = None,
+        db_names: list[str] | None = None,
     ) -> dict:
         self.ctx.authorize(actor, "token", "create")
         roles = normalize_roles(types)
@@ -56,7 +74,12 @@ class TokenService:
         if len(token) < 8:
             raise BadParameter("a token value must be at least 8 characters long")
         expires = self.ctx.clock() + ttl
-        doc = token_doc(token, roles, expires, labels)
+        scope = None
+        if db_names or labels:
+            if roles != ["Db"]:
+                raise BadParameter("--db-name and --labels scope a token for database services; use them with --type=db only")
+            scope = HostScope.of(db_names or [], {k: v if isinstance(v, list) else [v] for k, v in (labels or {}).items()})
+        doc = token_doc(token, roles, expires, labels, scope)
         try:
             self.ctx.tokens.create(secret_key(token), doc, expires=expires)
         except AlreadyExists:
@@ -103,28 +126,48 @@ class TokenService:
                 'the join token is invalid or has expired; create a new one with "pctl tokens add --type=db"'
             ) from None
 
-    def join(self, token: str, role: str, host_id: str, hostname: str, public_key_pem: str, remote: str) -> bytes:
-        """Check the token's type and expiry, then sign a host certificate for the joining process."""
+    def join(
+        self, token: str, role: str, claimed_host_id: str | None, hostname: str, public_key_pem: str, remote: str
+    ) -> tuple[bytes, str]:
+        """Check the token's type and expiry, then sign a host certificate with a host id auth picks.
+
+        Returns the certificate and the host id. A joiner never chooses its host id: a request
+        that names one is refused (and audited), so no join can take over another host.
+        """
         key = load_public_key(public_key_pem)
-        try:
-            doc = self._find(token)
-        except AccessDenied as exc:
+
+        def refuse(error: AccessDenied) -> AccessDenied:
             self.ctx.emit(
                 "instance.join",
                 "TJ002E",
                 role=role,
-                host_id=host_id,
+                host_id=claimed_host_id or None,
+                nodename=hostname or None,
                 success=False,
-                error=str(exc),
+                error=error.message,
                 **{"addr.remote": remote},
             )
-            raise
+            return error
+
+        if claimed_host_id:
+            if self.hosts.exists(claimed_host_id):
+                raise refuse(AccessDenied(f'host id "{claimed_host_id}" belongs to another host; the cluster assigns host ids at join'))
+            raise refuse(AccessDenied("the cluster assigns host ids at join; send the join request without host_id"))
+        try:
+            doc = self._find(token)
+        except AccessDenied as exc:
+            raise refuse(exc) from None
         if role not in doc["spec"]["roles"]:
-            raise AccessDenied(
-                f"this token cannot join a {role} service (it allows {', '.join(doc['spec']['roles'])}); "
-                "create one with the right --type"
+            raise refuse(
+                AccessDenied(
+                    f"this token cannot join a {role} service (it allows {', '.join(doc['spec']['roles'])}); "
+                    "create one with the right --type"
+                )
             )
-        cert = self.certs.sign_host(host_id, role, key, [hostname] if hostname else [])
+        scope = token_scope(doc) if role == "Db" else HostScope()
+        host_id = str(uuid.uuid4())
+        cert = self.certs.sign_host(host_id, role, key, [hostname] if hostname else [], scope=scope)
+        self.hosts.record_join(host_id, role, hostname, scope, secret_key(token)[:16])
         self.ctx.emit(
             "instance.join",
             "TJ002I",
@@ -133,6 +176,7 @@ class TokenService:
             nodename=hostname,
             success=True,
             method="token",
+            db_scope=None if scope.unscoped else scope.to_dict(),
             **{"addr.remote": remote},
         )
-        return cert
+        return cert, host_id

@@ -12,6 +12,7 @@ from common.errors import AlreadyExists, BadParameter, NotFound
 from common.identity import Identity
 from pteleport.auth import passwords, totp
 from pteleport.auth.context import AuthContext, secret_key
+from pteleport.auth.locks import LockService
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9._@+-]{1,128}$")
 INVITE_TTL = timedelta(hours=1)
@@ -39,8 +40,9 @@ def user_doc(name: str, roles: list[str], traits: dict[str, list[str]], created_
 
 
 class UserService:
-    def __init__(self, ctx: AuthContext) -> None:
+    def __init__(self, ctx: AuthContext, locks: LockService) -> None:
         self.ctx = ctx
+        self.locks = locks
 
     def _check_roles(self, roles: list[str]) -> None:
         if not roles:
@@ -80,6 +82,7 @@ class UserService:
             raise AlreadyExists(
                 f'user "{name}" already exists; use "pctl users update" or "pctl users reset"'
             ) from None
+        self.locks.clear_deleted_user(actor, name)
         self.ctx.emit("user.create", "T1002I", user=actor.username, name=name, roles=roles, connector="local")
         return self._new_user_token(actor, name, "invite", ttl)
 
@@ -88,10 +91,23 @@ class UserService:
         name = doc["metadata"]["name"]
         check_name(name)
         self._check_roles(doc["spec"].get("roles", []))
-        exists = self.ctx.users.exists(name)
+        try:
+            existing: dict | None = self.ctx.users.get(name)
+        except NotFound:
+            existing = None
+        exists = existing is not None
         if exists and not force:
             raise AlreadyExists(f'user "{name}" already exists; pass -f/--force to overwrite it')
         self.ctx.authorize(actor, "user", "update" if exists else "create")
+        # The creation time decides which certificates belong to this user (not to an
+        # earlier user of the same name): keep it across updates, set it for a new user.
+        created_by = (existing or {}).get("spec", {}).get("created_by") or {
+            "user": {"name": actor.username},
+            "time": self.ctx.clock().isoformat(),
+        }
+        doc = {**doc, "spec": {**doc["spec"], "created_by": created_by}}
+        if not exists:
+            self.locks.clear_deleted_user(actor, name)
         self.ctx.users.put(name, doc)
         self.ctx.emit(
             "user.update" if exists else "user.create",
@@ -116,7 +132,11 @@ class UserService:
 
     def remove(self, actor: Identity, name: str) -> None:
         self.ctx.authorize(actor, "user", "delete")
-        self.get(name)
+        doc = self.get(name)
+        # Lock the name for as long as a certificate issued to this user could live, so every
+        # proxy and agent ends the user's sessions and refuses the certificates at once.
+        longest = self.ctx.checker_for(doc["spec"].get("roles", []), doc["spec"].get("traits", {})).max_session_ttl()
+        self.locks.lock_deleted_user(actor, name, longest + timedelta(minutes=5))
         self.ctx.users.delete(name)
         for store in (self.ctx.secrets, self.ctx.login_state):
             if store.exists(name):

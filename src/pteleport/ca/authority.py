@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.identity import Identity, extensions_for, subject_for
+from common.identity import CERT_BACKDATE, Identity, extensions_for, subject_for
 from common.tls import (
     PrivateKey,
     cert_pem,
@@ -32,7 +32,7 @@ from common.tls import (
 
 CA_TYPES = ("user", "host", "db")
 CA_VALIDITY = timedelta(days=3650)
-CLOCK_SKEW = timedelta(minutes=1)
+CLOCK_SKEW = CERT_BACKDATE
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class Credentials:
     def __init__(self, client: AsyncClusterClient, data_dir: Path) -> None:
         self.client = client
         self.data_dir = data_dir
-        self._certs: dict[str, tuple[float, bytes, bytes]] = {}
+        self._certs: dict[tuple[str, str], tuple[float, bytes, bytes]] = {}
         self._lock = asyncio.Lock()
 
     async def tls_for(self, db: dict, local: LocalSettings) -> UpstreamTLS:
@@ -75,20 +75,22 @@ class Credentials:
                     f"the database service cannot read the password file {local.password_file}: {exc.strerror}"
                 ) from None
             return tls, password
-        cert, key = await self._client_cert(db_user)
+        cert, key = await self._client_cert(db["metadata"]["name"], db_user)
         return UpstreamTLS(tls.mode, tls.ca_file, tls.server_name, cert, key), None
 
-    async def _client_cert(self, db_user: str) -> tuple[bytes, bytes]:
+    async def _client_cert(self, database: str, db_user: str) -> tuple[bytes, bytes]:
+        """A db-CA client certificate for ``db_user``; auth issues it only for a database this service serves."""
         async with self._lock:
-            cached = self._certs.get(db_user)
+            cached = self._certs.get((database, db_user))
             if cached and time.monotonic() - cached[0] < CLIENT_CERT_REFRESH:
                 return cached[1], cached[2]
             key = generate_private_key()
             body = await self.client.post(
-                "/v1/certs/db-client", {"db_user": db_user, "public_key": public_key_pem(key).decode()}
+                "/v1/certs/db-client",
+                {"database": database, "db_user": db_user, "public_key": public_key_pem(key).decode()},
             )
             cert, key_pem = body["cert"].encode(), private_key_pem(key)
-            self._certs[db_user] = (time.monotonic(), cert, key_pem)
+            self._certs[(database, db_user)] = (time.monotonic(), cert, key_pem)
             return cert, key_pem
 
     def _write_ca(self, name: str, pem: str) -> str:

@@ -12,12 +12,22 @@ Identity comes only from the verified certificate, never from the startup messag
 A refusal is a Postgres ErrorResponse whose message says why, plus a TDB00W event.
 CancelRequest carries our BackendKeyData; we map it to the real one and cancel upstream,
 only for the user who owns the session.
+
+Open sessions are watched (``LiveSession``): when the access snapshot changes (a lock, a
+deleted user, a role taken away) or roles change (a new deny rule), every open session is
+checked again, and one that is no longer allowed ends with a FATAL ErrorResponse (SQLSTATE
+57P01) carrying the reason, a ``client.disconnect`` event, and ``db.session.end``. With the
+role option ``disconnect_expired_cert`` a session also ends when its certificate expires.
+The FATAL is put in at a message boundary: at once if the server's last message was a
+ReadyForQuery, else after cancelling the running query (its "canceling statement" error
+is replaced by ours); a session that does not reach a boundary in time is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import secrets
 import uuid
@@ -28,11 +38,12 @@ from typing import Any
 
 from cryptography import x509
 
-from common.errors import AccessDenied, BadParameter, NotLoggedIn, PteleportError, sqlstate_for
+from common.errors import AccessDenied, BadParameter, ConnectionProblem, NotLoggedIn, PteleportError, sqlstate_for
 from common.identity import Identity, identity_from_cert
-from common.relay import Connection, attach_stream, splice
+from common.relay import Connection, Splice, attach_stream
 from common.tls import verify_issued_by
 from pteleport.audit import events as ev
+from pteleport.auth.access import as_error
 from pteleport.dbagent.credentials import Credentials, LocalSettings, split_uri
 from pteleport.dbagent.upstream import UpstreamTLS, connect_upstream, send_cancel
 from pteleport.pgwire import (
@@ -47,9 +58,12 @@ from pteleport.pgwire import (
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
+    Terminate,
     authentication_ok,
     backend_key_data,
     bind_parameters_for_audit,
+    cut_trailing_cancel_error,
+    ends_with_ready_for_query,
     error_response,
     parameter_status,
     parse_bind,
@@ -63,9 +77,15 @@ from pteleport.pgwire import (
     startup_packet_length,
 )
 from pteleport.rbac.checker import AccessChecker
+from pteleport.rbac.revocation import AccessState, refusal
 
 log = logging.getLogger("pteleport.dbagent.engine")
 DROPPED_STARTUP_PARAMS = {"user", "database", "replication"}
+CLIENT_DISCONNECT = "client.disconnect"
+CLIENT_DISCONNECT_CODE = "T3006I"
+ADMIN_SHUTDOWN = "57P01"
+END_GRACE = 3.0  # seconds a session gets to reach a message boundary before it is cut
+TERMINATE = Terminate().encode()  # the client's goodbye, so the server logs a clean end
 
 
 @dataclass
@@ -98,7 +118,9 @@ class EngineDeps:
     credentials: Credentials
     emit: Callable[[dict], None]
     clock: Callable[[], datetime]
+    access: Callable[[], AccessState | None] = lambda: None
     sessions: dict[tuple[int, bytes], _Session] = field(default_factory=dict)
+    live: dict[str, LiveSession] = field(default_factory=dict)
 
 
 class _Auditor:
@@ -189,9 +211,80 @@ class _Auditor:
         return on_data
 
 
+class LiveSession:
+    """One open session, and how to end it cleanly (see the module doc)."""
+
+    def __init__(
+        self, engine: PostgresEngine, session: _Session, auditor: _Auditor, splice: Splice, db: dict, route: Any
+    ) -> None:
+        self.engine = engine
+        self.session = session
+        self.auditor = auditor
+        self.splice = splice
+        self.db = db
+        self.route = route
+        self.ending: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return self.session.identity
+
+    def end_at(self, when: datetime, message: str) -> None:
+        """End the session at ``when`` (its certificate's expiry)."""
+        loop = asyncio.get_running_loop()
+        delay = max((when - self.engine.deps.clock()).total_seconds(), 0.0)
+        self._timer = loop.call_later(delay, lambda: self.engine.spawn(self.end(message)))
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def end(self, message: str) -> None:
+        """Tell the client why with a FATAL ErrorResponse at a message boundary, then close both sides."""
+        if self.ending is not None:
+            return
+        self.ending = message
+        log.info("ending session %s of %s: %s", self.session.sid, self.identity.username, message)
+        self.auditor.emit(CLIENT_DISCONNECT, CLIENT_DISCONNECT_CODE, reason=message)
+        fatal = error_response(message, ADMIN_SHUTDOWN)
+        splice = self.splice
+        splice.drop_a_to_b()
+        if ends_with_ready_for_query(splice.tail_from_b):
+            splice.write_to_a(fatal)
+            splice.write_to_b(TERMINATE)
+            splice.close()
+            return
+        # A query is running: cancel it, and send our FATAL where its answer ends.
+        boundary: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        tail = [splice.tail_from_b]
+
+        def at_boundary(chunk: bytes) -> bytes:
+            if boundary.done():
+                return b""
+            tail[0] = (tail[0] + chunk)[-16:]
+            if not ends_with_ready_for_query(tail[0]):
+                return chunk
+            boundary.set_result(None)
+            cut = cut_trailing_cancel_error(chunk)
+            return (chunk if cut is None else cut) + fatal
+
+        splice.filter_b_to_a(at_boundary)
+        session = self.session
+        with contextlib.suppress(PteleportError):
+            await send_cancel(
+                session.upstream_host, session.upstream_port, session.tls, session.backend_pid, session.backend_secret
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(boundary), END_GRACE)
+            splice.write_to_b(TERMINATE)
+        splice.close()
+
+
 class PostgresEngine:
     def __init__(self, deps: EngineDeps) -> None:
         self.deps = deps
+        self._endings: set[asyncio.Task[None]] = set()
 
     def _identity(self, header: dict) -> Identity:
         try:
@@ -204,6 +297,11 @@ class PostgresEngine:
             raise AccessDenied('the certificate is not for a database; run "ptsh db login"')
         return identity
 
+    def _revoked(self, identity: Identity) -> PteleportError | None:
+        state = self.deps.access()
+        reason = refusal(state, identity, self.deps.clock()) if state is not None else None
+        return as_error(reason) if reason is not None else None
+
     async def handle(self, conn: Connection, header: dict) -> None:
         remote = str(header.get("remote", ""))
         try:
@@ -215,20 +313,28 @@ class PostgresEngine:
         auditor = _Auditor(self.deps, identity, served.resource if served else None, remote)
         try:
             packet = await self._read_startup(conn)
-        except (TimeoutError, ConnectionError, BadParameter) as exc:
+        except BadParameter as exc:
+            log.info("bad startup from %s: %s", remote, exc.message)
+            conn.write(error_response(exc.message, sqlstate_for(exc)))
+            return
+        except (TimeoutError, ConnectionError) as exc:
             log.info("bad startup from %s: %s", remote, exc)
             return
         if isinstance(packet, CancelRequest):
-            await self._cancel(identity, packet)
+            if self._revoked(identity) is None:
+                await self._cancel(identity, packet)
             return
         if served is None:
-            err: PteleportError = AccessDenied(
-                f'this database service does not serve "{identity.route.service_name}"'  # type: ignore[union-attr]
+            err: PteleportError = ConnectionProblem(
+                f'this database service does not serve "{identity.route.service_name}" (any more); try again'  # type: ignore[union-attr]
             )
             self._refuse(conn, auditor, err)
             return
         assert isinstance(packet, StartupMessage)
         try:
+            revoked = self._revoked(identity)
+            if revoked is not None:
+                raise revoked
             await self._authorize(identity, served.resource)
             upstream = await self._connect(identity, served, packet)
         except PteleportError as err:
@@ -244,16 +350,49 @@ class PostgresEngine:
         hello = [authentication_ok()]
         hello += [parameter_status(k, v) for k, v in upstream.conn.parameters.items()]
         hello += [backend_key_data(our_pid, our_secret), ready_for_query(b"I")]
-        conn.write(b"".join(hello))
+        greeting = b"".join(hello)
+        conn.write(greeting)
         auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True, db_roles=list(identity.roles))
         server_conn, leftover = attach_stream(upstream.conn.reader, upstream.conn.writer)
+        splice = Splice(conn, server_conn, tap_a_to_b=auditor.tap(), b_leftover=leftover, sent_to_a=greeting)
+        live = LiveSession(self, session, auditor, splice, served.resource, identity.route)
+        self.deps.live[session.sid] = live
+        if identity.expires is not None and await self._ends_with_cert(identity):
+            live.end_at(identity.expires, f"your certificate expired at {identity.expires:%Y-%m-%d %H:%M:%S} UTC; log in again")
         try:
-            reason = await splice(conn, server_conn, tap_a_to_b=auditor.tap(), b_leftover=leftover)
+            reason = await splice.run()
             if reason is not None and not isinstance(reason, ConnectionError):
                 log.warning("session %s ended: %s", auditor.sid, reason)
         finally:
+            live.cancel_timer()
+            self.deps.live.pop(session.sid, None)
             self.deps.sessions.pop((our_pid, our_secret), None)
             auditor.emit(ev.DB_SESSION_END, ev.DB_SESSION_END_CODE)
+
+    async def _ends_with_cert(self, identity: Identity) -> bool:
+        roles = await self.deps.roles(list(identity.roles))
+        return AccessChecker(roles, identity.traits).disconnect_expired_cert()
+
+    async def recheck(self) -> None:
+        """Check every open session again (the access snapshot or the roles changed); end the refused ones."""
+        for live in list(self.deps.live.values()):
+            if live.ending is not None:
+                continue
+            revoked = self._revoked(live.identity)
+            if revoked is None:
+                try:
+                    await self._authorize(live.identity, live.db)
+                except AccessDenied as err:
+                    revoked = AccessDenied(f"your roles no longer allow this session: {err.message}")
+                except PteleportError:
+                    continue  # cannot tell now (auth unreachable): check again at the next change
+            if revoked is not None:
+                self.spawn(live.end(revoked.message))
+
+    def spawn(self, job: Any) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
 
     async def _read_startup(self, conn: Connection) -> Any:
         for _ in range(3):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import uuid
 from pathlib import Path
 
 from common.client import ClusterClient, ClusterCredentials
@@ -50,19 +49,19 @@ def join(data_dir: Path, proxy: str, token: str | None, pins: list[str], nodenam
     cas = fetch_cas(proxy, pins)
     host_cas = cas["host"].encode()
     key = generate_private_key()
-    host_id = str(uuid.uuid4())
     creds = ClusterCredentials(None, None, host_cas)
     with ClusterClient(proxy, creds=creds) as client:
+        # The cluster assigns the host id and binds the token's scope to it.
         body = client.post(
             "/v1/join",
             {
                 "token": token,
                 "role": "Db",
-                "host_id": host_id,
                 "hostname": nodename or socket.gethostname(),
                 "public_key": public_key_pem(key).decode(),
             },
         )
+    host_id = body["host_id"]
     bundle = (body["cas"]["host"] + body["cas"]["user"] + body["cas"]["db"]).encode()
     ident = IdentityFile(private_key_pem(key), body["cert"].encode(), bundle, proxy, body["cluster_name"])
     write_private(path, render(ident))

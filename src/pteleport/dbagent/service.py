@@ -1,8 +1,14 @@
 """The database service (agent): joins, dials the proxy, heartbeats, serves sessions.
 
 It serves the databases of its config file plus the dynamic ``db`` resources its
-``db_service.resources`` label matchers select, and re-reads roles and resources from
-auth every few seconds.
+``db_service.resources`` label matchers select, and re-reads resources from auth every few
+seconds. Auth registers only the databases inside this service's scope (the heartbeat's
+answer names the refused ones, logged once each).
+
+It keeps auth's access snapshot (locks, users' current roles; ``/v1/access-state``): the
+proxy says on the tunnel's control link when it changed (``access`` line), and the agent
+also asks every ``ACCESS_POLL`` seconds. Roles are re-read when the snapshot says they
+changed. After each change every open session is checked again (``engine.recheck``).
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ from pteleport.dbagent.credentials import Credentials, LocalSettings
 from pteleport.dbagent.engine import EngineDeps, PostgresEngine, ServedDatabase
 from pteleport.dbagent.join import join
 from pteleport.rbac.matchers import match_labels
+from pteleport.rbac.revocation import AccessState
 from pteleport.rbac.role import parse_role
 from pteleport.tunnel.agent import TunnelAgent
 from pteleport.tunnel.protocol import read_message
 
 log = logging.getLogger("pteleport.dbagent")
-REFRESH_EVERY = 5.0  # resources re-read and heartbeat sent (auth keeps them 60 s)
-ROLE_CACHE_SECONDS = 5.0
+REFRESH_EVERY = 5.0  # resources re-read and heartbeat sent (auth keeps them 30 s)
+ROLE_CACHE_SECONDS = 30.0  # also re-read at once when the access snapshot says roles changed
+ACCESS_POLL = 5.0  # the proxy also pushes a notice on every change
 
 
 def static_resource(db: DatabaseConfig) -> ServedDatabase:
@@ -66,6 +74,11 @@ class DatabaseAgent:
         self._tasks: list[asyncio.Task[Any]] = []
         self.client: AsyncClusterClient | None = None
         self.tunnel: TunnelAgent | None = None
+        self.access: AccessState | None = None
+        self._access_etag: str | None = None
+        self._access_wake = asyncio.Event()
+        self._refused: dict[str, str] = {}
+        self.engine: PostgresEngine | None = None
 
     def databases(self) -> dict[str, ServedDatabase]:
         return {**self.dynamic, **self.static}
@@ -98,8 +111,10 @@ class DatabaseAgent:
                 credentials=Credentials(self.client, cfg.data_dir),
                 emit=self.shipper.emit,
                 clock=self.clock,
+                access=lambda: self.access,
             )
         )
+        self.engine = engine
 
         async def on_session(conn: Connection) -> None:
             header = await asyncio.wait_for(read_message(conn), 30)
@@ -109,14 +124,23 @@ class DatabaseAgent:
         host, _, port = proxy.rpartition(":")
         ctx = client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
         self.tunnel = TunnelAgent(
-            host.strip("[]"), int(port), ctx, cfg.teleport.nodename, lambda: sorted(self.databases()), on_session
+            host.strip("[]"),
+            int(port),
+            ctx,
+            cfg.teleport.nodename,
+            lambda: sorted(self.databases()),
+            on_session,
+            on_control=self._on_control,
         )
         await self._refresh_dynamic()
+        with contextlib.suppress(Exception):
+            await self._fetch_access()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.tunnel.run()),
             loop.create_task(self.shipper.run()),
             loop.create_task(self._heartbeats()),
+            loop.create_task(self._watch_access()),
         ]
         log.info("database service %s serving %s", self.server_id, sorted(self.databases()) or "nothing yet")
         await asyncio.gather(*self._tasks)
@@ -151,8 +175,38 @@ class DatabaseAgent:
                 )
             await self.client.aclose()
 
+    # --- the access snapshot ------------------------------------------------------------------
+    def _on_control(self, message: dict) -> None:
+        if message.get("type") == "access" and message.get("version") != (self.access and self.access.version):
+            self._access_wake.set()
+
+    async def _fetch_access(self) -> bool:
+        """Fetch the snapshot if it changed; True when it did."""
+        assert self.client is not None
+        body, etag = await self.client.get_if_changed("/v1/access-state", self._access_etag)
+        if body is None:
+            return False
+        new = AccessState.from_dict(body)
+        if self.access is not None and new.roles_version != self.access.roles_version:
+            self._roles = {}  # role definitions changed: read them again
+        self.access, self._access_etag = new, etag
+        return True
+
+    async def _watch_access(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._access_wake.wait(), ACCESS_POLL)
+            self._access_wake.clear()
+            try:
+                changed = await self._fetch_access()
+            except Exception as exc:
+                log.warning("could not read locks and users from auth: %s", exc)
+                continue
+            if changed and self.engine is not None:
+                await self.engine.recheck()
+
     async def roles(self, names: list[str]) -> list[Any]:
-        """Role definitions, fresh within a few seconds (changes apply to new sessions)."""
+        """Role definitions: cached until the access snapshot says roles changed (and at most 30 s)."""
         now = time.monotonic()
         missing = [n for n in names if n not in self._roles or now - self._roles[n][0] > ROLE_CACHE_SECONDS]
         if missing:
@@ -189,7 +243,7 @@ class DatabaseAgent:
         while True:
             await self._refresh_dynamic()
             try:
-                await self.client.post(
+                answer = await self.client.post(
                     "/v1/agents/heartbeat",
                     {
                         "hostname": self.config.teleport.nodename,
@@ -198,4 +252,16 @@ class DatabaseAgent:
                 )
             except Exception as exc:
                 log.warning("heartbeat to auth failed: %s", exc)
+            else:
+                self._note_refusals(answer.get("refused") or [])
             await asyncio.sleep(REFRESH_EVERY)
+
+    def _note_refusals(self, refused: list[dict]) -> None:
+        """Log each database auth refuses to register, once per reason."""
+        now = {str(r.get("name")): str(r.get("reason")) for r in refused}
+        for name, reason in now.items():
+            if self._refused.get(name) != reason:
+                log.warning("auth refused to register database %s: %s", name, reason)
+        for name in set(self._refused) - set(now):
+            log.info("database %s is registered now", name)
+        self._refused = now

@@ -28,7 +28,9 @@ Modules (everything below is re-exported here):
     ``parse_server_error(payload) -> ServerError(severity, code, message, detail, hint)``,
     ``parse_authentication(payload) -> (code, data)``, ``parse_sasl_mechanisms(data)``,
     ``parse_parameter_status(payload) -> (k, v)``,
-    ``parse_backend_key_data(payload) -> (pid, secret)``, ``parse_ready_for_query(payload)``.
+    ``parse_backend_key_data(payload) -> (pid, secret)``, ``parse_ready_for_query(payload)``;
+    for relays that end a session at a message boundary: ``ends_with_ready_for_query(tail)``,
+    ``cut_trailing_cancel_error(chunk)``.
 
 Every parser raises ``common.errors.BadParameter`` on malformed input, never
 ``IndexError`` or ``struct.error``.
@@ -59,6 +61,8 @@ from .backend import (
     authentication_ok,
     authentication_sasl,
     backend_key_data,
+    cut_trailing_cancel_error,
+    ends_with_ready_for_query,
     error_response,
     notice_response,
     parameter_status,
@@ -186,6 +190,7 @@ __all__ = [
     "authentication_sasl",
     "backend_key_data",
     "bind_parameters_for_audit",
+    "cut_trailing_cancel_error",
     "encode_cancel_request",
     "encode_gssenc_request",
     "encode_message",
@@ -195,6 +200,7 @@ __all__ = [
     "encode_ssl_request",
     "encode_startup_message",
     "encode_sync",
+    "ends_with_ready_for_query",
     "error_response",
     "notice_response",
     "parameter_status",

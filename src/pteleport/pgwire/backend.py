@@ -202,3 +202,36 @@ def parse_ready_for_query(payload: bytes) -> bytes:
     status = reader.take(1)
     reader.end()
     return status
+
+
+# --- ending a relayed session at a message boundary ----------------------------------------------
+_READY_HEAD = READY_FOR_QUERY + b"\x00\x00\x00\x05"
+QUERY_CANCELED = "57014"
+
+
+def ends_with_ready_for_query(tail: bytes) -> bool:
+    """Whether server bytes ending in ``tail`` end with a whole ReadyForQuery (a message boundary).
+
+    A relay that does not frame the server's messages uses this to find a point where it can
+    add a message of its own: the server has just said it is waiting for the client.
+    """
+    return len(tail) >= 6 and tail[-6:-1] == _READY_HEAD and tail[-1:] in (b"I", b"T", b"E")
+
+
+def cut_trailing_cancel_error(chunk: bytes) -> bytes | None:
+    """``chunk`` without its final ErrorResponse(57014) + ReadyForQuery, or None if it does not end so.
+
+    After the relay itself asked the server to cancel the running query, the server answers
+    with "canceling statement due to user request" and ReadyForQuery; the relay replaces that
+    pair with its own FATAL error, so the client reads why its session ends.
+    """
+    if not ends_with_ready_for_query(chunk):
+        return None
+    end = len(chunk) - 6
+    marker = b"C" + QUERY_CANCELED.encode() + b"\x00"
+    for start in range(end - 5, max(-1, end - 4096), -1):
+        if chunk[start : start + 1] != ERROR_RESPONSE:
+            continue
+        if int.from_bytes(chunk[start + 1 : start + 5], "big") == end - start - 1 and marker in chunk[start:end]:
+            return chunk[:start]
+    return None

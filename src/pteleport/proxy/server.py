@@ -1,10 +1,15 @@
 """The proxy's database and tunnel handlers: check who connects, pick an agent, splice.
 
 A database connection (ALPN ``pteleport-postgres``) must carry a user certificate with a
-route to a database. The proxy reads the first startup packet (StartupMessage or
-CancelRequest), dials an agent that serves the database through the reverse tunnel,
-sends it one ``session`` line with the client's certificate (the agent verifies it
-and re-derives the identity itself), and splices the bytes.
+route to a database, and the certificate must not be locked or stale (the access snapshot,
+``rbac.revocation``). The proxy reads the first startup packet (StartupMessage or
+CancelRequest), dials an agent that auth holds a live registration for (never one that
+merely announces the database), sends it one ``session`` line with the client's certificate
+(the agent verifies it and re-derives the identity itself), and splices the bytes. Every
+refusal is a Postgres ErrorResponse with a sentence and a SQLSTATE.
+
+A tunnel link (ALPN ``pteleport-reversetunnel``) must carry a host certificate of a
+database service (system role ``Db``).
 """
 
 from __future__ import annotations
@@ -15,27 +20,39 @@ import logging
 import ssl
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 
-from common.errors import PteleportError, sqlstate_for
+from common.errors import AccessDenied, NotLoggedIn, PteleportError, sqlstate_for
 from common.identity import Identity, identity_from_cert
 from common.relay import Connection, splice
 from common.tls import verify_issued_by
+from pteleport.audit.events import DB_SESSION_START, DB_SESSION_START_FAILURE_CODE
+from pteleport.auth.access import as_error
 from pteleport.pgwire import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE, error_response, startup_packet_length
+from pteleport.rbac.revocation import Refusal
 from pteleport.tunnel.protocol import encode
 from pteleport.tunnel.server import TunnelServer
 
 log = logging.getLogger("pteleport.proxy")
 
 
+@dataclass
+class ClusterView:
+    """What the proxy asks the cluster (auth, in the same process) per connection; all in memory."""
+
+    ca_cert: Callable[[str], x509.Certificate]
+    refusal: Callable[[Identity], Refusal | None]
+    registered_hosts: Callable[[str], list[str]]
+    emit: Callable[..., None]
+
+
 class ProxyServer:
-    def __init__(
-        self, tunnel: TunnelServer, ca_certs: Callable[[str], x509.Certificate], clock: Callable[[], datetime]
-    ) -> None:
+    def __init__(self, tunnel: TunnelServer, cluster: ClusterView, clock: Callable[[], datetime]) -> None:
         self.tunnel = tunnel
-        self.ca_certs = ca_certs
+        self.cluster = cluster
         self.clock = clock
         self.active_sessions = 0
 
@@ -44,7 +61,7 @@ class ProxyServer:
         if not der:
             raise PermissionError("no client certificate")
         cert = x509.load_der_x509_certificate(der)
-        verify_issued_by(cert, [self.ca_certs(ca_type)], self.clock())
+        verify_issued_by(cert, [self.cluster.ca_cert(ca_type)], self.clock())
         return identity_from_cert(cert)
 
     async def handle_tunnel(self, conn: Connection) -> None:
@@ -54,7 +71,8 @@ class ProxyServer:
             log.warning("refused a tunnel link from %s: %s", conn.peername(), exc)
             conn.close()
             return
-        if not identity.is_host:
+        if not identity.is_host or identity.system_role != "Db":
+            log.warning("refused a tunnel link from %s: not a database service identity", conn.peername())
             conn.close()
             return
         await self.tunnel.handle(conn, identity)
@@ -96,20 +114,25 @@ class ProxyServer:
         try:
             identity = self._identity(conn, "user")
             if identity.route is None:
-                raise PermissionError("the certificate has no database route; run ptsh db login")
-        except Exception as exc:
-            log.info("refused a database connection from %s: %s", conn.peername(), exc)
-            conn.write(error_response(f"access denied: {exc}", "28000"))
-            conn.close()
+                raise AccessDenied('the certificate has no database route; run "ptsh db login NAME"')
+        except PteleportError as err:
+            self._refuse(conn, err, None)
             return
+        except Exception as exc:
+            self._refuse(conn, NotLoggedIn(f"the client certificate cannot be used ({exc}); log in again"), None)
+            return
+        reason = self.cluster.refusal(identity)
+        if reason is not None:
+            self._refuse(conn, as_error(reason), identity)
+            return
+        route = identity.route
         try:
             head = await asyncio.wait_for(conn.read_exactly(8), 30)
             length = startup_packet_length(head)
             packet = head + await asyncio.wait_for(conn.read_exactly(length - 8), 30)
-            agent = await self.tunnel.dial(identity.route.service_name)
+            agent = await self.tunnel.dial(route.service_name, self.cluster.registered_hosts(route.service_name))
         except PteleportError as err:
-            conn.write(error_response(err.message, sqlstate_for(err)))
-            conn.close()
+            self._refuse(conn, err, identity)
             return
         except (ConnectionError, TimeoutError):
             conn.close()
@@ -124,3 +147,21 @@ class ProxyServer:
             await splice(conn, agent)
         finally:
             self.active_sessions -= 1
+
+    def _refuse(self, conn: Connection, err: PteleportError, identity: Identity | None) -> None:
+        """One ErrorResponse the client can read, then close; audited when we know who it was."""
+        log.info("refused a database connection from %s: %s", conn.peername(), err.message)
+        if identity is not None and identity.route is not None:
+            self.cluster.emit(
+                DB_SESSION_START,
+                DB_SESSION_START_FAILURE_CODE,
+                user=identity.username,
+                db_service=identity.route.service_name,
+                db_user=identity.route.username,
+                db_name=identity.route.database,
+                success=False,
+                error=err.message,
+                **{"addr.remote": conn.peername()},
+            )
+        conn.write(error_response(err.message, sqlstate_for(err)))
+        conn.close()

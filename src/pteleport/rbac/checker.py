@@ -251,6 +251,10 @@ class AccessChecker:
 
     # --- options ---------------------------------------------------------------------------
 
+    def disconnect_expired_cert(self) -> bool:
+        """Whether sessions end when their certificate expires: true when any role says so (Teleport's rule)."""
+        return any(role.spec.options.disconnect_expired_cert for role in self._roles)
+
     def max_session_ttl(self) -> timedelta:
         """The smallest ``max_session_ttl`` of the roles; unset (or zero) counts as 30h."""
         ttls = [role.spec.options.session_ttl() or DEFAULT_MAX_SESSION_TTL for role in self._roles]

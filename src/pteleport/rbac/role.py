@@ -85,6 +85,17 @@ def _role_name(value: Any) -> Any:
     return value
 
 
+def _flag(value: Any) -> Any:
+    """Teleport reads booleans in options also as "yes"/"no" strings."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("yes", "true", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("no", "false", "off"):
+        return False
+    raise _expected("true or false")
+
+
 def _db_user_mode(value: Any) -> Any:
     if value not in CREATE_DB_USER_MODES:
         raise _expected(f"one of {', '.join(CREATE_DB_USER_MODES)}")
@@ -174,7 +185,7 @@ class Conditions(_Model):
 
 
 class Options(_Model):
-    """``spec.options``: only ``max_session_ttl`` and ``create_db_user_mode`` are checked."""
+    """``spec.options``: ``max_session_ttl``, ``create_db_user_mode`` and ``disconnect_expired_cert`` are checked."""
 
     max_session_ttl: Annotated[str, BeforeValidator(_duration)] | None = None
     create_db_user: Loose = None
@@ -184,7 +195,7 @@ class Options(_Model):
     ssh_port_forwarding: Loose = None
     cert_format: Loose = None
     client_idle_timeout: Loose = None
-    disconnect_expired_cert: Loose = None
+    disconnect_expired_cert: Annotated[bool, BeforeValidator(_flag)] | None = None
     enhanced_recording: Loose = None
     permit_x11_forwarding: Loose = None
     max_connections: Loose = None

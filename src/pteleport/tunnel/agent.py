@@ -48,6 +48,7 @@ class TunnelAgent:
         hostname: str,
         databases: Callable[[], list[str]],
         on_session: Callable[[Connection], Awaitable[None]],
+        on_control: Callable[[dict], None] | None = None,
     ) -> None:
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
@@ -55,6 +56,7 @@ class TunnelAgent:
         self.hostname = hostname
         self.databases = databases
         self.on_session = on_session
+        self.on_control = on_control
         self.state = "connecting"
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,6 +114,8 @@ class TunnelAgent:
                 elif message["type"] == "pool" and not slots:
                     size = min(max(int(message.get("size", 0)), 0), MAX_POOL)
                     slots = [loop.create_task(self._spare_slot(control)) for _ in range(size)]
+                elif self.on_control is not None:
+                    self.on_control(message)
         except (ConnectionError, ValueError, TypeError):
             pass
         finally:

@@ -1,7 +1,9 @@
 """Proxy end of the reverse tunnel: which agents are connected, and dialling one for a session.
 
 Several agents may serve one database: ``dial`` tries the live ones in turn (the least
-recently used first) and fails over to the next when one does not answer.
+recently used first) and fails over to the next when one does not answer. Which agents may
+serve a database is not theirs to say: the caller passes the host ids that auth holds a
+live registration for, and only those are dialled.
 
 Warm links: after ``hello`` the proxy tells the agent how many *spare* data links to keep
 open (``pool``). A spare is a data link dialled in advance (``spare`` line); ``dial`` hands
@@ -62,8 +64,17 @@ class TunnelServer:
         self.pool_size = pool_size
         self._pending: dict[str, asyncio.Future[Connection]] = {}
 
-    def serving(self, database: str) -> list[AgentLink]:
-        return [a for a in self.agents.values() if database in a.databases and not a.control.closed.done()]
+    def connected(self, host_ids: list[str]) -> list[AgentLink]:
+        """The agents among ``host_ids`` with a live control link to this proxy."""
+        links = (self.agents.get(h) for h in host_ids)
+        return [a for a in links if a is not None and not a.control.closed.done()]
+
+    def broadcast(self, message: dict) -> None:
+        """Send one control line to every connected agent (e.g. "the access snapshot changed")."""
+        line = encode(message)
+        for link in list(self.agents.values()):
+            if not link.control.closed.done():
+                link.control.write(line)
 
     async def handle(self, conn: Connection, identity: Identity) -> None:
         """A link from an agent whose host certificate was already verified."""
@@ -118,8 +129,13 @@ class TunnelServer:
             return
         link.spares.append(conn)
 
-    async def dial(self, database: str) -> Connection:
-        candidates = sorted(self.serving(database), key=lambda a: a.last_used)
+    async def dial(self, database: str, host_ids: list[str]) -> Connection:
+        """A data link to one of ``host_ids`` (the hosts registered for ``database``), failing over.
+
+        What agents announce on their control link never decides routing: only the
+        registrations auth holds (``host_ids``) do.
+        """
+        candidates = sorted(self.connected(host_ids), key=lambda a: a.last_used)
         if not candidates:
             raise ConnectionProblem(
                 f'no database service is serving "{database}" right now; check that its pteleport '
