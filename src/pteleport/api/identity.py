@@ -31,3 +31,9 @@ def caller(request: web.Request, auth: AuthServer) -> Identity:
         # A removed user's certificates stop working at once, not when they expire.
         raise NotLoggedIn(f'user "{identity.username}" no longer exists in this cluster')
     return identity
+
+
+def remote_addr(request: web.Request) -> str:
+    """The client's ``host:port`` as the socket sees it (what per-address limits count by)."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""

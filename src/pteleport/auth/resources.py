@@ -9,7 +9,7 @@ from common.identity import Identity
 from common.kinds import KIND_ALIASES
 from pteleport.auth.context import AuthContext, secret_key
 from pteleport.auth.databases import DatabaseService
-from pteleport.auth.tokens import TokenService
+from pteleport.auth.tokens import TokenService, check_token_value, token_id
 from pteleport.auth.users import UserService, check_name
 from pteleport.rbac.presets import PRESET_ROLE_NAMES
 from pteleport.rbac.role import parse_role, role_to_dict
@@ -61,6 +61,7 @@ def check_token_resource(doc: dict) -> dict:
         raise BadParameter(f"token: unknown field {sorted(unknown)[0]}")
     if not isinstance(meta.get("name"), str):
         raise BadParameter("token: metadata.name (the token value) is required")
+    check_token_value(meta["name"], "token: metadata.name (the secret value)")
     roles = spec.get("roles")
     if not isinstance(roles, list) or not roles:
         raise BadParameter("token: spec.roles must be a non-empty list, e.g. [Db]")
@@ -152,8 +153,8 @@ class ResourceService:
             docs = self.dbs.servers()
             return [d for d in docs if not name or d["metadata"]["name"] == name]
         docs = self.tokens.list(actor)
-        if name:
-            docs = [d for d in docs if d["metadata"]["name"] == name]
+        if name:  # a token's id, or its value
+            docs = [d for d in docs if d["metadata"]["name"] in (name, token_id(name))]
             if not docs:
                 raise NotFound("token does not exist")
         return docs
