@@ -233,8 +233,8 @@ def _check_static_tokens(tokens: list[str], source: str) -> None:
             raise ConfigError(f'{where} is not "TYPES:VALUE", e.g. "db:" followed by 32 random hex digits')
         if len(value) < MIN_STATIC_TOKEN:
             raise ConfigError(
-                f"{where} ({kinds}) has a value of {len(value)} characters; a static token needs at least "
-                f"{MIN_STATIC_TOKEN} (e.g. 32 hex digits from openssl rand -hex 16), or use pctl tokens add"
+                f"{where} ({kinds}) is too short to be safe ({len(value)} characters); a static token needs at "
+                f"least {MIN_STATIC_TOKEN}: use e.g. 32 hex digits from openssl rand -hex 16, or pctl tokens add"
             )
 
 

@@ -211,8 +211,9 @@ class UserService:
         try:
             item = self.ctx.user_tokens.get_item(secret_key(token))
         except NotFound:
-            self.guard.failed(remote, {**failure, "error": "unknown, used or expired invite or reset link"})
-            raise NotFound(BAD_LINK) from None
+            reason = "unknown, used or expired invite or reset link"
+            self.guard.failed(remote, {**failure, "error": reason})
+            raise NotFound(BAD_LINK, detail=reason) from None
         return json.loads(item.value), item
 
     def invite_details(self, token: str, remote: str = "") -> dict:
