@@ -109,9 +109,9 @@ def scenario(pg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]
         # --- pctl, as the admin on the auth host ---
         s.run("pctl version")
         s.run("pctl status")
-        token = s.run("pctl tokens add", "--type=db").parsed["token"]
-        assert any(t["metadata"]["name"] == token for t in s.run("pctl tokens ls").parsed)
-        s.run("pctl tokens rm", token)
+        added = s.run("pctl tokens add", "--type=db").parsed
+        assert any(t["metadata"]["name"] == added["id"] for t in s.run("pctl tokens ls").parsed)
+        s.run("pctl tokens rm", added["id"])
         s.run("pctl create", input="kind: role\nversion: v7\nmetadata:\n  name: docs-role\nspec:\n  allow:\n"
                                    "    db_labels:\n      env: dev\n    db_users: [alice]\n    db_names: [postgres]\n")
         assert s.run("pctl get", "role/docs-role").parsed[0]["metadata"]["name"] == "docs-role"

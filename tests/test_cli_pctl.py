@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -86,8 +87,9 @@ def test_tokens_add_default_output_is_ready_to_run(cluster: Cluster) -> None:
 def test_tokens_add_structured(cluster: Cluster, fmt: str) -> None:
     out = ok(cluster, "tokens", "add", "--type=db", "--value=my-chosen-token-" + fmt, "--format", fmt)
     doc = json.loads(out) if fmt == "json" else yaml.safe_load(out)
-    assert set(doc) == {"token", "roles", "expires", "scope"}
+    assert set(doc) == {"token", "id", "roles", "expires", "scope"}
     assert doc["token"] == "my-chosen-token-" + fmt
+    assert doc["id"] == hashlib.sha256(doc["token"].encode()).hexdigest()[:16]
     assert doc["roles"] == ["Db"]
     assert doc["scope"] is None
     scoped = ok(cluster, "tokens", "add", "--type=db", "--db-name=aurora,billing", "--labels=env=prod", "--format", fmt)
@@ -105,19 +107,48 @@ def test_tokens_add_says_whether_the_token_is_scoped(cluster: Cluster) -> None:
 
 def test_tokens_ls_and_rm(cluster: Cluster) -> None:
     token = ok(cluster, "tokens", "add", "--type=db", "--format=text", "--labels=env=dev").strip()
+    token_id = hashlib.sha256(token.encode()).hexdigest()[:16]
     table = ok(cluster, "tokens", "ls")
-    assert table.splitlines()[0].split() == ["Token", "Type", "Labels", "Expiry", "Time", "(UTC)"]
-    row = next(line for line in table.splitlines() if line.startswith(token))
+    assert table.splitlines()[0].split() == ["Token", "ID", "Type", "Labels", "Expiry", "Time", "(UTC)"]
+    row = next(line for line in table.splitlines() if line.startswith(token_id))
     assert re.search(r"Db\s+env=dev\s+\d\d \w\w\w \d\d \d\d:\d\d UTC \(\d+m\d+s\)", row), row
-    assert token in ok(cluster, "tokens", "ls", "--format=text").split()
-    assert any(d["metadata"]["name"] == token for d in json.loads(ok(cluster, "tokens", "ls", "--format=json")))
+    listed = ok(cluster, "tokens", "ls", "--format=text").split()
+    assert token_id in listed and token not in listed
+    docs = json.loads(ok(cluster, "tokens", "ls", "--format=json"))
+    assert any(d["metadata"]["name"] == token_id for d in docs)
+    assert token not in json.dumps(docs) and token not in ok(cluster, "get", "tokens")
     assert ok(cluster, "tokens", "rm", token) == f"Token {token} has been deleted\n"
-    assert token not in ok(cluster, "tokens", "ls")
+    assert token_id not in ok(cluster, "tokens", "ls")
     code, _out, err = pctl(cluster, "tokens", "rm", token)
-    assert code == 1 and "does not exist" in err
+    assert code == 1 and "no token has this value or id" in err
+    # ... or by its id, as pctl tokens ls shows it
+    other = ok(cluster, "tokens", "add", "--type=db", "--format=text").strip()
+    other_id = hashlib.sha256(other.encode()).hexdigest()[:16]
+    assert ok(cluster, "tokens", "rm", other_id) == f"Token {other_id} has been deleted\n"
+    assert other_id not in ok(cluster, "tokens", "ls")
+
+
+def test_a_listed_token_cannot_be_created_again(cluster: Cluster) -> None:
+    """`pctl get tokens` shows ids; fed back to `pctl create`, they are refused, not made into tokens."""
+    ok(cluster, "tokens", "add", "--type=db", "--format=text")
+    exported = ok(cluster, "get", "tokens")
+    code, _out, err = pctl(cluster, "create", "-f", input=exported)
+    assert code == 1 and "looks like a token id" in err, err
+    assert len(err.strip().splitlines()) == 1
+    short = "kind: token\nversion: v2\nmetadata: {name: tooshort}\nspec: {roles: [Db]}\n"
+    code, _out, err = pctl(cluster, "create", input=short)
+    assert code == 1 and "at least 16 characters" in err, err
+    fine = "kind: token\nversion: v2\nmetadata: {name: a-long-enough-secret-value}\nspec: {roles: [Db]}\n"
+    assert ok(cluster, "create", input=fine) == "token has been created\n"
+    fine_id = hashlib.sha256(b"a-long-enough-secret-value").hexdigest()[:16]
+    assert fine_id in ok(cluster, "tokens", "ls", "--format=text").split()
+    assert "a-long-enough-secret-value" not in ok(cluster, "get", "tokens")
+    ok(cluster, "tokens", "rm", fine_id)
 
 
 def test_tokens_bad_input(cluster: Cluster) -> None:
+    code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--value=only-15-chars-x")
+    assert code == 1 and "at least 16 characters" in err, err
     code, _out, err = pctl(cluster, "tokens", "add", "--type=spaceship")
     assert code == 1 and 'unknown token type "spaceship"' in err
     code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--ttl=soon")
@@ -214,13 +245,13 @@ def test_users_add_ls_update_reset_rm(cluster: Cluster) -> None:
     assert lines[3] == f"NOTE: Make sure {cluster.addr} points at a pteleport proxy which users can access."
     user = yaml.safe_load(ok(cluster, "get", "user/ursula"))
     assert user["spec"]["traits"] == {"db_users": ["alice", "ro"], "db_names": ["app"]}
-    assert re.search(r"^ursula\s+access$", ok(cluster, "users", "ls"), re.M)
+    assert re.search(r"^ursula\s+access\s+invited$", ok(cluster, "users", "ls"), re.M)
     assert any(d["metadata"]["name"] == "ursula" for d in json.loads(ok(cluster, "users", "ls", "--format=json")))
 
     assert ok(cluster, "users", "update", "ursula", "--set-roles=access,editor") == (
         "User ursula has been updated with roles access,editor\n"
     )
-    assert re.search(r"^ursula\s+access,editor$", ok(cluster, "users", "ls"), re.M)
+    assert re.search(r"^ursula\s+access,editor\s+invited$", ok(cluster, "users", "ls"), re.M)
     code, _out, err = pctl(cluster, "users", "update", "ursula")
     assert code == 1 and "Nothing to update" in err
 

@@ -24,6 +24,10 @@ def test_version() -> None:
         ("teleport: [1, 2\n", "not valid YAML at line"),
         ("version: v9\n", "version"),
         ("- a list\n", "expected a mapping"),
+        ('auth_service:\n  tokens: ["db:1"]\n', "auth_service.tokens entry 1 (db) is too short to be safe (1 characters); "
+         "a static token needs at least 16"),
+        ('auth_service:\n  tokens: ["db:0123456789abcdef", "db:fifteen-chars"]\n', "auth_service.tokens entry 2"),
+        ('auth_service:\n  tokens: ["no-types-given-at-all"]\n', 'is not "TYPES:VALUE"'),
     ],
 )
 def test_a_bad_config_file_gets_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -8,8 +8,9 @@ Two trust modes:
   certificate), requests carry the SNI name ``pteleport.cluster.local``, the proxy answers
   with its host certificate, and only the cluster's host CA is trusted.
 
-HTTP errors become the matching ``common.errors`` kind with the server's message; network
-failures become ConnectionProblem naming the address.
+HTTP errors become the matching ``common.errors`` kind with the server's message (a 429
+keeps its ``Retry-After`` in ``LimitExceeded.retry_after``); network failures become
+ConnectionProblem naming the address.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from common.errors import ConnectionProblem, InternalError, NotLoggedIn, PteleportError, from_kind
+from common.errors import ConnectionProblem, InternalError, LimitExceeded, NotLoggedIn, PteleportError, from_kind
 from common.tls import INTERNAL_SNI, client_context, describe_ssl_error
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -61,7 +62,13 @@ def _raise_for(response: httpx.Response) -> None:
         message, kind = None, None
     if not message:
         message = f"the cluster answered HTTP {response.status_code}"
-    raise from_kind(kind or ("not_logged_in" if response.status_code == 401 else "internal"), message)
+    if response.status_code == 429 and not kind:
+        kind = "limit_exceeded"
+    err = from_kind(kind or ("not_logged_in" if response.status_code == 401 else "internal"), message)
+    if isinstance(err, LimitExceeded):
+        retry = response.headers.get("Retry-After", "")
+        err.retry_after = int(retry) if retry.isdigit() else None
+    raise err
 
 
 def _network_error(addr: str, exc: Exception, with_cert: bool = False) -> PteleportError:

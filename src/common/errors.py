@@ -65,7 +65,13 @@ class AccessDenied(PteleportError):
 
 
 class LimitExceeded(PteleportError):
+    """Too many attempts; ``retry_after`` (seconds), when known, becomes HTTP's Retry-After."""
+
     kind = "limit_exceeded"
+
+    def __init__(self, message: str, detail: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message, detail)
+        self.retry_after = retry_after
 
 
 class ConnectionProblem(PteleportError):

@@ -10,8 +10,10 @@ import typer
 from common.cli import render, safe_text
 from common.errors import BadParameter, UsageError
 from common.kinds import KIND_ALIASES
-from pctl.output import DataFormatOpt, Fmt, expiry_text, labels_text
+from pctl.output import DataFormatOpt, Fmt, labels_text
 from pctl.output import safe_table as table
+from pctl.tokens import tokens_table
+from pctl.users import users_table
 
 KINDS_HELP = "roles, role/NAME, users, user/NAME, db, db/NAME, tokens, locks, lock/ID, db_servers"
 
@@ -98,10 +100,6 @@ def _roles_table(docs: list[dict]) -> str:
     return table(["Role", "DB Labels", "DB Users", "DB Names"], rows)
 
 
-def _users_table(docs: list[dict]) -> str:
-    return table(["User", "Roles"], [[d["metadata"]["name"], ",".join(d["spec"].get("roles", []))] for d in docs])
-
-
 def _db_table(docs: list[dict]) -> str:
     rows = [
         [
@@ -142,19 +140,6 @@ def db_servers_table(docs: list[dict]) -> str:
     return table(["Host", "Host ID", "Name", "Protocol", "URI", "Labels", "Scope"], rows)
 
 
-def _tokens_table(docs: list[dict]) -> str:
-    rows = [
-        [
-            d["metadata"]["name"],
-            ",".join(d["spec"].get("roles", [])),
-            labels_text(d["spec"].get("suggested_labels")),
-            expiry_text(d["metadata"].get("expires")),
-        ]
-        for d in docs
-    ]
-    return table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
-
-
 def _locks_table(docs: list[dict]) -> str:
     from pctl.locks import locks_table
 
@@ -164,10 +149,10 @@ def _locks_table(docs: list[dict]) -> str:
 TEXT_TABLES = {
     "lock": _locks_table,
     "role": _roles_table,
-    "user": _users_table,
+    "user": users_table,
     "db": _db_table,
     "db_server": db_servers_table,
-    "token": _tokens_table,
+    "token": tokens_table,
 }
 
 

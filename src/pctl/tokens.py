@@ -1,4 +1,9 @@
-"""`pctl tokens add | ls | rm`: join tokens for database agents (tctl tokens)."""
+"""`pctl tokens add | ls | rm`: join tokens for database agents (tctl tokens).
+
+The cluster keeps only a token's hash: its value is printed once, by ``add``; ``ls``
+shows each token's public id (the first 16 hex digits of the hash), and ``rm`` takes the
+value or the id.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ tokens_app = typer.Typer(help="List, add and remove join tokens.", no_args_is_he
 
 DB_TEMPLATE = """The invite token: {token}
 This token will expire in {minutes} minutes.
+It is shown only now: the cluster keeps its hash, and pctl tokens ls lists it as {id}.
 
 Generate the configuration and start a pteleport agent using it:
 
@@ -55,6 +61,7 @@ UNSCOPED_NOTE = """  - This token is not scoped: an agent that joins with it may
 
 OTHER_TEMPLATE = """The invite token: {token}
 This token will expire in {minutes} minutes.
+It is shown only now: the cluster keeps its hash, and pctl tokens ls lists it as {id}.
 
 Run this on the new {roles} service to join the cluster:
 
@@ -74,7 +81,10 @@ Please note:
 def add(
     type_: Annotated[str, typer.Option("--type", help="Token type(s), e.g. db (comma-separated).")],
     ttl: Annotated[str, typer.Option("--ttl", help="How long the token is valid (30m, 1h, ...).")] = "30m",
-    value: Annotated[str | None, typer.Option("--value", help="Use this token value instead of a random one.")] = None,
+    value: Annotated[
+        str | None,
+        typer.Option("--value", help="Use this token value (16 characters or more) instead of a random one."),
+    ] = None,
     labels: Annotated[
         str | None, typer.Option("--labels", help="Scope: agents may serve only databases with these labels (k=v,...).")
     ] = None,
@@ -85,7 +95,7 @@ def add(
     db_uri: Annotated[str | None, typer.Option("--db-uri", help="Database address HOST:PORT.")] = None,
     fmt: OptionalFormatOpt = None,
 ) -> None:
-    """Create a join token (--format=text prints only the token)."""
+    """Create a join token and print its value, the only time it is shown (--format=text prints only the token)."""
     from common.durations import parse_duration
     from common.errors import BadParameter
     from pctl.connect import client
@@ -105,14 +115,20 @@ def add(
     with client() as api:
         answer = api.post("/v1/tokens", body)
     doc = answer["token"]
-    token = doc["metadata"]["name"]
+    token = doc["metadata"]["name"]  # in this answer only, the value
     if fmt == Fmt.text:
         print(token)
         return
     scope = doc["spec"].get("db_scope")
     if fmt in (Fmt.json, Fmt.yaml):
         render(
-            {"token": token, "roles": doc["spec"]["roles"], "expires": doc["metadata"].get("expires"), "scope": scope},
+            {
+                "token": token,
+                "id": answer.get("id"),
+                "roles": doc["spec"]["roles"],
+                "expires": doc["metadata"].get("expires"),
+                "scope": scope,
+            },
             fmt,
         )
         return
@@ -123,6 +139,7 @@ def add(
         print(
             DB_TEMPLATE.format(
                 token=token,
+                id=answer.get("id", ""),
                 minutes=minutes,
                 pins=pins,
                 proxy=answer.get("proxy", ""),
@@ -136,7 +153,12 @@ def add(
     else:
         print(
             OTHER_TEMPLATE.format(
-                token=token, minutes=minutes, pins=pins, proxy=answer.get("proxy", ""), roles=",".join(roles)
+                token=token,
+                id=answer.get("id", ""),
+                minutes=minutes,
+                pins=pins,
+                proxy=answer.get("proxy", ""),
+                roles=",".join(roles),
             ),
             end="",
         )
@@ -170,7 +192,7 @@ def tokens_table(docs: list[dict[str, Any]]) -> str:
         ]
         for d in docs
     ]
-    return safe_table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows)
+    return safe_table(["Token ID", "Type", "Labels", "Expiry Time (UTC)"], rows)
 
 
 def _by_expiry(doc: dict[str, Any]) -> float:
@@ -180,7 +202,7 @@ def _by_expiry(doc: dict[str, Any]) -> float:
 
 @tokens_app.command("ls")
 def ls(fmt: OptionalFormatOpt = None) -> None:
-    """List join tokens (--format=text prints only the token values)."""
+    """List join tokens by id; their values are never shown again (--format=text prints only the ids)."""
     from pctl.connect import client
 
     with client() as api:
@@ -194,7 +216,9 @@ def ls(fmt: OptionalFormatOpt = None) -> None:
 
 
 @tokens_app.command("rm")
-def rm(token: Annotated[str, typer.Argument(help="The token to delete.")]) -> None:
+def rm(
+    token: Annotated[str, typer.Argument(help="The token to delete: its value or its id (pctl tokens ls).")],
+) -> None:
     """Delete (revoke) a join token."""
     from pctl.connect import client
 

@@ -8,7 +8,7 @@ import typer
 
 from common.cli import render, safe_text
 from common.errors import BadParameter
-from pctl.output import Fmt, FormatOpt, safe_table, split_list, trim_go_duration
+from pctl.output import Fmt, FormatOpt, parse_time, safe_table, split_list, trim_go_duration
 
 users_app = typer.Typer(help="Add, list, update, reset and remove users.", no_args_is_help=True)
 
@@ -80,23 +80,31 @@ def add(
     _print_user_token(doc, fmt, INVITE_TEXT)
 
 
+def status_text(doc: dict[str, Any]) -> str:
+    """``locked until 2026-12-01 12:00 UTC``, ``active``, ``invited``, ``reset``, ``bot`` or ``no password``."""
+    status = doc.get("status") or {}
+    if status.get("is_locked"):
+        until = parse_time(status.get("lock_expires"))
+        return f"locked until {until:%Y-%m-%d %H:%M} UTC" if until else "locked"
+    return str(status.get("state") or "")
+
+
+def users_table(docs: list[dict[str, Any]]) -> str:
+    if not docs:
+        return "No users found"
+    rows = [[d["metadata"]["name"], ",".join(d["spec"].get("roles", [])), status_text(d)] for d in docs]
+    return safe_table(["User", "Roles", "Status"], rows)
+
+
 @users_app.command("ls")
 def ls(fmt: FormatOpt = Fmt.text) -> None:
-    """List users and their roles."""
+    """List users, their roles and whether they are active, invited or locked out."""
     from pctl.connect import client
 
     with client() as api:
         docs = api.get("/v1/users")
     docs.sort(key=lambda d: d["metadata"]["name"])
-
-    def text(ds: list[dict]) -> str:
-        if not ds:
-            return "No users found"
-        return safe_table(
-            ["User", "Roles"], [[d["metadata"]["name"], ",".join(d["spec"].get("roles", []))] for d in ds]
-        )
-
-    render(docs, fmt, text)
+    render(docs, fmt, users_table)
 
 
 @users_app.command("rm")

@@ -17,6 +17,8 @@ from common.errors import BadParameter
 from common.paths import default_data_dir
 
 DEFAULT_LISTEN = "127.0.0.1:3080"
+# Shortest static join token accepted (auth_service.tokens); shorter ones are guessable.
+MIN_STATIC_TOKEN = 16
 
 
 class ConfigError(BadParameter):
@@ -215,9 +217,25 @@ def parse_config(data: Any, source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (teleport, auth_service, ...)")
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    _check_static_tokens(config.auth_service.tokens, source)
+    return config
+
+
+def _check_static_tokens(tokens: list[str], source: str) -> None:
+    """Each entry is ``TYPES:VALUE`` with a value long enough not to be guessed (never echoed)."""
+    for number, entry in enumerate(tokens, 1):
+        kinds, sep, value = entry.rpartition(":")
+        where = f"{source}: auth_service.tokens entry {number}"
+        if not sep or not kinds or not value:
+            raise ConfigError(f'{where} is not "TYPES:VALUE", e.g. "db:" followed by 32 random hex digits')
+        if len(value) < MIN_STATIC_TOKEN:
+            raise ConfigError(
+                f"{where} ({kinds}) is too short to be safe ({len(value)} characters); a static token needs at "
+                f"least {MIN_STATIC_TOKEN}: use e.g. 32 hex digits from openssl rand -hex 16, or pctl tokens add"
+            )
 
 
 def load_config(path: str) -> Config:

@@ -7,6 +7,9 @@ render JSON. Errors become responses in ``api.errors`` only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,11 +19,16 @@ from aiohttp import web
 from common import __version__
 from common.errors import AccessDenied, BadParameter
 from common.identity import Identity
-from pteleport.api import models
+from pteleport.api import httplog, models
 from pteleport.api.errors import error_middleware
-from pteleport.api.identity import caller
+from pteleport.api.identity import caller, remote_addr
 from pteleport.api.web import add_web_routes
 from pteleport.auth.server import AuthServer
+from pteleport.auth.tokens import token_id
+
+log = logging.getLogger("pteleport.api")
+# How often held-back audit failures and suppressed log lines are written out.
+FLUSH_EVERY = 5.0
 
 
 @dataclass
@@ -37,9 +45,7 @@ def _ttl(seconds: int | None) -> timedelta | None:
     return timedelta(seconds=seconds) if seconds else None
 
 
-def _remote(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return f"{peer[0]}:{peer[1]}" if peer else ""
+_remote = remote_addr
 
 
 async def _body(request: web.Request, model: type[Any]) -> Any:
@@ -96,12 +102,14 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def invite_get(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).users.invite_details(request.match_info["token"]))
+    return web.json_response(_auth(request).users.invite_details(request.match_info["token"], _remote(request)))
 
 
 async def invite_post(request: web.Request) -> web.Response:
     req = await _body(request, models.InviteRequest)
-    user = _auth(request).users.complete_invite(request.match_info["token"], req.password, req.otp_token)
+    user = _auth(request).users.complete_invite(
+        request.match_info["token"], req.password, req.otp_token, _remote(request)
+    )
     return web.json_response({"user": user})
 
 
@@ -132,7 +140,14 @@ async def tokens_add(request: web.Request) -> web.Response:
     req = await _body(request, models.TokenRequest)
     auth = _auth(request)
     doc = auth.tokens.add(_me(request), req.types, _ttl(req.ttl_seconds), req.value, req.labels, req.db_names)
-    return web.json_response({"token": doc, "ca_pin": auth.status()["ca_pin"], "proxy": request.app[INFO].public_addr})
+    return web.json_response(
+        {
+            "token": doc,  # metadata.name is the value: the one answer that shows it
+            "id": token_id(doc["metadata"]["name"]),
+            "ca_pin": auth.status()["ca_pin"],
+            "proxy": request.app[INFO].public_addr,
+        }
+    )
 
 
 async def tokens_list(request: web.Request) -> web.Response:
@@ -379,10 +394,38 @@ async def bots_join(request: web.Request) -> web.Response:
     )
 
 
+def _flush(auth: AuthServer, log_filter: httplog.MalformedRequestFilter, force: bool) -> None:
+    """Write out the coalesced failure events and the count of suppressed log lines."""
+    for guard in (auth.tokens.guard, auth.bots.guard, auth.users.guard):
+        try:
+            guard.flush(force)
+        except Exception:
+            log.exception("writing held-back failure events to the audit log failed")
+    log_filter.flush()
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    auth = app[AUTH]
+    log_filter = httplog.install()
+
+    async def every() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            _flush(auth, log_filter, force=False)
+
+    task = asyncio.get_running_loop().create_task(every())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    _flush(auth, log_filter, force=True)  # a short burst before shutdown is not lost
+
+
 def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
     app[AUTH] = auth
     app[INFO] = info
+    app.cleanup_ctx.append(_housekeeping)
     r = app.router
     r.add_get("/webapi/ping", ping)
     r.add_get("/v1/ping", ping)

@@ -9,16 +9,32 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from pydantic import ValidationError
 
-from common.errors import BadParameter, NotFound, PteleportError, http_status_for
+from common.errors import BadParameter, LimitExceeded, NotFound, PteleportError, http_status_for
 
 log = logging.getLogger("pteleport.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def error_headers(err: PteleportError) -> dict[str, str]:
+    """Headers an error response carries: ``Retry-After`` (seconds) for a limit with a known wait."""
+    if isinstance(err, LimitExceeded) and err.retry_after:
+        return {"Retry-After": str(int(err.retry_after))}
+    return {}
+
+
 def error_response(err: PteleportError) -> web.Response:
     body = {"error": {"message": err.message, "kind": err.kind}}
-    return web.json_response(body, status=http_status_for(err))
+    return web.json_response(body, status=http_status_for(err), headers=error_headers(err))
+
+
+def route_of(request: web.Request) -> str:
+    """What logs name a request by: its route pattern (``/v1/invites/{token}``), never the
+    path, which may hold a secret."""
+    resource = request.match_info.route.resource if request.match_info.route else None
+    if resource is not None:
+        return resource.canonical
+    return "(no such route)"
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -41,14 +57,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except PteleportError as err:
         if err.detail:
-            log.info("%s %s: %s (%s)", request.method, request.path, err.message, err.detail)
+            log.info("%s %s: %s (%s)", request.method, route_of(request), err.message, err.detail)
         return error_response(err)
     except ValidationError as exc:
         return error_response(BadParameter(_validation_message(exc)))
     except json.JSONDecodeError:
         return error_response(BadParameter("the request body is not valid JSON"))
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %s", request.method, route_of(request))
         return web.json_response(
             {"error": {"message": "internal error; the details are in the server log", "kind": "internal"}},
             status=500,

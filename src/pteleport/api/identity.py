@@ -30,3 +30,9 @@ def caller(request: web.Request, auth: AuthServer) -> Identity:
     # Locks, deleted users and roles taken away stop certificates at once, not when they expire.
     auth.access.check(identity)
     return identity
+
+
+def remote_addr(request: web.Request) -> str:
+    """The client's ``host:port`` as the socket sees it (what per-address limits count by)."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""

@@ -1,4 +1,8 @@
-"""The invite and reset pages: set a password and enrol a TOTP authenticator in a browser."""
+"""The invite and reset pages: set a password and enrol a TOTP authenticator in a browser.
+
+The token in the page's path is the credential; lookups are limited per address by the
+auth service (a refusal is a 429 page with ``Retry-After``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from common.errors import BadParameter, PteleportError
+from common.errors import BadParameter, LimitExceeded, NotFound, PteleportError, http_status_for
+from pteleport.api.errors import error_headers
+from pteleport.api.identity import remote_addr
 
 if TYPE_CHECKING:
     from pteleport.auth.server import AuthServer
@@ -25,7 +31,7 @@ code {{ word-break: break-all; font-size: .8rem; }} .error {{ color: #b42318; }}
 </style></head><body>{body}</body></html>"""
 
 
-def _page(title: str, body: str, status: int = 200) -> web.Response:
+def _page(title: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         text=_PAGE.format(title=html.escape(title), body=body),
         content_type="text/html",
@@ -34,7 +40,19 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
             "Cache-Control": "no-store",
             "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
+            **(headers or {}),
         },
+    )
+
+
+def _unusable(err: PteleportError) -> web.Response:
+    """The link is unknown (404) or this address guessed too often (429, with Retry-After)."""
+    status = http_status_for(err) if isinstance(err, NotFound | LimitExceeded) else 404
+    return _page(
+        "Invite",
+        f'<h1>This link cannot be used</h1><p class="error">{html.escape(err.message)}</p>',
+        status,
+        error_headers(err),
     )
 
 
@@ -46,8 +64,8 @@ def _qr_svg(uri: str) -> str:
     return buf.getvalue().decode("utf-8")
 
 
-def _form(auth: AuthServer, token: str, error: str = "") -> web.Response:
-    details = auth.users.invite_details(token)
+def _form(auth: AuthServer, token: str, remote: str, error: str = "") -> web.Response:
+    details = auth.users.invite_details(token, remote)
     user = html.escape(details["user"])
     action = "Welcome" if details["kind"] == "invite" else "Reset your password"
     parts = [f"<h1>{action}, {user}</h1>"]
@@ -78,23 +96,26 @@ def _form(auth: AuthServer, token: str, error: str = "") -> web.Response:
 def add_web_routes(app: web.Application, auth: AuthServer) -> None:
     async def show(request: web.Request) -> web.Response:
         try:
-            return _form(auth, request.match_info["token"])
+            return _form(auth, request.match_info["token"], remote_addr(request))
         except PteleportError as err:
-            return _page(
-                "Invite", f'<h1>This link cannot be used</h1><p class="error">{html.escape(err.message)}</p>', 404
-            )
+            return _unusable(err)
 
     async def submit(request: web.Request) -> web.Response:
         token = request.match_info["token"]
+        remote = remote_addr(request)
         form = await request.post()
         password = str(form.get("password", ""))
         try:
             if password != str(form.get("confirm", "")):
                 raise BadParameter("the two passwords do not match")
-            user = auth.users.complete_invite(token, password, str(form.get("otp", "")))
+            user = auth.users.complete_invite(token, password, str(form.get("otp", "")), remote)
+        except (NotFound, LimitExceeded) as err:
+            return _unusable(err)  # no second lookup of a link that failed once
         except PteleportError as err:
             try:
-                return _form(auth, token, err.message)
+                return _form(auth, token, remote, err.message)
+            except (NotFound, LimitExceeded) as again:
+                return _unusable(again)
             except PteleportError:
                 return _page("Invite", f'<p class="error">{html.escape(err.message)}</p>', 400)
         proxy = html.escape(auth.ctx.settings.public_addr)

@@ -8,8 +8,9 @@ certificate is signed, so a token works once, even when two jobs race for it.
 
 Which users are bots is kept apart from the user documents (``bots/<name>``), so a round
 trip of the user through ``pctl get`` / ``pctl create -f`` keeps it a bot. Pending join
-tokens live under ``bot_tokens/<sha256(token)>``, out of reach of the agents' join
-endpoint.
+tokens live under ``bot_tokens/<sha256(token)>`` (the hash only; the value is shown once,
+by ``pctl bots add``), out of reach of the agents' join endpoint. Guesses are limited per
+address (``auth.throttle``).
 
 `sign_for` is `pctl auth sign --user`: the admin identity may sign for any user; anyone
 else needs to be that user (and then cannot outlive their own certificate) or to hold an
@@ -31,14 +32,14 @@ from common.identity import KIND_BOT, KIND_USER, Identity
 from common.tls import load_public_key
 from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, secret_key
-from pteleport.auth.users import check_name, user_doc
+from pteleport.auth.throttle import SecretGuard
+from pteleport.auth.users import BOT_LABEL, check_name, user_doc
 from pteleport.rbac import matchers
 from pteleport.rbac.where import parse_where
 from pteleport.services.store import JsonStore
 
 BOTS_PREFIX = "bots"
 BOT_TOKENS_PREFIX = "bot_tokens"
-BOT_LABEL = "teleport.internal/bot"
 TOKEN_TTL = timedelta(hours=1)
 MAX_TOKEN_TTL = timedelta(days=7)
 BOT_CERT_TTL = timedelta(hours=1)
@@ -56,6 +57,7 @@ class BotService:
         self.certs = certs
         self.bots = JsonStore(ctx.backend, BOTS_PREFIX)
         self.tokens = JsonStore(ctx.backend, BOT_TOKENS_PREFIX)
+        self.guard = SecretGuard(lambda fields: ctx.emit("bot.join", "TJ001E", **fields), ctx.clock)
 
     # --- permissions ----------------------------------------------------------------------
     def _authorize(self, actor: Identity, verb: str) -> None:
@@ -178,12 +180,15 @@ class BotService:
     def join(self, token: str, public_key_pem: str, ttl: timedelta | None, remote: str) -> tuple[bytes, Identity]:
         """Trade a bot's join token (once) and a public key for a user certificate."""
         load_public_key(public_key_pem)  # a bad key must not burn the token
+        failure = {"method": "token", "success": False, "addr.remote": remote}
+        self.guard.check(remote, failure)
         key = secret_key(token)
         try:
             doc = self.tokens.get(key)
             self.tokens.delete(key)  # the claim: whoever deletes it first, joins
         except NotFound:
-            raise self._join_failed("unknown, used or expired bot token", remote) from None
+            self.guard.failed(remote, {**failure, "error": "unknown, used or expired bot token"})
+            raise AccessDenied(JOIN_FAILURE, detail="unknown, used or expired bot token") from None
         name = str(doc.get("bot", ""))
         try:
             user = self.ctx.users.get(name)

@@ -30,7 +30,10 @@ class LoginService:
         recent = [t for t in self._ip_failures.get(ip, []) if now - t < IP_WINDOW]
         self._ip_failures[ip] = recent
         if len(recent) >= IP_FAILURES:
-            raise LimitExceeded("too many failed logins from this address; wait a minute and try again")
+            raise LimitExceeded(
+                "too many failed logins from this address; wait a minute and try again",
+                retry_after=int(IP_WINDOW.total_seconds()),
+            )
 
     def _note_address_failure(self, ip: str, now: datetime) -> None:
         self._ip_failures.setdefault(ip, []).append(now)

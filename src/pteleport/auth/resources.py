@@ -10,7 +10,7 @@ from common.kinds import KIND_ALIASES
 from pteleport.auth.context import AuthContext, secret_key
 from pteleport.auth.databases import DatabaseService
 from pteleport.auth.locks import LockService
-from pteleport.auth.tokens import TokenService
+from pteleport.auth.tokens import TokenService, check_token_value, token_id
 from pteleport.auth.users import UserService, check_name
 from pteleport.rbac.presets import PRESET_ROLE_NAMES
 from pteleport.rbac.role import parse_role, role_to_dict
@@ -62,12 +62,28 @@ def check_token_resource(doc: dict) -> dict:
         raise BadParameter(f"token: unknown field {sorted(unknown)[0]}")
     if not isinstance(meta.get("name"), str):
         raise BadParameter("token: metadata.name (the token value) is required")
+    check_token_value(meta["name"], "token: metadata.name (the secret value)")
     roles = spec.get("roles")
     if not isinstance(roles, list) or not roles:
         raise BadParameter("token: spec.roles must be a non-empty list, e.g. [Db]")
     for key in spec:
-        if key not in ("roles", "join_method", "suggested_labels", "bot_name"):
+        if key not in ("roles", "join_method", "suggested_labels", "bot_name", "db_scope"):
             raise BadParameter(f"token: unknown field spec.{key}")
+    scope = spec.get("db_scope")
+    if scope is not None:
+        names = scope.get("db_names", []) if isinstance(scope, dict) else None
+        labels = scope.get("db_labels", {}) if isinstance(scope, dict) else None
+        if (
+            not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)
+            or not isinstance(labels, dict)
+            or not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in labels.values())
+            or set(scope) - {"db_names", "db_labels"}
+        ):
+            raise BadParameter(
+                "token: spec.db_scope must be {db_names: [names], db_labels: {label: [values]}}, e.g. "
+                "{db_names: [aurora]}"
+            )
     return doc
 
 
@@ -170,8 +186,8 @@ class ResourceService:
                     raise NotFound(f'lock "{name}" does not exist; "pctl locks ls" lists locks')
             return docs
         docs = self.tokens.list(actor)
-        if name:
-            docs = [d for d in docs if d["metadata"]["name"] == name]
+        if name:  # a token's id, or its value
+            docs = [d for d in docs if d["metadata"]["name"] in (name, token_id(name))]
             if not docs:
                 raise NotFound("token does not exist")
         return docs

@@ -76,6 +76,9 @@ class AuthServer:
         for role in preset_roles():
             if not self.ctx.roles.exists(role.metadata.name):
                 self.ctx.roles.put(role.metadata.name, role_to_dict(role))
+        # Secrets at rest: earlier versions kept token values in the stored documents.
+        self.tokens.scrub_stored()
+        self.users.scrub_stored_tokens()
 
     def admin_identity_cert(self, public_key: Any) -> bytes:
         """The identity pctl uses on the auth host (written 0600 into the data dir)."""

@@ -1,22 +1,60 @@
-"""Join tokens (`pctl tokens`) and joining: a token plus a public key become a host certificate."""
+"""Join tokens (`pctl tokens`) and joining: a token plus a public key become a host certificate.
+
+A token is stored only as its SHA-256 (the key ``tokens/<sha256>``); the stored document
+holds no value. Its public id, the first 16 hex digits of that hash, names it in
+``pctl tokens ls`` and ``pctl tokens rm``. The value itself is shown once, in the answer
+to ``pctl tokens add``. Static tokens from the config file are listed by id too.
+"""
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from common.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
+from common.errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, NotFound
 from common.identity import HostScope, Identity
 from common.tls import load_public_key
 from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, secret_key
 from pteleport.auth.hosts import HostService
+from pteleport.auth.throttle import SecretGuard
 
 DEFAULT_TTL = timedelta(minutes=30)
 # Bots join with their own single-use tokens (pctl bots add), never through these.
 JOIN_ROLES = {"db": "Db", "proxy": "Proxy", "node": "Node", "app": "App"}
+MIN_TOKEN_LENGTH = 16
+ID_LENGTH = 16
+ID_RE = re.compile(r"^[0-9a-f]{16}$")
+INVALID_TOKEN = 'the join token is invalid or has expired; create a new one with "pctl tokens add --type=db"'  # noqa: S105
+
+
+def token_id(value: str) -> str:
+    """The public id of a token: the first 16 hex digits of its SHA-256 (not usable to join)."""
+    return secret_key(value)[:ID_LENGTH]
+
+
+def check_token_value(value: str, what: str = "a token value") -> None:
+    """Refuse values that are short enough to guess, or that look like a token id."""
+    if len(value) < MIN_TOKEN_LENGTH:
+        raise BadParameter(
+            f"{what} must be at least {MIN_TOKEN_LENGTH} characters long (it is {len(value)}); "
+            "leave it out to get a random one"
+        )
+    if ID_RE.fullmatch(value):
+        raise BadParameter(
+            f"{what} looks like a token id (16 hex digits, as pctl tokens ls and pctl get tokens show); "
+            "the cluster keeps only a token's hash, so a listed token cannot be created again: "
+            "use the secret value itself, or a new one"
+        )
+
+
+def parse_static(static: str) -> tuple[list[str], str]:
+    """``"db,app:VALUE"`` from ``auth_service.tokens`` -> (join roles, value)."""
+    kinds, _, value = static.rpartition(":")
+    return normalize_roles(kinds.split(",")), value
 
 
 def normalize_roles(types: list[str]) -> list[str]:
@@ -32,9 +70,11 @@ def normalize_roles(types: list[str]) -> list[str]:
 
 
 def token_doc(
-    token: str, roles: list[str], expires: datetime | None, labels: dict | None = None, scope: HostScope | None = None
+    name: str, roles: list[str], expires: datetime | None, labels: dict | None = None, scope: HostScope | None = None
 ) -> dict:
-    meta: dict[str, Any] = {"name": token}
+    """A token resource; ``name`` is the token's id in storage and listings, its value only
+    in the answer to ``pctl tokens add``. ``spec.db_scope`` limits what its agents may serve."""
+    meta: dict[str, Any] = {"name": name}
     if expires is not None:
         meta["expires"] = expires.isoformat()
     spec: dict[str, Any] = {"roles": roles, "join_method": "token"}
@@ -50,11 +90,18 @@ def token_scope(doc: dict) -> HostScope:
     return HostScope.from_dict((doc.get("spec") or {}).get("db_scope"))
 
 
+def _stored(doc: dict, key: str) -> dict:
+    """The document to store or list: named by the id, whatever the name was."""
+    meta = {**doc.get("metadata", {}), "name": key[:ID_LENGTH]}
+    return {**doc, "metadata": meta}
+
+
 class TokenService:
     def __init__(self, ctx: AuthContext, certs: CertService, hosts: HostService) -> None:
         self.ctx = ctx
         self.certs = certs
         self.hosts = hosts
+        self.guard = SecretGuard(lambda fields: ctx.emit("instance.join", "TJ002E", **fields), ctx.clock)
 
     def add(
         self,
@@ -70,61 +117,91 @@ class TokenService:
         ttl = ttl or DEFAULT_TTL
         if ttl <= timedelta(0):
             raise BadParameter("--ttl must be positive")
+        if value is not None:
+            check_token_value(value, "--value")
         token = value or secrets.token_hex(16)
-        if len(token) < 8:
-            raise BadParameter("a token value must be at least 8 characters long")
         expires = self.ctx.clock() + ttl
         scope = None
         if db_names or labels:
             if roles != ["Db"]:
                 raise BadParameter("--db-name and --labels scope a token for database services; use them with --type=db only")
             scope = HostScope.of(db_names or [], {k: v if isinstance(v, list) else [v] for k, v in (labels or {}).items()})
-        doc = token_doc(token, roles, expires, labels, scope)
+        key = secret_key(token)
+        doc = token_doc(token_id(token), roles, expires, labels, scope)
         try:
-            self.ctx.tokens.create(secret_key(token), doc, expires=expires)
+            self.ctx.tokens.create(key, doc, expires=expires)
         except AlreadyExists:
             raise AlreadyExists("a token with this value already exists") from None
         self.ctx.emit("join_token.create", "TJT00I", user=actor.username, roles=roles, join_method="token")
-        return doc
+        # The one place the value is ever shown: the answer to the admin who made it.
+        return {**doc, "metadata": {**doc["metadata"], "name": token}}
 
     def put_resource(self, actor: Identity, doc: dict, force: bool) -> str:
+        """`pctl create` of a token resource: ``metadata.name`` is the secret; only its hash is kept."""
         token = doc["metadata"]["name"]
+        check_token_value(token, "a token's metadata.name (its secret value)")
         expires = datetime.fromisoformat(doc["metadata"]["expires"]) if doc["metadata"].get("expires") else None
-        exists = self.ctx.tokens.exists(secret_key(token))
+        key = secret_key(token)
+        exists = self.ctx.tokens.exists(key)
         if exists and not force:
             raise AlreadyExists("this token already exists; pass -f/--force to overwrite it")
         self.ctx.authorize(actor, "token", "update" if exists else "create")
         normalize_roles([r.lower() for r in doc["spec"]["roles"]])
-        self.ctx.tokens.put(secret_key(token), doc, expires=expires)
+        self.ctx.tokens.put(key, _stored(doc, key), expires=expires)
         self.ctx.emit("join_token.create", "TJT00I", user=actor.username, roles=doc["spec"]["roles"])
         return "updated" if exists else "created"
 
     def list(self, actor: Identity) -> list[dict]:
+        """Every token by id (never by value): stored ones, then the config file's static ones."""
         self.ctx.authorize(actor, "token", "list")
-        docs = self.ctx.tokens.list()
+        docs = [_stored(doc, key) for key, doc, _item in self.ctx.tokens.items()]
         for static in self.ctx.settings.static_tokens:
-            kinds, _, value = static.rpartition(":")
-            docs.append(token_doc(value, normalize_roles(kinds.split(",")), None))
+            roles, value = parse_static(static)
+            docs.append(token_doc(token_id(value), roles, None))
         return docs
 
     def remove(self, actor: Identity, token: str) -> None:
+        """Delete a token given its value or its id."""
         self.ctx.authorize(actor, "token", "delete")
-        try:
-            self.ctx.tokens.delete(secret_key(token))
-        except NotFound:
-            raise NotFound(f'token "{token}" does not exist; "pctl tokens ls" lists tokens') from None
+        keys = [secret_key(token)]
+        if ID_RE.fullmatch(token):
+            keys += [key for key, _doc, _item in self.ctx.tokens.items() if key.startswith(token)]
+        for key in keys:
+            try:
+                self.ctx.tokens.delete(key)
+                return
+            except NotFound:
+                continue
+        static_values = [parse_static(static)[1] for static in self.ctx.settings.static_tokens]
+        if any(token in (value, token_id(value)) for value in static_values):
+            raise BadParameter(
+                "this is a static token from the config file; remove it from auth_service.tokens and restart"
+            )
+        raise NotFound('no token has this value or id; "pctl tokens ls" lists the ids of the tokens')
+
+    def scrub_stored(self) -> int:
+        """Start-up: drop token values that older versions kept in the stored documents."""
+        scrubbed = 0
+        for key, doc, item in list(self.ctx.tokens.items()):
+            if doc.get("metadata", {}).get("name") == key[:ID_LENGTH]:
+                continue
+            try:
+                self.ctx.tokens.swap(item, _stored(doc, key), expires=item.expires)
+                scrubbed += 1
+            except (CompareFailed, NotFound):
+                continue  # changed or removed meanwhile (another auth process)
+        return scrubbed
 
     def _find(self, token: str) -> dict:
+        wanted = secret_key(token)
         for static in self.ctx.settings.static_tokens:
-            kinds, _, value = static.rpartition(":")
-            if secrets.compare_digest(value.encode(), token.encode()):
-                return token_doc(value, normalize_roles(kinds.split(",")), None)
+            roles, value = parse_static(static)
+            if secrets.compare_digest(secret_key(value), wanted):  # equal lengths: nothing leaks by timing
+                return token_doc(token_id(value), roles, None)
         try:
             return self.ctx.tokens.get(secret_key(token))
         except NotFound:
-            raise AccessDenied(
-                'the join token is invalid or has expired; create a new one with "pctl tokens add --type=db"'
-            ) from None
+            raise AccessDenied(INVALID_TOKEN) from None
 
     def join(
         self, token: str, role: str, claimed_host_id: str | None, hostname: str, public_key_pem: str, remote: str
@@ -132,42 +209,35 @@ class TokenService:
         """Check the token's type and expiry, then sign a host certificate with a host id auth picks.
 
         Returns the certificate and the host id. A joiner never chooses its host id: a request
-        that names one is refused (and audited), so no join can take over another host.
+        that names one is refused (and audited), so no join can take over another host. The
+        token's scope is bound to the new host (its certificate and ``hosts/<host_id>``).
         """
         key = load_public_key(public_key_pem)
-
-        def refuse(error: AccessDenied) -> AccessDenied:
-            self.ctx.emit(
-                "instance.join",
-                "TJ002E",
-                role=role,
-                host_id=claimed_host_id or None,
-                nodename=hostname or None,
-                success=False,
-                error=error.message,
-                **{"addr.remote": remote},
-            )
-            return error
-
-        if claimed_host_id:
-            if self.hosts.exists(claimed_host_id):
-                raise refuse(AccessDenied(f'host id "{claimed_host_id}" belongs to another host; the cluster assigns host ids at join'))
-            raise refuse(AccessDenied("the cluster assigns host ids at join; send the join request without host_id"))
+        failure = {"role": role, "host_id": claimed_host_id or None, "success": False, "addr.remote": remote}
+        self.guard.check(remote, failure)
         try:
             doc = self._find(token)
         except AccessDenied as exc:
-            raise refuse(exc) from None
+            self.guard.failed(remote, {**failure, "error": str(exc)})
+            raise
+
+        def refuse(message: str) -> AccessDenied:
+            self.ctx.emit("instance.join", "TJ002E", nodename=hostname or None, error=message, **failure)
+            return AccessDenied(message)
+
+        if claimed_host_id:
+            if self.hosts.exists(claimed_host_id):
+                raise refuse(f'host id "{claimed_host_id}" belongs to another host; the cluster assigns host ids at join')
+            raise refuse("the cluster assigns host ids at join; send the join request without host_id")
         if role not in doc["spec"]["roles"]:
             raise refuse(
-                AccessDenied(
-                    f"this token cannot join a {role} service (it allows {', '.join(doc['spec']['roles'])}); "
-                    "create one with the right --type"
-                )
+                f"this token cannot join a {role} service (it allows {', '.join(doc['spec']['roles'])}); "
+                "create one with the right --type"
             )
         scope = token_scope(doc) if role == "Db" else HostScope()
         host_id = str(uuid.uuid4())
         cert = self.certs.sign_host(host_id, role, key, [hostname] if hostname else [], scope=scope)
-        self.hosts.record_join(host_id, role, hostname, scope, secret_key(token)[:16])
+        self.hosts.record_join(host_id, role, hostname, scope, doc["metadata"]["name"])
         self.ctx.emit(
             "instance.join",
             "TJ002I",

@@ -1,24 +1,36 @@
-"""Users: add (with an invite), update, remove, reset, and accepting an invite or reset."""
+"""Users: add (with an invite), update, remove, reset, and accepting an invite or reset.
+
+An invite or reset link's token is stored only as its SHA-256 (``user_tokens/<sha256>``,
+with the user, kind and expiry, never the link); the link is shown once, to the admin who
+made it. Lookups are limited per address (``auth.throttle``) and their failures audited
+as ``auth`` (T3007W) with a count.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from common.durations import format_go_duration
-from common.errors import AlreadyExists, BadParameter, NotFound
+from common.errors import AlreadyExists, BadParameter, CompareFailed, NotFound
 from common.identity import Identity
 from pteleport.auth import passwords, totp
 from pteleport.auth.context import AuthContext, secret_key
 from pteleport.auth.locks import LockService
+from pteleport.auth.throttle import SecretGuard
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9._@+-]{1,128}$")
 INVITE_TTL = timedelta(hours=1)
 MAX_INVITE_TTL = timedelta(hours=48)
 MAX_RESET_TTL = timedelta(hours=24)
 RESET_TTL = timedelta(hours=8)
+BAD_LINK = "this invite or reset link is invalid, already used or expired; ask an admin for a new one"
+# Fields of a stored user token; anything else (the link of older versions) is dropped.
+USER_TOKEN_FIELDS = ("user", "kind", "created", "expires", "totp_secret")
+BOT_LABEL = "teleport.internal/bot"
 
 
 def check_name(name: str, what: str = "user name") -> None:
@@ -43,6 +55,7 @@ class UserService:
     def __init__(self, ctx: AuthContext, locks: LockService) -> None:
         self.ctx = ctx
         self.locks = locks
+        self.guard = SecretGuard(lambda fields: ctx.emit("auth", "T3007W", **fields), ctx.clock)
 
     def _check_roles(self, roles: list[str]) -> None:
         if not roles:
@@ -57,8 +70,17 @@ class UserService:
             raise NotFound(f'user "{name}" does not exist; "pctl users ls" lists users') from None
 
     def list(self, actor: Identity) -> list[dict]:
+        """Users, each with ``status``: locked (until when), active, invited, reset or no password."""
         self.ctx.authorize(actor, "user", "list")
-        return self.ctx.users.list()
+        now = self.ctx.clock()
+        with_password = {name for name, _doc, _item in self.ctx.secrets.items()}
+        locked = {name: doc.get("locked_until") for name, doc, _item in self.ctx.login_state.items()}
+        pending = {doc.get("user"): doc.get("kind") for _key, doc, _item in self.ctx.user_tokens.items()}
+        out = []
+        for doc in self.ctx.users.list():
+            name = doc["metadata"]["name"]
+            out.append({**doc, "status": _status(doc, name in with_password, locked.get(name), pending.get(name), now)})
+        return out
 
     def add(
         self,
@@ -174,10 +196,11 @@ class UserService:
                 self.ctx.user_tokens.delete(key)
         self.ctx.user_tokens.create(
             secret_key(token),
-            {"user": name, "kind": kind, "created": now.isoformat(), "expires": expires.isoformat(), "url": url},
+            {"user": name, "kind": kind, "created": now.isoformat(), "expires": expires.isoformat()},
             expires=expires,
         )
         self.ctx.emit("reset_password_token.create", "T6000I", user=actor.username, name=name, ttl=str(ttl))
+        # The one place the token (and the link holding it) is ever shown: the answer to the admin.
         return {
             "kind": "user_token",
             "sub_kind": kind,
@@ -187,21 +210,35 @@ class UserService:
             "ttl": format_go_duration(ttl),
         }
 
+    def scrub_stored_tokens(self) -> int:
+        """Start-up: drop the links (holding the token) that older versions stored."""
+        scrubbed = 0
+        for _key, doc, item in list(self.ctx.user_tokens.items()):
+            if set(doc) <= set(USER_TOKEN_FIELDS):
+                continue
+            try:
+                kept = {k: v for k, v in doc.items() if k in USER_TOKEN_FIELDS}
+                self.ctx.user_tokens.swap(item, kept, expires=item.expires)
+                scrubbed += 1
+            except (CompareFailed, NotFound):
+                continue
+        return scrubbed
+
     # --- accepting an invite (no certificate: the token is the credential) --------------
-    def _user_token(self, token: str) -> tuple[dict, Any]:
+    def _user_token(self, token: str, remote: str) -> tuple[dict, Any]:
+        failure = {"method": "invite_link", "success": False, "addr.remote": remote}
+        self.guard.check(remote, failure)
         try:
             item = self.ctx.user_tokens.get_item(secret_key(token))
         except NotFound:
-            raise NotFound(
-                "this invite or reset link is invalid, already used or expired; ask an admin for a new one"
-            ) from None
-        import json
-
+            reason = "unknown, used or expired invite or reset link"
+            self.guard.failed(remote, {**failure, "error": reason})
+            raise NotFound(BAD_LINK, detail=reason) from None
         return json.loads(item.value), item
 
-    def invite_details(self, token: str) -> dict:
+    def invite_details(self, token: str, remote: str = "") -> dict:
         """What the signup page shows: the user and the TOTP secret to enrol (made on first view)."""
-        doc, item = self._user_token(token)
+        doc, item = self._user_token(token, remote)
         if self.ctx.settings.second_factor == "otp" and "totp_secret" not in doc:
             doc["totp_secret"] = totp.new_secret()
             self.ctx.user_tokens.swap(item, doc, expires=item.expires)
@@ -211,8 +248,8 @@ class UserService:
             result["otpauth_uri"] = totp.provisioning_uri(doc["totp_secret"], doc["user"], self.ctx.cluster_name)
         return result
 
-    def complete_invite(self, token: str, password: str, otp_code: str) -> str:
-        doc, item = self._user_token(token)
+    def complete_invite(self, token: str, password: str, otp_code: str, remote: str = "") -> str:
+        doc, item = self._user_token(token, remote)
         passwords.check_new_password(password)
         secret = None
         counter = 0
@@ -234,3 +271,27 @@ class UserService:
             self.ctx.login_state.delete(doc["user"])
         self.ctx.emit("user.password_change", "T1005I", user=doc["user"])
         return doc["user"]
+
+
+def _status(doc: dict, has_password: bool, locked_until: str | None, pending: str | None, now: datetime) -> dict:
+    """``status`` of a listed user: Teleport's ``is_locked``/``lock_expires``, and ``state``."""
+    status: dict[str, Any] = {"is_locked": False}
+    until = None
+    if locked_until:
+        try:
+            until = datetime.fromisoformat(locked_until)
+        except ValueError:
+            until = None
+    if until is not None and until > now:
+        status.update(is_locked=True, lock_expires=until.isoformat(), state="locked")
+    elif (doc.get("metadata", {}).get("labels") or {}).get(BOT_LABEL) == "true":
+        status["state"] = "bot"
+    elif pending == "reset":
+        status["state"] = "reset"
+    elif has_password:
+        status["state"] = "active"
+    elif pending == "invite":
+        status["state"] = "invited"
+    else:
+        status["state"] = "no password"
+    return status
