@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from common.errors import BadParameter, NotLoggedIn
+from common.tls_alerts import AlertingContext
 
 ALPN_HTTP = "http/1.1"
 ALPN_POSTGRES = "pteleport-postgres"
@@ -159,8 +160,11 @@ def server_context(
     client_auth: str = "optional",
     alpn: list[str] | None = None,
 ) -> ssl.SSLContext:
-    """A TLS server context. ``client_auth`` is ``none``, ``optional`` or ``required``."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    """A TLS server context. ``client_auth`` is ``none``, ``optional`` or ``required``.
+
+    A refused handshake sends the client its TLS alert (``common.tls_alerts``).
+    """
+    ctx = AlertingContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     load_cert_chain(ctx, cert, key)
     if client_auth != "none" and client_cas.strip():
