@@ -72,7 +72,8 @@ class Pki:
         return self.dir / f"{name}.crt", self.dir / f"{name}.key"
 
 
-def _expired(ca: ThrowawayCA, name: str) -> tuple[bytes, bytes]:
+def expired_cert(ca: ThrowawayCA, name: str) -> tuple[bytes, bytes]:
+    """A client certificate from ``ca`` that expired an hour ago, and its key."""
     from datetime import timedelta
 
     from cryptography.hazmat.primitives import hashes
@@ -105,7 +106,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     made = {
         "server": ca.issue("localhost", ["localhost", "127.0.0.1"], server=True),
         "good": ca.issue("alice"),
-        "expired": _expired(ca, "alice"),
+        "expired": expired_cert(ca, "alice"),
         "foreign": ThrowawayCA.create("another cluster").issue("alice"),
         "tampered": (tampered(cert, b"alice", b"admin"), key),
     }

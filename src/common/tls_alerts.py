@@ -35,7 +35,8 @@ class _AlertFirst(ssl.SSLObject):
 
     def do_handshake(self) -> None:
         if self._refusal is not None:
-            raise self._refusal
+            refusal, self._refusal = self._refusal, None
+            raise refusal
         try:
             super().do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -44,8 +45,8 @@ class _AlertFirst(ssl.SSLObject):
             if self._outgoing is None or not self._outgoing.pending:
                 raise
             log.debug("refused a TLS handshake, alert sent: %s", exc)
-            self._refusal = exc
-            raise ssl.SSLWantReadError("the refusal's alert is being sent") from exc
+            self._refusal = exc.with_traceback(None)  # no frame of ours: no reference cycle
+            raise ssl.SSLWantReadError("the refusal's alert is being sent") from None
 
 
 class AlertingContext(ssl.SSLContext):
