@@ -145,6 +145,34 @@ def test_an_expired_certificate_is_renewed_when_a_client_arrives(world: World) -
     assert len(calls) == 1  # the renewed certificate is used from then on
 
 
+def test_clients_that_arrive_together_share_one_renewal() -> None:
+    """Five clients at once with an expired certificate: one attempt; a client after it: a new one."""
+    import time
+
+    from ptsh.tunnel import CertSource
+
+    ca = ThrowawayCA.create("user CA")
+    calls: list[int] = []
+
+    def refresh() -> tuple[bytes, bytes]:
+        calls.append(1)
+        time.sleep(0.2)
+        raise NotLoggedIn("your ptsh login expired; run `ptsh login --proxy=example:3080`")
+
+    source = CertSource(*expired_cert(ca, "alice"), ca.cert_pem, refresh)
+
+    async def arrive() -> tuple[list[Any], int, list[Any]]:
+        together = await asyncio.gather(*(source.current() for _ in range(5)), return_exceptions=True)
+        attempts = len(calls)
+        later = await asyncio.gather(source.current(), return_exceptions=True)  # e.g. after ptsh login
+        return together, attempts, later
+
+    together, attempts, later = asyncio.run(arrive())
+    assert attempts == 1
+    assert all(isinstance(r, NotLoggedIn) and "your ptsh login expired" in r.message for r in together)
+    assert len(calls) == 2 and isinstance(later[0], NotLoggedIn)
+
+
 def test_the_proxy_refusing_the_certificate_is_translated(world: World) -> None:
     proxy = f"127.0.0.1:{world.proxy_port}"
     expired = world.tunnel(*expired_cert(world.user_ca, "alice"))  # nothing to renew it with
@@ -260,7 +288,7 @@ def tunnel_psql(port: int, sql: str = "select current_user") -> subprocess.Compl
 @pytest.mark.slow
 def test_a_tunnel_whose_login_expired_tells_psql_to_log_in_again(site: Site) -> None:
     proxy = site.env.cluster.addr
-    site.login("--ttl=8s")
+    site.login("--ttl=20s")  # long enough for the first psql on a busy machine
     with site.tunnel() as (port, proc):
         works = tunnel_psql(port)
         assert (works.returncode, works.stdout.strip()) == (0, "alice"), works.stderr
@@ -279,7 +307,7 @@ def test_a_tunnel_whose_login_expired_tells_psql_to_log_in_again(site: Site) -> 
 @pytest.mark.slow
 def test_db_connect_renews_on_reconnect_and_refuses_once_the_login_expired(site: Site) -> None:
     proxy = site.env.cluster.addr
-    site.login("--ttl=8s")
+    site.login("--ttl=15s")  # long enough for the first query on a busy machine
     expires = x509.load_pem_x509_certificate(site.login_expires().read_bytes()).not_valid_after_utc
     wait = max(1.0, (expires - datetime.now(UTC)).total_seconds() + 1)
     result = site.ptsh("db", "connect", "aurora", "--db-user=alice", "--db-name=postgres", "--",

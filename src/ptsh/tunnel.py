@@ -55,8 +55,6 @@ MAX_STARTUP = 10000
 RENEW_BEFORE = timedelta(minutes=2)
 # After a renewal attempt, the next one waits this long unless the certificate has expired.
 RENEW_INTERVAL = timedelta(seconds=30)
-# Clients that arrive together with an expired certificate share one attempt.
-RETRY_EXPIRED = timedelta(seconds=2)
 
 
 def _utc_now() -> datetime:
@@ -94,6 +92,7 @@ class CertSource:
         self.clock = clock
         self._set(cert, key)
         self._next_attempt = self.clock()
+        self._finished = 0  # renewal attempts completed
         self._failure: PteleportError | None = None
         self._warned = ""
         self._lock: asyncio.Lock | None = None
@@ -132,13 +131,13 @@ class CertSource:
             return self._ctx
         if self._lock is None:
             self._lock = asyncio.Lock()
+        seen = self._finished
         async with self._lock:
             if not self._due():
                 return self._ctx
-            now = self.clock()
-            if self._failure is not None and now >= self.expires and now < self._next_attempt:
-                raise self._failure
-            self._next_attempt = now + (RETRY_EXPIRED if now >= self.expires else RENEW_INTERVAL)
+            if self._finished != seen and self._failure is not None and self.expired():
+                raise self._failure  # the attempt that was under way when this client came failed
+            self._next_attempt = self.clock() + RENEW_INTERVAL
             try:
                 await asyncio.to_thread(self.renew)
             except PteleportError as err:
@@ -152,6 +151,8 @@ class CertSource:
             else:
                 self._failure = None
                 self._warned = ""
+            finally:
+                self._finished += 1
             return self._ctx
 
 
