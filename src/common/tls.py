@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from common.errors import BadParameter, NotLoggedIn
+from common.tls_alerts import AlertingContext
 
 ALPN_HTTP = "http/1.1"
 ALPN_POSTGRES = "pteleport-postgres"
@@ -159,8 +160,11 @@ def server_context(
     client_auth: str = "optional",
     alpn: list[str] | None = None,
 ) -> ssl.SSLContext:
-    """A TLS server context. ``client_auth`` is ``none``, ``optional`` or ``required``."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    """A TLS server context. ``client_auth`` is ``none``, ``optional`` or ``required``.
+
+    A refused handshake sends the client its TLS alert (``common.tls_alerts``).
+    """
+    ctx = AlertingContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     load_cert_chain(ctx, cert, key)
     if client_auth != "none" and client_cas.strip():
@@ -195,19 +199,26 @@ def client_context(
     return ctx
 
 
-def describe_ssl_error(exc: BaseException) -> str:
-    """Turn an OpenSSL alert seen by a client into words a user can act on."""
+def describe_ssl_error(exc: BaseException, relogin: str = "log in again") -> str:
+    """Turn an OpenSSL alert seen by a client into words a user can act on.
+
+    The proxy answers a refused client certificate with the alert OpenSSL chose
+    (``common.tls_alerts``); ``relogin`` is what the user should do then.
+    """
     text = str(exc)
-    if "CERTIFICATE_EXPIRED" in text.upper() or "certificate expired" in text:
-        return "the cluster refused your certificate because it has expired; log in again"
-    if "UNKNOWN_CA" in text.upper() or "unknown ca" in text:
-        return "the cluster refused your certificate: it was not issued by this cluster; log in again"
-    if "CERTIFICATE_VERIFY_FAILED" in text.upper():
+    upper = text.upper()
+    if "CERTIFICATE_EXPIRED" in upper or "certificate expired" in text:
+        return f"the cluster refused your certificate because it has expired; {relogin}"
+    if "UNKNOWN_CA" in upper or "unknown ca" in text:
+        return f"the cluster refused your certificate: it was not issued by this cluster; {relogin}"
+    if "CERTIFICATE_REQUIRED" in upper or "certificate required" in text:
+        return f"the cluster refused your certificate because none was sent; {relogin}"
+    if "CERTIFICATE_VERIFY_FAILED" in upper:
         return (
             "the proxy's certificate could not be verified"
             f" ({getattr(exc, 'verify_message', '') or text}); pass --insecure only for a test cluster,"
             " or --ca-file with the certificate that signed the proxy's"
         )
-    if "BAD_CERTIFICATE" in text.upper() or "DECRYPT" in text.upper():
-        return "the cluster refused your certificate; log in again"
+    if "BAD_CERTIFICATE" in upper or "DECRYPT" in upper:
+        return f"the cluster refused your certificate (it is damaged or was altered); {relogin}"
     return f"TLS handshake failed: {text}"

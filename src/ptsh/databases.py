@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import BadParameter, NotFound
 from ptsh.login_state import Login
-
-RENEW_BEFORE = timedelta(minutes=2)
 
 
 @dataclass
@@ -122,6 +120,8 @@ def logout_databases(login: Login, database: str | None) -> list[str]:
 
 def cert_for(login: Login, database: str, db_user: str | None, db_name: str | None) -> DbCert:
     """A usable certificate: the saved one when it matches and is fresh, else a new one."""
+    from ptsh.tunnel import RENEW_BEFORE
+
     saved = saved_db_cert(login, database)
     now = datetime.now(UTC)
     if (
@@ -144,16 +144,72 @@ def proxy_host_port(login: Login) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def relogin_hint(login: Login) -> str:
+    """What to do when the login behind a tunnel no longer works."""
+    if login.identity_file is not None:
+        from ptsh.login_state import RENEW_HINT
+
+        return f"get a new identity file with {RENEW_HINT}"
+    return f"run `ptsh login --proxy={login.proxy}`"
+
+
+def _reloaded(login: Login) -> Login:
+    """The same user's login as it is on disk now (``ptsh login`` may have renewed it), else ``login``."""
+    from ptsh.login_state import load_identity_file, profile_login
+
+    try:
+        if login.identity_file is not None:
+            fresh = load_identity_file(login.identity_file, login.proxy)
+        elif login.store is not None:
+            fresh = profile_login(login.store, login.store.find(login.proxy))
+        else:
+            return login
+    except Exception:
+        return login
+    same = fresh.username == login.username and fresh.cluster == login.cluster
+    return fresh if same and not fresh.expired else login
+
+
+def tunnel_certs(login: Login, cert: DbCert, on_warning: Any = None) -> Any:
+    """The CertSource of a tunnel: renews ``cert`` with the current login, or says what to do."""
+    from common.errors import NotLoggedIn
+    from ptsh.tunnel import CertSource
+
+    state = {"login": login, "cert": cert}
+
+    def refresh() -> tuple[bytes, bytes]:
+        current = _reloaded(state["login"])  # type: ignore[arg-type]
+        if current.expired:
+            if current.identity_file is not None:
+                raise NotLoggedIn(f"the identity file {current.identity_file} expired; {relogin_hint(current)}")
+            raise NotLoggedIn(f"your ptsh login expired; {relogin_hint(current)}")
+        old: DbCert = state["cert"]  # type: ignore[assignment]
+        try:
+            new = issue_db_cert(current, old.database, old.db_user, old.db_name)
+        except NotLoggedIn as err:
+            raise NotLoggedIn(f"the cluster no longer accepts your login ({err.message}); {relogin_hint(current)}") from None
+        state.update(login=current, cert=new)
+        return new.cert, current.key
+
+    return CertSource(cert.cert, login.key, login.host_cas, refresh, on_warning=on_warning)
+
+
 class BackgroundTunnel:
-    """A LocalTunnel on its own event-loop thread, for `ptsh db connect` (psql runs in front)."""
+    """A LocalTunnel on its own event-loop thread, for `ptsh db connect` (psql runs in front).
+
+    Its refusals reach psql as ErrorResponses; warnings (a renewal that failed while the
+    certificate still worked) are kept in ``warnings`` for after psql exits.
+    """
 
     def __init__(self, login: Login, cert: DbCert) -> None:
-        from ptsh.tunnel import CertSource, LocalTunnel, new_event_loop
+        from ptsh.tunnel import LocalTunnel, new_event_loop
 
         host, port = proxy_host_port(login)
-        self.errors: list[str] = []
+        self.warnings: list[str] = []
         self.loop = new_event_loop()
-        self.tunnel = LocalTunnel(host, port, CertSource(cert.cert, login.key, login.host_cas), self.errors.append)
+        self.tunnel = LocalTunnel(
+            host, port, tunnel_certs(login, cert, self.warnings.append), relogin=relogin_hint(login)
+        )
         self.thread = threading.Thread(target=self.loop.run_forever, name="ptsh-tunnel", daemon=True)
 
     def start(self, port: int = 0) -> int:
@@ -177,31 +233,29 @@ def connection_url(user: str, port: int, dbname: str) -> str:
 async def run_tunnel(
     login: Login, database: str, db_user: str | None, db_name: str | None, port: int, announce: Any
 ) -> None:
-    """`ptsh proxy db --tunnel`: serve until cancelled, renewing the certificate before it expires."""
-    from ptsh.tunnel import CertSource, LocalTunnel
+    """`ptsh proxy db --tunnel`: serve until cancelled, renewing the certificate before it expires.
+
+    Clients that arrive when it has expired renew it too; each refusal goes to the client
+    (an ErrorResponse psql prints) and to this process's stderr.
+    """
+    from common.cli import eprint
+    from common.errors import PteleportError
+    from ptsh.tunnel import LocalTunnel
 
     cert = cert_for(login, database, db_user, db_name)
-    state = {"cert": cert}
-
-    def refresh() -> tuple[bytes, bytes]:
-        state["cert"] = issue_db_cert(login, database, state["cert"].db_user, state["cert"].db_name)
-        return state["cert"].cert, login.key
-
     host, proxy_port = proxy_host_port(login)
-    source = CertSource(cert.cert, login.key, login.host_cas, refresh)
-    tunnel = LocalTunnel(host, proxy_port, source)
+    source = tunnel_certs(login, cert, lambda message: eprint(f"WARNING: {message}"))
+    tunnel = LocalTunnel(
+        host, proxy_port, source, on_error=lambda message: eprint(f"ERROR: {message}"), relogin=relogin_hint(login)
+    )
     bound = await tunnel.start("127.0.0.1", port)
     announce(cert, bound)
     try:
         while True:
             await asyncio.sleep(30)
-            expires = state["cert"].expires
-            if expires is not None and expires - datetime.now(UTC) < RENEW_BEFORE:
-                try:
-                    await asyncio.to_thread(source.renew)
-                except Exception as exc:
-                    from common.cli import eprint
-
-                    eprint(f"WARNING: could not renew the database certificate: {exc}")
+            try:
+                await source.current()
+            except PteleportError:
+                pass  # the next client gets the refusal (and it is printed then)
     finally:
         await tunnel.close()

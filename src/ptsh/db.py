@@ -163,8 +163,8 @@ def db_connect(
         return _run_psql([psql, connection_url(cert.db_user, port, cert.db_name), *ctx.args])
     finally:
         tunnel.stop()
-        for message in tunnel.errors[:1]:
-            eprint(f"ERROR: {message}")
+        for message in tunnel.warnings[:1]:
+            eprint(f"WARNING: {message}")
 
 
 def _run_psql(argv: list[str]) -> int:

@@ -6,6 +6,13 @@ with "N", then opens one mTLS connection per client connection to the proxy (ALP
 psql's Ctrl+C arrives as a CancelRequest on a new plain connection; it travels the same
 way, so the proxy always sees a certificate and cancel works.
 
+Every refusal reaches the client as a PostgreSQL ErrorResponse with one sentence (built in
+``refusal``; SQLSTATE from ``common.errors``), never as a silently closed socket: a
+certificate that expired and could not be renewed (28000), the proxy refusing the TLS
+handshake (its alert in words, 28000), a proxy that cannot be reached (08006), a client
+that does not speak PostgreSQL (08P01). ``CertSource`` renews the certificate when a client
+arrives and it has expired or is about to, not only on a timer.
+
 No Typer here: ``ptsh db connect`` and ``ptsh proxy db`` drive it, and tests can too.
 """
 
@@ -13,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import struct
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from common.errors import BadParameter, ConnectionProblem, InternalError, NotLoggedIn, PteleportError, sqlstate_for
 from common.relay import Connection, splice
-from common.tls import ALPN_POSTGRES, INTERNAL_SNI, client_context
+from common.tls import ALPN_POSTGRES, INTERNAL_SNI, client_context, describe_ssl_error
 
 log = logging.getLogger("ptsh.tunnel")
 
@@ -40,42 +50,146 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
 MAX_STARTUP = 10000
+RENEW_BEFORE = timedelta(minutes=2)
+# After a renewal attempt, the next one waits this long unless the certificate has expired.
+RENEW_INTERVAL = timedelta(seconds=30)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _not_after(cert: bytes) -> datetime:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert).not_valid_after_utc
 
 
 class CertSource:
-    """Where the tunnel gets the current certificate; ``refresh`` may re-issue it."""
+    """The tunnel's certificate, renewed through ``refresh`` when it has expired or is about to.
+
+    ``refresh`` returns a new (certificate, key) or raises a PteleportError whose message
+    says what to do (e.g. "your ptsh login expired; run ..."). A failed renewal is only a
+    warning while the certificate still works; once it has expired, it is the refusal
+    every new client gets.
+    """
 
     def __init__(
-        self, cert: bytes, key: bytes, host_cas: bytes, refresh: Callable[[], tuple[bytes, bytes]] | None = None
+        self,
+        cert: bytes,
+        key: bytes,
+        host_cas: bytes,
+        refresh: Callable[[], tuple[bytes, bytes]] | None = None,
+        *,
+        on_warning: Callable[[str], None] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.host_cas = host_cas
         self.refresh = refresh
-        self._ctx = self._make(cert, key)
+        self.on_warning = on_warning
+        self.clock = clock
+        self._set(cert, key)
+        self._next_attempt = self.clock()
+        self._finished = 0  # renewal attempts completed
+        self._failure: PteleportError | None = None
+        self._warned = ""
+        self._lock: asyncio.Lock | None = None
 
-    def _make(self, cert: bytes, key: bytes) -> ssl.SSLContext:
-        return client_context(cas=self.host_cas, cert=cert, key=key, alpn=[ALPN_POSTGRES])
+    def _set(self, cert: bytes, key: bytes) -> None:
+        self._ctx = client_context(cas=self.host_cas, cert=cert, key=key, alpn=[ALPN_POSTGRES])
+        self.expires = _not_after(cert)
 
     def context(self) -> ssl.SSLContext:
         return self._ctx
 
+    def expired(self) -> bool:
+        return self.clock() >= self.expires
+
+    def _due(self) -> bool:
+        if self.refresh is None:
+            return False
+        now = self.clock()
+        return now >= self.expires or (self.expires - now < RENEW_BEFORE and now >= self._next_attempt)
+
     def renew(self) -> None:
-        if self.refresh is not None:
+        """Ask for a new certificate now (blocking); raises the refusal as a PteleportError."""
+        if self.refresh is None:
+            return
+        try:
             cert, key = self.refresh()
-            self._ctx = self._make(cert, key)
+        except PteleportError:
+            raise
+        except Exception as exc:
+            raise InternalError(f"could not renew the tunnel's certificate: {exc}") from exc
+        self._set(cert, key)
+
+    async def current(self) -> ssl.SSLContext:
+        """The context to dial with, renewed first when it is due; raises when it cannot be used."""
+        if not self._due():
+            return self._ctx
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        seen = self._finished
+        async with self._lock:
+            if not self._due():
+                return self._ctx
+            if self._finished != seen and self._failure is not None and self.expired():
+                raise self._failure  # the attempt that was under way when this client came failed
+            self._next_attempt = self.clock() + RENEW_INTERVAL
+            try:
+                await asyncio.to_thread(self.renew)
+            except PteleportError as err:
+                self._failure = err
+                if self.expired():
+                    raise
+                if self.on_warning is not None and err.message != self._warned:
+                    self._warned = err.message
+                    self.on_warning(f"could not renew the tunnel's certificate (it expires at "
+                                    f"{self.expires:%H:%M:%S} UTC): {err.message}")
+            else:
+                self._failure = None
+                self._warned = ""
+            finally:
+                self._finished += 1
+            return self._ctx
+
+
+class _Upstream(Connection):
+    """The mTLS connection to the proxy; remembers why it was lost (a TLS alert, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: BaseException | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.error = exc
+        super().connection_lost(exc)
 
 
 class LocalTunnel:
     def __init__(
-        self, proxy_host: str, proxy_port: int, certs: CertSource, on_error: Callable[[str], None] | None = None
+        self,
+        proxy_host: str,
+        proxy_port: int,
+        certs: CertSource,
+        on_error: Callable[[str], None] | None = None,
+        relogin: str | None = None,
     ) -> None:
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
         self.certs = certs
         self.on_error = on_error
+        self.relogin = relogin or f"run `ptsh login --proxy={self.proxy_addr}`"
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def proxy_addr(self) -> str:
+        host = f"[{self.proxy_host}]" if ":" in self.proxy_host else self.proxy_host
+        return f"{host}:{self.proxy_port}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         loop = asyncio.get_running_loop()
@@ -99,48 +213,105 @@ class LocalTunnel:
     async def _serve(self, client: Connection) -> None:
         try:
             first = await self._negotiate(client)
-        except (ConnectionError, ValueError):
+        except ConnectionError:
             client.close()
+            return
+        except PteleportError as err:
+            self._refuse(client, err)
             return
         try:
-            upstream = await self._dial()
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            message = f"cannot reach the proxy at {self.proxy_host}:{self.proxy_port}: {exc}"
-            if self.on_error:
-                self.on_error(message)
-            client.write(_error(message))
-            client.close()
+            upstream = await self._dial(await self.certs.current())
+            upstream.write(first)
+            if not _is_cancel(first) and not await upstream.wait_data():
+                raise self._closed_without_answer(upstream)
+        except PteleportError as err:
+            self._refuse(client, err)
             return
-        upstream.write(first)
         await splice(client, upstream)
 
-    async def _negotiate(self, client: Connection) -> bytes:
-        """Answer SSLRequest/GSSENCRequest with N; return the next startup packet as is."""
-        for _ in range(3):
-            head = await asyncio.wait_for(client.read_exactly(8), 60)
-            length, code = struct.unpack("!ii", head)
-            if length < 8 or length > MAX_STARTUP:
-                raise ValueError("not a Postgres client")
-            if length == 8 and code in (SSL_REQUEST, GSSENC_REQUEST):
-                client.write(b"N")
-                continue
-            return head + await asyncio.wait_for(client.read_exactly(length - 8), 60)
-        raise ValueError("too many negotiation requests")
+    def _refuse(self, client: Connection, err: PteleportError) -> None:
+        if self.on_error is not None:
+            self.on_error(err.message)
+        client.write(refusal(err))
+        client.close()
 
-    async def _dial(self) -> Connection:
+    async def _negotiate(self, client: Connection) -> bytes:
+        """Answer SSLRequest/GSSENCRequest with N (psql sends at most one of each); return the startup packet."""
+        requests = 0
+        try:
+            while True:
+                head = await asyncio.wait_for(client.read_exactly(8), 60)
+                length, code = struct.unpack("!ii", head)
+                if length < 8 or length > MAX_STARTUP:
+                    raise BadParameter(
+                        "protocol violation: the client did not send a PostgreSQL startup message; this is a "
+                        "local PostgreSQL tunnel, connect with a PostgreSQL client and sslmode=disable"
+                    )
+                if length == 8 and code in (SSL_REQUEST, GSSENC_REQUEST):
+                    requests += 1
+                    if requests > 2:
+                        raise BadParameter(
+                            "protocol violation: more than two encryption requests before the startup message; "
+                            "connect with sslmode=disable (the tunnel encrypts the way to the proxy itself)"
+                        )
+                    client.write(b"N")
+                    continue
+                return head + await asyncio.wait_for(client.read_exactly(length - 8), 60)
+        except TimeoutError:
+            raise BadParameter(
+                "protocol violation: no PostgreSQL startup message within 60 seconds; the tunnel closed the connection"
+            ) from None
+
+    async def _dial(self, ctx: ssl.SSLContext) -> _Upstream:
         loop = asyncio.get_running_loop()
-        _transport, conn = await asyncio.wait_for(
-            loop.create_connection(
-                Connection,
-                self.proxy_host,
-                self.proxy_port,
-                ssl=self.certs.context(),
-                server_hostname=INTERNAL_SNI,
-                ssl_handshake_timeout=15,
-            ),
-            20,
-        )
+        try:
+            _transport, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    _Upstream,
+                    self.proxy_host,
+                    self.proxy_port,
+                    ssl=ctx,
+                    server_hostname=INTERNAL_SNI,
+                    ssl_handshake_timeout=15,
+                ),
+                20,
+            )
+        except ssl.SSLError as exc:
+            raise self._tls_refusal(exc) from None
+        except TimeoutError:
+            raise self._unreachable("no answer within 20 seconds") from None
+        except OSError as exc:
+            raise self._unreachable(os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__) from None
         return conn
+
+    def _unreachable(self, reason: str) -> ConnectionProblem:
+        return ConnectionProblem(
+            f"cannot reach the proxy at {self.proxy_addr} ({reason}); check that the proxy is running "
+            "and that this machine can reach it"
+        )
+
+    def _tls_refusal(self, exc: BaseException) -> PteleportError:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return NotLoggedIn(
+                f"the proxy at {self.proxy_addr} presented a certificate this login does not trust "
+                f"({exc.verify_message or exc}); it may be another cluster's: {self.relogin}"
+            )
+        text = describe_ssl_error(exc, relogin=self.relogin)
+        if "refused your certificate" in text:
+            return NotLoggedIn(text)
+        return ConnectionProblem(f"cannot connect securely to the proxy at {self.proxy_addr}: {text}")
+
+    def _closed_without_answer(self, upstream: _Upstream) -> PteleportError:
+        if isinstance(upstream.error, ssl.SSLError):
+            return self._tls_refusal(upstream.error)
+        return ConnectionProblem(
+            f"the proxy at {self.proxy_addr} closed the connection without answering; "
+            "try again, and if it persists ask the cluster's administrator to check the proxy's log"
+        )
+
+
+def _is_cancel(packet: bytes) -> bool:
+    return len(packet) >= 8 and struct.unpack_from("!i", packet, 4)[0] == CANCEL_REQUEST
 
 
 class _Accepted(Connection):
@@ -153,6 +324,8 @@ class _Accepted(Connection):
         self.tunnel._spawn(self)
 
 
-def _error(message: str) -> bytes:
-    fields = b"SFATAL\x00C08006\x00M" + message.encode() + b"\x00\x00"
+def refusal(err: PteleportError) -> bytes:
+    """A PostgreSQL ErrorResponse (FATAL) that carries the error's sentence and SQLSTATE."""
+    message = err.message.replace("\x00", " ")
+    fields = b"SFATAL\x00VFATAL\x00C" + sqlstate_for(err).encode() + b"\x00M" + message.encode() + b"\x00\x00"
     return b"E" + struct.pack("!i", len(fields) + 4) + fields
