@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from common.durations import parse_duration
 from common.errors import BadParameter
 from common.paths import default_data_dir
 
@@ -35,6 +37,15 @@ def _yes_no(value: Any) -> Any:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _duration(value: Any) -> Any:
+    """A duration field stays a string, checked by the one parser (a bare number needs a unit)."""
+    try:
+        parse_duration(value)
+    except BadParameter as exc:
+        raise PydanticCustomError("duration", exc.message) from None
+    return str(value).strip()
 
 
 class LogConfig(_Strict):
@@ -93,10 +104,14 @@ class AuthenticationConfig(_Strict):
 class AuditConfig(_Strict):
     retention: str = "90d"
 
+    _d = field_validator("retention", mode="before")(lambda cls, v: _duration(v))
+
 
 class LockoutConfig(_Strict):
     max_attempts: int = 5
     lockout_duration: str = "20m"
+
+    _d = field_validator("lockout_duration", mode="before")(lambda cls, v: _duration(v))
 
 
 class AuthService(_Strict):
