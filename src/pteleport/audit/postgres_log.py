@@ -4,6 +4,10 @@ Columns as in the SQLite log; ``time`` is TIMESTAMPTZ and ``data`` is JSON (not 
 which cannot hold ``\\u0000``; JSON keeps the text as written). Writers take a
 transaction-scoped advisory lock, so arrival numbers (``id``) become visible in order
 and a follower reading ``id > last`` never skips an event that committed late.
+
+The connection heals after a server restart (``pteleport.storage.pg_conn``). A batch whose
+connection broke is written again on the new connection, even if it broke during COMMIT:
+events are stored once per ``uid``, so writing a batch twice stores it once.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class PostgresAuditLog:
                     rows,
                 )
 
-        self._db.run(write)
+        self._db.run(write, idempotent=True)  # stored once per uid: a second run adds nothing
 
     def search(
         self,
@@ -130,11 +134,13 @@ class PostgresAuditLog:
                 params.append(row[0])
             return [r[0] for r in conn.execute(sql, params).fetchall()]
 
-        return [json.loads(data) for data in self._db.run(run)]
+        return [json.loads(data) for data in self._db.run(run, idempotent=True)]
 
     def prune(self, before: datetime) -> int:
         cutoff = check_aware("before", before)
-        return self._db.run(lambda conn: conn.execute("DELETE FROM events WHERE time < %s", (cutoff,)).rowcount)
+        return self._db.run(
+            lambda conn: conn.execute("DELETE FROM events WHERE time < %s", (cutoff,)).rowcount, idempotent=True
+        )
 
     def close(self) -> None:
         self._db.close()
