@@ -93,6 +93,7 @@ def test_a_write_cut_off_during_commit_is_not_repeated_and_says_so(pg_db: tuple[
     conn.close()
 
 
+@pytest.mark.slow  # starts its own server
 def test_a_dead_server_is_tried_again_only_after_the_backoff(tmp_path: Any) -> None:
     """While the server is gone, calls fail at once ("try again") without a connect attempt
     each; after the delay, one attempt."""
@@ -120,6 +121,7 @@ def test_a_dead_server_is_tried_again_only_after_the_backoff(tmp_path: Any) -> N
         server.stop()
 
 
+@pytest.mark.slow  # starts its own server
 def test_backend_and_audit_log_survive_a_server_restart(tmp_path: Any) -> None:
     server = PgServer.start(tmp_path)
     try:
