@@ -196,7 +196,7 @@ def test_query_events_match_what_pgbench_executed(env: DbEnv) -> None:
     sessions = {e["sid"] for e in env.events(type="db.session.start", user="alice") if e.get("db_user") == "bencher"}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        # Counted per session: each stays under the search limit of 10,000 events.
+        # Counted per session (dbenv.events reads at most 10,000 events per call).
         selects = [e for sid in sessions for e in env.events(sid=sid)
                    if e["event"] == "db.session.query" and e["db_query"].startswith("SELECT abalance")]
         if len(selects) >= done:
