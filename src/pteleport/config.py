@@ -179,11 +179,22 @@ class ResourceMatcher(_Strict):
     aws: dict[str, Any] | None = None
 
 
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30  # 1 GiB
+
+
+class DbAuditConfig(_Strict):
+    """How the agent keeps audit events while auth cannot take them (docs/config.md)."""
+
+    spool_max_bytes: int = Field(default=DEFAULT_SPOOL_MAX_BYTES, ge=0)
+    unaudited_sessions: Literal["refuse", "allow"] = "refuse"
+
+
 class DbService(_Strict):
     enabled: bool = False
     databases: list[DatabaseConfig] = Field(default_factory=list)
     resources: list[ResourceMatcher] = Field(default_factory=list)
     aws: list[dict[str, Any]] = Field(default_factory=list)
+    audit: DbAuditConfig = Field(default_factory=DbAuditConfig)
 
     _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
 
