@@ -169,8 +169,8 @@ class AuditShipper:
                     self.queue.popleft()
                 pending -= len(batch)
             self._strikes.clear()
-            if self._problem is not None and not self.queue:
-                self._problem = None  # everything reached auth: nothing waits for the disk
+            if not self.queue:
+                self._clear_problem()  # everything reached auth: nothing waits for the disk
             self._report_loss()
 
     # --- sending and sorting out refusals -------------------------------------------------
@@ -294,7 +294,7 @@ class AuditShipper:
             self._set_problem(f"the audit spool {self.spool} is full ({self.spool_max_bytes} bytes)")
         else:
             self._clear_problem()
-            log.warning("audit: auth unreachable; %d events kept in %s", fit, self.spool)
+            log.debug("audit: auth unreachable; %d events kept in %s", fit, self.spool)
         return fit
 
     @staticmethod
@@ -319,7 +319,7 @@ class AuditShipper:
 
     def _clear_problem(self) -> None:
         if self._problem is not None:
-            log.info("audit: the spool takes events again")
+            log.info("audit: events can be kept again")
         self._problem = None
 
     def _drop(self, count: int) -> None:
