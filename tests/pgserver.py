@@ -12,6 +12,8 @@ pg_hba.conf routes by group role: members of ``pt_cert`` log in with a client ce
 puts a new role in the right group.
 
 The pytest fixture ``pg`` (session scope) starts one server for the run and always stops it.
+Tests that take the server down (``restart``, ``pause``/``resume``) start their own with
+``PgServer.start()``, so the shared one stays up for everyone else.
 """
 
 from __future__ import annotations
@@ -372,6 +374,27 @@ class PgServer:
         self._write(self.server_key_file, key, 0o600)
         self.ca_cert_file = self._original_ca_cert_file
         self.reload()
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: every client connection is cut) but keep its files."""
+        self._run([self._bin("pg_ctl"), "-D", self.data_dir, "-m", "fast", "-w", "-t", "30", "stop"])
+        self._running = False
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port with the same data."""
+        self._run(
+            [self._bin("pg_ctl"), "-D", self.data_dir, "-l", self.log_file, "-w", "-t", "30", "start"],
+            log_on_error=True,
+        )
+        self._running = True
+
+    def restart(self) -> None:
+        """``pg_ctl restart`` (fast): what an operator or a failover does to the clients."""
+        self._run(
+            [self._bin("pg_ctl"), "-D", self.data_dir, "-l", self.log_file, "-m", "fast", "-w", "-t", "30", "restart"],
+            log_on_error=True,
+        )
+        self._running = True
 
     def reload(self) -> None:
         """Re-read the configuration and TLS files (new connections see the change)."""

@@ -196,7 +196,7 @@ def test_query_events_match_what_pgbench_executed(env: DbEnv) -> None:
     sessions = {e["sid"] for e in env.events(type="db.session.start", user="alice") if e.get("db_user") == "bencher"}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        # Counted per session: each stays under the search limit of 10,000 events.
+        # Counted per session (dbenv.events reads at most 10,000 events per call).
         selects = [e for sid in sessions for e in env.events(sid=sid)
                    if e["event"] == "db.session.query" and e["db_query"].startswith("SELECT abalance")]
         if len(selects) >= done:
@@ -221,3 +221,46 @@ def test_retention_prunes_old_events(tmp_path: Path) -> None:
     finally:
         cluster.stop(check=False)
     assert base_env()  # the harness stays importable without a cluster
+
+
+def test_a_poison_event_in_an_agent_spool_is_set_aside_and_later_events_flow(env: DbEnv) -> None:
+    """An agent starts with a spool holding an event auth refuses (a bad time) between two
+    good ones: the good ones and later sessions are delivered; the bad one is set aside
+    beside the spool, logged once, and counted by an audit event."""
+    from datetime import UTC, datetime
+
+    from pteleport.audit.events import format_time
+
+    data_dir = env.root / f"agent-{len(env.agents)}"
+    data_dir.mkdir(mode=0o700)
+    now = format_time(datetime.now(UTC))
+    seeded = [
+        {"event": "db.session.query", "code": "TDB02I", "uid": "spool-ok-1", "time": now, "sid": "spooled"},
+        {"event": "db.session.query", "code": "TDB02I", "uid": "spool-poison", "time": "yesterday", "sid": "spooled"},
+        {"event": "db.session.query", "code": "TDB02I", "uid": "spool-ok-2", "time": now, "sid": "spooled"},
+    ]
+    spool = data_dir / "audit-spool.jsonl"
+    spool.write_text("".join(json.dumps(e) + "\n" for e in seeded))
+    spool.chmod(0o600)
+    agent = env.start_agent("poisoned")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if [e["uid"] for e in env.events(sid="spooled")] == ["spool-ok-1", "spool-ok-2"]:
+                break
+            time.sleep(0.2)
+        assert [e["uid"] for e in env.events(sid="spooled")] == ["spool-ok-1", "spool-ok-2"], agent.log()
+        dead = (data_dir / "audit-dead-letter.jsonl").read_text().splitlines()
+        assert [json.loads(line)["uid"] for line in dead] == ["spool-poison"]
+        notes = env.events(type="audit.events.set_aside")
+        assert [(n["code"], n["count"], n["uids"]) for n in notes] == [("TPA00W", 1, ["spool-poison"])]
+        result = env.ptsh(
+            "alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "poisoned", "--", "-At",
+            "-c", "select 'after-poison-marker'",
+        )
+        assert result.returncode == 0, result.stderr
+        assert session_of(env, "after-poison-marker")[0]["db_service"] == "poisoned"
+        errors = [line for line in agent.log().splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and "refused 1 events as malformed" in errors[0], agent.log()
+    finally:
+        agent.stop()

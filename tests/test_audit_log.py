@@ -53,7 +53,7 @@ def test_codes_match_teleport() -> None:
     assert (ev.INSTANCE_JOIN_CODE, ev.INSTANCE_JOIN_FAILURE_CODE) == ("TJ002I", "TJ002E")
     assert ev.EVENT_FOR_CODE["TPG01I"] == "db.session.postgres.statements.bind"
     assert ev.EVENT_FOR_CODE["T6000I"] == "reset_password_token.create"
-    assert len(ev.EVENT_FOR_CODE) == 28
+    assert len(ev.EVENT_FOR_CODE) == 30  # 28 of Teleport, 2 of pteleport (TPA: audit delivery)
 
 
 def test_make_event_fills_the_common_fields() -> None:
@@ -264,6 +264,70 @@ def test_follow_returns_events_stored_after_a_cursor(log: AuditLog, sample: list
         log.search(after_id=str(uuid.uuid4()))
     with pytest.raises(BadParameter):
         log.search(after_id=sample[0]["uid"], order="desc")
+
+
+def _all_pages(log: AuditLog, **query: Any) -> tuple[list[dict[str, Any]], int]:
+    """Follow ``next`` to the end; the events and the number of pages."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = log.search_page(cursor=cursor, **query)
+        pages += 1
+        found += page.events
+        if page.next is None:
+            return found, pages
+        assert len(page.events) == query["limit"]
+        cursor = page.next
+
+
+def test_pages_cover_everything_once_in_order_even_with_equal_times(log: AuditLog) -> None:
+    """Ties in time are ordered by arrival, so keyset paging neither repeats nor skips."""
+    batch = [event(at=i // 4, user="alice", sid="s", ei=i) for i in range(23)]  # 4 events per instant
+    log.emit_batch(batch)
+    for order, expected in (("asc", batch), ("desc", batch[::-1])):
+        found, pages = _all_pages(log, limit=5, order=order)
+        assert uids(found) == uids(expected)
+        assert pages == 5
+    found, _ = _all_pages(log, limit=3, sid="s", from_time=T0_MS + timedelta(seconds=2))
+    assert [e["ei"] for e in found] == list(range(8, 23))
+    page = log.search_page(limit=23)
+    assert len(page.events) == 23 and page.next is None  # an exact fit says there is no more
+
+
+def test_follow_pages_in_arrival_order(log: AuditLog, sample: list[dict[str, Any]]) -> None:
+    late = event(at=0.5, user="alice", sid="s1")
+    log.emit(late)
+    first = log.search_page(after_id=sample[0]["uid"], limit=3)
+    assert uids(first.events) == uids(sample[1:4]) and first.next
+    rest = log.search_page(after_id=sample[0]["uid"], limit=3, cursor=first.next)
+    assert uids(rest.events) == [*uids(sample[4:]), late["uid"]] and rest.next is None
+
+
+def test_a_bad_or_foreign_cursor_is_refused(log: AuditLog, sample: list[dict[str, Any]]) -> None:
+    first = log.search_page(limit=2)
+    with pytest.raises(BadParameter, match="start the search again"):
+        log.search_page(limit=2, cursor="not-a-cursor")
+    with pytest.raises(BadParameter, match="another kind of search"):
+        log.search_page(limit=2, after_id=sample[0]["uid"], cursor=first.next)
+
+
+@pytest.mark.slow
+def test_twenty_five_thousand_events_page_exactly(log: AuditLog) -> None:
+    total = 25_003
+    clock = FakeClock(T0)
+    batch = []
+    for i in range(total):
+        if i % 7 == 0:
+            clock.now += timedelta(milliseconds=1)  # runs of equal times, as a busy session has
+        batch.append(make_event(ev.DB_SESSION_QUERY, "TDB02I", clock=clock, cluster_name="c", sid="big", ei=i))
+    for start in range(0, total, 5_000):
+        log.emit_batch(batch[start : start + 5_000])
+    found, pages = _all_pages(log, limit=2_000, sid="big")
+    assert len(found) == total and pages == 13
+    assert [e["ei"] for e in found] == list(range(total))
+    newest, _ = _all_pages(log, limit=2_000, order="desc", event_types=[ev.DB_SESSION_QUERY])
+    assert [e["ei"] for e in newest] == list(range(total))[::-1]
 
 
 def test_re_emitting_is_idempotent(log: AuditLog, sample: list[dict[str, Any]]) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.harness import PCTL, Cluster, run
+from tests.pgserver import PgServer
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +49,67 @@ def test_two_processes_share_cas_users_and_tokens(pg, tmp_path: Path) -> None:
     finally:
         for cluster in clusters:
             cluster.stop(check=False)
+
+
+def _ha_pair(server: PgServer, tmp_path: Path, dbname: str) -> list[Cluster]:
+    server.execute(f"CREATE DATABASE {dbname}")
+    dsn = server.superuser_dsn(dbname)
+    clusters = []
+    for name in ("a", "b"):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(
+            "teleport:\n"
+            f"  data_dir: {tmp_path / name}\n"
+            "  storage:\n"
+            "    type: postgresql\n"
+            f"    conn_string: {json.dumps(dsn)}\n"
+            "auth_service:\n"
+            "  cluster_name: ha.example.com\n"
+        )
+        clusters.append(Cluster(tmp_path / name, extra_args=["-c", str(config)]).start())
+    return clusters
+
+
+def _until_tokens_add_works(cluster: Cluster, deadline: float) -> None:
+    while True:
+        result = run([PCTL, "tokens", "add", "--type=db", "--format=text"], cluster.env())
+        if result.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"{cluster.addr} did not recover: {result.stderr}\n{cluster.log()}"
+        time.sleep(0.2)
+
+
+def test_both_processes_recover_by_themselves_after_the_backend_restarts(tmp_path: Path) -> None:
+    """The PostgreSQL backend of an HA pair restarts: both processes reconnect on their own,
+    each logs one line when it lost storage and one when it is back, and nothing is lost."""
+    server = PgServer.start(tmp_path)
+    clusters: list[Cluster] = []
+    try:
+        clusters = _ha_pair(server, tmp_path, "pteleport_restart")
+        a, b = clusters
+        assert run([PCTL, "users", "add", "before", "--roles=access"], a.env()).returncode == 0
+        server.pause()
+        down = run([PCTL, "tokens", "add", "--type=db"], b.env())
+        assert down.returncode == 5, down.stderr
+        assert "PostgreSQL storage database" in down.stderr and "try again" in down.stderr
+        assert "Traceback" not in down.stderr
+        server.resume()
+        deadline = time.monotonic() + 30
+        for cluster in clusters:
+            _until_tokens_add_works(cluster, deadline)
+        # A plain restart, with no call during the outage, heals on the next call.
+        server.restart()
+        for cluster in clusters:
+            _until_tokens_add_works(cluster, time.monotonic() + 30)
+        users = json.loads(run([PCTL, "get", "users", "--format=json"], b.env()).stdout)
+        assert "before" in [u["metadata"]["name"] for u in users]
+        for cluster in clusters:
+            log = cluster.log()
+            lost = [line for line in log.splitlines() if "lost the connection to the PostgreSQL storage database" in line]
+            back = [line for line in log.splitlines() if "connection to the PostgreSQL storage database is back" in line]
+            assert len(lost) == 2 and len(back) == 2, log  # one outage each: the pause, then the restart
+            assert "Traceback" not in log
+    finally:
+        for cluster in clusters:
+            cluster.stop(check=False)
+        server.stop()

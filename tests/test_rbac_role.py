@@ -5,8 +5,9 @@ from datetime import timedelta
 import pytest
 import yaml
 
+from common.durations import format_go_duration as format_duration
+from common.durations import parse_duration
 from common.errors import BadParameter
-from pteleport.rbac.durations import format_duration, parse_duration
 from pteleport.rbac.presets import PRESET_ROLE_NAMES, preset_roles
 from pteleport.rbac.role import parse_role, role_to_dict
 

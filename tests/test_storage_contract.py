@@ -340,6 +340,66 @@ def test_concurrent_creates_have_exactly_one_winner(harness: Harness) -> None:
     assert backends[0].get("tokens/one-time").value == str(wins[0]).encode()
 
 
+def _race(count: int, work: Callable[[int], str]) -> list[str]:
+    """Run ``work(i)`` in ``count`` threads released together; their results."""
+    barrier = threading.Barrier(count)
+    results: list[str] = []
+    guard = threading.Lock()
+
+    def run(index: int) -> None:
+        barrier.wait()
+        outcome = work(index)
+        with guard:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == count, "a thread did not finish"
+    return results
+
+
+@pytest.mark.parametrize("sharing", ["one handle", "a handle per thread"])
+def test_racing_compare_and_swap_has_exactly_one_winner_per_revision(harness: Harness, sharing: str) -> None:
+    """Every round, N threads hold the same revision and swap in the *same* bytes: only the
+    revision tells them apart (no ABA), and exactly one of them wins each round."""
+    threads_count, rounds = 8, 5
+    backends = _backends_for_threads(harness, 1 if sharing == "one handle" else threads_count)
+    backends[0].create(item("login/alice", b"state"))
+    for _ in range(rounds):
+        seen = backends[0].get("login/alice")
+
+        def swap(index: int, seen: Item = seen) -> str:
+            try:
+                backends[index % len(backends)].compare_and_swap(seen, item("login/alice", b"state"))
+            except CompareFailed:
+                return "lost"
+            return "won"
+
+        outcomes = _race(threads_count, swap)
+        assert outcomes.count("won") == 1, outcomes
+        assert backends[0].get("login/alice").revision > seen.revision
+
+
+def test_racing_deletes_claim_an_item_exactly_once(harness: Harness) -> None:
+    """Delete-as-claim (single-use tokens): of N threads deleting one key, one succeeds."""
+    threads_count = 8
+    backends = _backends_for_threads(harness, threads_count)
+    backends[0].create(item("tokens/single-use", b"t"))
+
+    def claim(index: int) -> str:
+        try:
+            backends[index].delete("tokens/single-use")
+        except NotFound:
+            return "gone"
+        return "claimed"
+
+    outcomes = _race(threads_count, claim)
+    assert outcomes.count("claimed") == 1, outcomes
+
+
 # --- ranges ---------------------------------------------------------------------------
 
 RANGE_KEYS = [

@@ -1,4 +1,10 @@
-"""`pctl audit events`: search the whole audit log; `--follow` streams new events (for a SIEM)."""
+"""`pctl audit events`: search the whole audit log; `--follow` streams new events (for a SIEM).
+
+The search reads the server's pages (``common.audit_pages``) until ``--limit`` events were
+printed or none are left. Events come oldest first, by time and then by arrival at auth.
+If ``--limit`` stopped it while more matched, one line on stderr says so. JSON and JSONL
+are written page by page, so a large export does not sit in memory.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ def events(
     from_time: Annotated[str | None, typer.Option("--from", help="Start (date or RFC 3339 time).")] = None,
     to_time: Annotated[str | None, typer.Option("--to", help="End (date or RFC 3339 time).")] = None,
     last: Annotated[str | None, typer.Option("--last", help="Duration back from now, e.g. 1h.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many events.")] = 500,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many events (oldest first).")] = 500,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, json or jsonl.")] = "text",
     follow: Annotated[bool, typer.Option("--follow", help="Keep printing new events as they arrive.")] = False,
 ) -> None:
@@ -53,13 +59,16 @@ def events(
     import json
     import sys
 
-    from common.cli import table
+    from common.audit_pages import EventPages
+    from common.cli import eprint, table
     from common.errors import BadParameter, UsageError
     from pctl.connect import client as cluster_client
 
     if fmt not in ("text", "json", "jsonl"):
         raise UsageError(f'--format must be text, json or jsonl (got "{fmt}")')
-    params: dict[str, Any] = {"limit": str(limit)}
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {limit})")
+    params: dict[str, Any] = {}
     if last:
         from common.durations import parse_duration
 
@@ -76,33 +85,71 @@ def events(
     for key, value in (("user", user), ("sid", sid)):
         if value:
             params[key] = value
-    with cluster_client() as client:
-        found = client.get("/v1/events", params=params)
-        if fmt == "json" and not follow:
-            sys.stdout.write(json.dumps(found, indent=2) + "\n")
-        elif fmt == "jsonl" or (fmt == "json" and follow):
-            for event in found:
-                sys.stdout.write(json.dumps(event) + "\n")
-        else:
-            print(table(["Time", "Event", "Code", "User", "Session", "Detail"], [_row(e) for e in found]))
-        sys.stdout.flush()
-        seen = {e.get("uid") for e in found}
-        if follow and not found:
-            params["from"] = datetime.now(UTC).isoformat()
-        while follow:
-            time.sleep(1.0)
-            params.pop("to", None)
-            if found:
-                params["after"] = found[-1]["uid"]
-                params.pop("from", None)
-            batch = client.get("/v1/events", params=params)
-            found = batch or found
-            for event in batch:
-                if event.get("uid") in seen:
-                    continue
+    seen: set[str] = set()  # with --follow: what the search printed, not to print it twice
+
+    def noted(events: Any) -> Any:
+        for event in events:
+            if follow:
                 seen.add(event.get("uid"))
-                if fmt == "text":
-                    print("  ".join(_row(event)), flush=True)
-                else:
-                    sys.stdout.write(json.dumps(event) + "\n")
-                    sys.stdout.flush()
+            yield event
+
+    with cluster_client() as client:
+        found = EventPages(client, "/v1/events", params, limit)
+        if fmt == "json" and not follow:
+            _write_json_array(found, sys.stdout)
+        elif fmt == "jsonl" or (fmt == "json" and follow):
+            for page in found.pages():
+                sys.stdout.write("".join(json.dumps(event) + "\n" for event in noted(page)))
+                sys.stdout.flush()
+        else:
+            print(table(["Time", "Event", "Code", "User", "Session", "Detail"], [_row(e) for e in noted(found)]))
+        sys.stdout.flush()
+        if found.cut:
+            eprint(
+                f"NOTE: showed the first {limit} matching events; more match: raise --limit or narrow the "
+                "search (--from, --to, --type, --user, --sid)"
+            )
+        if follow:
+            _follow(client, params, found.last, fmt, seen)
+
+
+def _write_json_array(events: Any, out: Any) -> None:
+    """What ``json.dumps(list, indent=2)`` prints, written one event at a time."""
+    import json
+    import textwrap
+
+    first = True
+    for event in events:
+        out.write(("[\n" if first else ",\n") + textwrap.indent(json.dumps(event, indent=2), "  "))
+        first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
+def _follow(client: Any, params: dict[str, Any], last: dict[str, Any] | None, fmt: str, seen: set[str]) -> None:
+    """Print events stored after the last one printed, as they arrive (arrival order)."""
+    import json
+    import sys
+
+    params = dict(params)
+    params.pop("to", None)
+    if last is None:
+        params["from"] = datetime.now(UTC).isoformat()
+    while True:
+        if last is not None:
+            params["after"] = last["uid"]
+            params.pop("from", None)
+        answer = client.get("/v1/events", params={**params, "limit": "2000"})
+        for event in answer.get("events", []):
+            last = event
+            if event.get("uid") in seen:
+                continue
+            seen.add(event.get("uid"))
+            if fmt == "text":
+                print("  ".join(_row(event)), flush=True)
+            else:
+                sys.stdout.write(json.dumps(event) + "\n")
+                sys.stdout.flush()
+        if len(seen) > 100_000:
+            seen.clear()  # only a guard against a server sending one event twice in a row
+        if not answer.get("next"):
+            time.sleep(1.0)

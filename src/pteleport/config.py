@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from common.durations import parse_duration
 from common.errors import BadParameter
 from common.paths import default_data_dir
 
@@ -37,6 +39,15 @@ def _yes_no(value: Any) -> Any:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _duration(value: Any) -> Any:
+    """A duration field stays a string, checked by the one parser (a bare number needs a unit)."""
+    try:
+        parse_duration(value)
+    except BadParameter as exc:
+        raise PydanticCustomError("duration", exc.message) from None
+    return str(value).strip()
 
 
 class LogConfig(_Strict):
@@ -95,10 +106,14 @@ class AuthenticationConfig(_Strict):
 class AuditConfig(_Strict):
     retention: str = "90d"
 
+    _d = field_validator("retention", mode="before")(lambda cls, v: _duration(v))
+
 
 class LockoutConfig(_Strict):
     max_attempts: int = 5
     lockout_duration: str = "20m"
+
+    _d = field_validator("lockout_duration", mode="before")(lambda cls, v: _duration(v))
 
 
 class AuthService(_Strict):
@@ -166,11 +181,22 @@ class ResourceMatcher(_Strict):
     aws: dict[str, Any] | None = None
 
 
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30  # 1 GiB
+
+
+class DbAuditConfig(_Strict):
+    """How the agent keeps audit events while auth cannot take them (docs/config.md)."""
+
+    spool_max_bytes: int = Field(default=DEFAULT_SPOOL_MAX_BYTES, ge=0)
+    unaudited_sessions: Literal["refuse", "allow"] = "refuse"
+
+
 class DbService(_Strict):
     enabled: bool = False
     databases: list[DatabaseConfig] = Field(default_factory=list)
     resources: list[ResourceMatcher] = Field(default_factory=list)
     aws: list[dict[str, Any]] = Field(default_factory=list)
+    audit: DbAuditConfig = Field(default_factory=DbAuditConfig)
 
     _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -73,14 +74,29 @@ class Process:
         self._closers: list = []
 
     async def run(self) -> None:
+        if self.config.auth_service.enabled or self.config.proxy_service.enabled:
+            split_addr(self.config.proxy_service.web_listen_addr)  # a bad --listen: before anything is made
         data_dir = self.config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        new = _NewDataDir(data_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         tasks = []
         if self.config.auth_service.enabled or self.config.proxy_service.enabled:
-            await self._start_cluster()
+            try:
+                await self._start_cluster()
+            except OSError as exc:
+                await self._undo_start(new)
+                if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                    raise BadParameter(
+                        f"cannot listen: {exc.strerror or exc}; stop what uses that port, or pick another address "
+                        "(--listen, proxy_service.web_listen_addr, proxy_service.postgres_listen_addr)"
+                    ) from None
+                raise
+            except BaseException:
+                await self._undo_start(new)
+                raise
+        new.keep_if_used()
         if self.config.db_service.enabled:
             from pteleport.dbagent.service import DatabaseAgent
 
@@ -101,6 +117,15 @@ class Process:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _undo_start(self, new: _NewDataDir) -> None:
+        """A start that failed (busy port, unreadable certificate...) leaves no half-made
+        cluster behind; an existing cluster's data is never touched."""
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        self._closers.clear()
+        new.remove()
+
     async def _start_cluster(self) -> None:
         from aiohttp import web
 
@@ -118,6 +143,7 @@ class Process:
         data_dir = cfg.data_dir
         backend, audit = _open_storage(cfg)
         self._closers.append(_async(backend.close))
+        self._closers.append(_async(audit.close))
         host, port = split_addr(cfg.proxy_service.web_listen_addr)
         public = cfg.proxy_service.public_addrs[0] if cfg.proxy_service.public_addrs else None
         public_addr = public or f"{_public_host(host)}:{port}"
@@ -252,6 +278,43 @@ class Process:
                 }
             ).encode(),
         )
+
+
+class _NewDataDir:
+    """Makes the data dir if needed, and knows what this run made, to undo it on a failed start.
+
+    Only a directory that did not exist, or was empty, counts as new: a failed start removes
+    what it put there (the directory too, with any parents it had to make, if it made
+    it). A directory that already held something is an existing cluster and is never
+    cleaned.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        existing = next(p for p in (path, *path.parents) if p.exists())  # "/" or "." at the latest
+        # The topmost directory this run creates (None: the data dir exists already).
+        self.made = None if existing == path else existing / path.relative_to(existing).parts[0]
+        self.was_empty = self.made is None and path.is_dir() and not any(path.iterdir())
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def remove(self) -> None:
+        import shutil
+
+        try:
+            if self.made is not None:
+                shutil.rmtree(self.made)
+            elif self.was_empty:
+                for child in self.path.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+        except OSError as exc:
+            log.warning("could not remove the half-made data dir %s: %s", self.path, exc)
+
+    def keep_if_used(self) -> None:
+        """Start-up went through: from now on the directory is the cluster's."""
+        self.made, self.was_empty = None, False
 
 
 def _public_host(host: str) -> str:

@@ -60,7 +60,7 @@ def _ttl_seconds(ttl: str | None) -> int | None:
         return None
     from common.durations import parse_duration
 
-    seconds = int(parse_duration(ttl, what="--ttl").total_seconds())
+    seconds = int(parse_duration(ttl, what="--ttl", bare_minutes=True).total_seconds())
     if seconds <= 0:
         raise BadParameter("--ttl must be positive")
     return seconds

@@ -1,7 +1,8 @@
 """`ptsh play SESSION_ID` and `ptsh recordings ls`: database sessions from the audit log.
 
 A database session is a stream of audit events, not a byte recording. ``play`` prints
-them as JSON/YAML, or translates them into a psql-like transcript.
+them as JSON/YAML, or translates them into a psql-like transcript. It reads every event of
+the session, page by page (``common.audit_pages``), however long the session was.
 """
 
 from __future__ import annotations
@@ -88,11 +89,12 @@ def play(
     """Play back a database session from the audit log."""
     from urllib.parse import quote
 
+    from common.audit_pages import EventPages
     from ptsh.login_state import current_login
 
     login = current_login(proxy)
     with login.client() as client:
-        events = client.get(f"/v1/sessions/{quote(session_id, safe='')}/events")
+        events = list(EventPages(client, f"/v1/sessions/{quote(session_id, safe='')}/events", {}))
     render(events, fmt, transcript)
 
 
@@ -130,22 +132,21 @@ def recordings_ls(
     proxy: Annotated[str | None, typer.Option("--proxy")] = None,
 ) -> None:
     """List recorded database sessions (default: the last 24 hours)."""
-    from common.cli import safe_text, table
+    from common.audit_pages import EventPages
+    from common.cli import eprint, safe_text, table
+    from common.errors import UsageError
     from ptsh.login_state import current_login
 
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {limit})")
     start, end = _range(from_utc, to_utc, last)
     login = current_login(proxy)
     with login.client() as client:
-        events = client.get(
-            "/v1/events",
-            params={
-                "type": "db.session.end",
-                "from": start.isoformat(),
-                "to": end.isoformat(),
-                "limit": str(limit),
-                "order": "desc",
-            },
-        )
+        params = {"type": "db.session.end", "from": start.isoformat(), "to": end.isoformat(), "order": "desc"}
+        found = EventPages(client, "/v1/events", params, limit)
+        events = list(found)
+    if found.cut:
+        eprint(f"NOTE: showed the {limit} most recent sessions; there are more: raise --limit or narrow the time range")
     if fmt != Format.text:
         render(events, fmt)
         return

@@ -329,6 +329,7 @@ async def events_emit(request: web.Request) -> web.Response:
 
 
 async def events_search(request: web.Request) -> web.Response:
+    """One page of events and the cursor of the next (``{"events": [...], "next": ...}``)."""
     q = request.query
 
     def when(name: str) -> datetime | None:
@@ -344,22 +345,35 @@ async def events_search(request: web.Request) -> web.Response:
         limit = int(q.get("limit", "500"))
     except ValueError:
         raise BadParameter("limit must be a number") from None
-    events = _auth(request).audit.search(
-        _me(request),
-        from_time=when("from"),
-        to_time=when("to"),
-        event_types=q.getall("type") if "type" in q else None,
-        user=q.get("user"),
-        sid=q.get("sid"),
-        limit=limit,
-        order=q.get("order", "asc"),
-        after_id=q.get("after") or None,
-    )
-    return web.json_response(events)
+    audit, actor = _auth(request).audit, _me(request)
+    query = {
+        "from_time": when("from"),
+        "to_time": when("to"),
+        "event_types": q.getall("type") if "type" in q else None,
+        "user": q.get("user"),
+        "sid": q.get("sid"),
+        "limit": limit,
+        "order": q.get("order", "asc"),
+        "after_id": q.get("after") or None,
+        "cursor": q.get("cursor") or None,
+    }
+    # A big read and its JSON run in a worker thread: this loop also relays database sessions.
+    body = await asyncio.to_thread(lambda: _page_json(audit.search(actor, **query)))
+    return web.Response(text=body, content_type="application/json")
 
 
 async def session_events(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).audit.session_events(_me(request), request.match_info["sid"]))
+    """One page of a session's events (``{"events": [...], "next": ...}``), in a worker thread."""
+    audit, actor, sid = _auth(request).audit, _me(request), request.match_info["sid"]
+    cursor = request.query.get("cursor") or None
+    body = await asyncio.to_thread(lambda: _page_json(audit.session_events(actor, sid, cursor)))
+    return web.Response(text=body, content_type="application/json")
+
+
+def _page_json(page: Any) -> str:
+    import json
+
+    return json.dumps({"events": page.events, "next": page.next})
 
 
 # --- bots (machine users) ----------------------------------------------------------------

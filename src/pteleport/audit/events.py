@@ -84,6 +84,12 @@ INSTANCE_JOIN = "instance.join"
 INSTANCE_JOIN_CODE = "TJ002I"
 INSTANCE_JOIN_FAILURE_CODE = "TJ002E"
 
+# --- pteleport's own: the agent's audit delivery (no Teleport equivalent) -----------------
+AUDIT_SET_ASIDE = "audit.events.set_aside"
+AUDIT_SET_ASIDE_CODE = "TPA00W"
+AUDIT_LOST = "audit.events.lost"
+AUDIT_LOST_CODE = "TPA01E"
+
 EVENT_FOR_CODE: dict[str, str] = {
     DB_SESSION_START_CODE: DB_SESSION_START,
     DB_SESSION_START_FAILURE_CODE: DB_SESSION_START,
@@ -113,6 +119,8 @@ EVENT_FOR_CODE: dict[str, str] = {
     CERT_CREATE_CODE: CERT_CREATE,
     INSTANCE_JOIN_CODE: INSTANCE_JOIN,
     INSTANCE_JOIN_FAILURE_CODE: INSTANCE_JOIN,
+    AUDIT_SET_ASIDE_CODE: AUDIT_SET_ASIDE,
+    AUDIT_LOST_CODE: AUDIT_LOST,
 }
 """Every code defined here, with the event name it belongs to."""
 

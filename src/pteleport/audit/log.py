@@ -13,14 +13,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .records import Order
+from .records import Order, Page
 
 if TYPE_CHECKING:
     from .memory_log import MemoryAuditLog
     from .postgres_log import PostgresAuditLog
     from .sqlite_log import SQLiteAuditLog
 
-__all__ = ["AuditLog", "MemoryAuditLog", "Order", "PostgresAuditLog", "SQLiteAuditLog"]
+__all__ = ["AuditLog", "MemoryAuditLog", "Order", "Page", "PostgresAuditLog", "SQLiteAuditLog"]
 
 
 class AuditLog(Protocol):
@@ -47,10 +47,27 @@ class AuditLog(Protocol):
         order: Order = "asc",
         after_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        """The events of ``search_page`` without the cursor (at most ``limit`` of them)."""
+        ...
+
+    def search_page(
+        self,
+        *,
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        event_types: list[str] | None = None,
+        user: str | None = None,
+        sid: str | None = None,
+        limit: int = 500,
+        order: Order = "asc",
+        after_id: str | None = None,
+        cursor: str | None = None,
+    ) -> Page:
         """Events with ``from_time <= time < to_time`` and the given types, user and
-        session, at most ``limit``, by time. With ``after_id`` (uid of an event already
-        seen): the events stored after it, in storage order (for ``--follow``);
-        NotFound if that event is not in the log (for instance pruned)."""
+        session, at most ``limit``, by time and then arrival (``records`` has the order).
+        With ``after_id`` (uid of an event already seen): the events stored after it, in
+        storage order (for ``--follow``); NotFound if that event is not in the log (for
+        instance pruned). ``next`` of the page is the cursor of the rest, if any."""
         ...
 
     def prune(self, before: datetime) -> int:

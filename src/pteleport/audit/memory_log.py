@@ -8,7 +8,7 @@ from typing import Any
 
 from common.errors import BadParameter, NotFound
 
-from .records import Order, StoredEvent, check_aware, make_query, to_stored
+from .records import Order, Page, StoredEvent, check_aware, make_page, make_query, to_micros, to_stored
 
 
 class MemoryAuditLog:
@@ -35,7 +35,10 @@ class MemoryAuditLog:
                 self._next += 1
                 self._events.append(record)
 
-    def search(
+    def search(self, **query: Any) -> list[dict[str, Any]]:
+        return self.search_page(**query).events
+
+    def search_page(
         self,
         *,
         from_time: datetime | None = None,
@@ -46,7 +49,8 @@ class MemoryAuditLog:
         limit: int = 500,
         order: Order = "asc",
         after_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+        cursor: str | None = None,
+    ) -> Page:
         query = make_query(
             from_time=from_time,
             to_time=to_time,
@@ -56,19 +60,28 @@ class MemoryAuditLog:
             limit=limit,
             order=order,
             after_id=after_id,
+            cursor=cursor,
         )
+        desc = query.order == "desc"
         with self._lock:
-            numbered = [(self._position[e.uid], e) for e in self._events]
-            if query.after_id is not None:
+            rows = [(self._position[e.uid], to_micros(e.time), e) for e in self._events if query.matches(e)]
+            position = query.cursor
+            if position is None and query.after_id is not None:
                 if query.after_id not in self._position:
                     raise NotFound(f"audit event {query.after_id} not found; it may have been pruned")
                 start = self._position[query.after_id]
-                found = [e for n, e in numbered if n > start and query.matches(e)]
+                rows = [r for r in rows if r[0] > start]
+            elif position is not None and position.time_us is None:
+                rows = [r for r in rows if r[0] > position.id]
+            elif position is not None:
+                mark = (position.time_us, position.id)
+                rows = [r for r in rows if ((r[1], r[0]) < mark if desc else (r[1], r[0]) > mark)]
+            if query.arrival_order:
+                rows.sort(key=lambda r: r[0])
             else:
-                matching = [(e.time, n, e) for n, e in numbered if query.matches(e)]
-                matching.sort(key=lambda t: (t[0], t[1]), reverse=query.order == "desc")
-                found = [e for _, _, e in matching]
-        return [e.load() for e in found[: query.limit]]
+                rows.sort(key=lambda r: (r[1], r[0]), reverse=desc)
+            picked = [(n, t, e.data) for n, t, e in rows[: query.limit + 1]]
+        return make_page(picked, query)
 
     def prune(self, before: datetime) -> int:
         check_aware("before", before)

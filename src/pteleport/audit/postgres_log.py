@@ -4,11 +4,17 @@ Columns as in the SQLite log; ``time`` is TIMESTAMPTZ and ``data`` is JSON (not 
 which cannot hold ``\\u0000``; JSON keeps the text as written). Writers take a
 transaction-scoped advisory lock, so arrival numbers (``id``) become visible in order
 and a follower reading ``id > last`` never skips an event that committed late.
+
+The connection heals after a server restart (``pteleport.storage.pg_conn``). A batch whose
+connection broke is written again on the new connection, even if it broke during COMMIT:
+events are stored once per ``uid``, so writing a batch twice stores it once.
+
+Searches use a connection of their own, so a long search never holds up storing events.
+Order and paging: ``records``.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +23,7 @@ import psycopg
 from common.errors import BadParameter, NotFound
 from pteleport.storage.pg_conn import PgConnection
 
-from .records import Order, check_aware, make_query, to_stored
+from .records import Order, Page, check_aware, from_micros, make_page, make_query, to_micros, to_stored
 
 # Arbitrary constants naming this module's advisory locks.
 _SCHEMA_LOCK = 0x7074_6175
@@ -45,10 +51,11 @@ class PostgresAuditLog:
 
     def __init__(self, dsn: str, *, connect_timeout: int = 10) -> None:
         self._db = PgConnection(dsn, connect_timeout=connect_timeout, what="PostgreSQL audit")
+        self._reader = PgConnection(dsn, connect_timeout=connect_timeout, what="PostgreSQL audit")
         try:
             self._db.run(_create_schema)
         except BaseException:
-            self._db.close()
+            self.close()
             raise
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -70,9 +77,12 @@ class PostgresAuditLog:
                     rows,
                 )
 
-        self._db.run(write)
+        self._db.run(write, idempotent=True)  # stored once per uid: a second run adds nothing
 
-    def search(
+    def search(self, **query: Any) -> list[dict[str, Any]]:
+        return self.search_page(**query).events
+
+    def search_page(
         self,
         *,
         from_time: datetime | None = None,
@@ -83,7 +93,8 @@ class PostgresAuditLog:
         limit: int = 500,
         order: Order = "asc",
         after_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+        cursor: str | None = None,
+    ) -> Page:
         q = make_query(
             from_time=from_time,
             to_time=to_time,
@@ -93,6 +104,7 @@ class PostgresAuditLog:
             limit=limit,
             order=order,
             after_id=after_id,
+            cursor=cursor,
         )
         where: list[str] = []
         args: list[Any] = []
@@ -111,32 +123,47 @@ class PostgresAuditLog:
         if q.sid is not None:
             where.append("sid = %s")
             args.append(q.sid)
-        if q.after_id is not None:
+        desc = q.order == "desc"
+        after_uid = q.after_id is not None and q.cursor is None
+        if q.cursor is not None and q.cursor.time_us is None:
             where.append("id > %s")
+            args.append(q.cursor.id)
+        elif q.cursor is not None:
+            where.append(f"(time, id) {'<' if desc else '>'} (%s, %s)")
+            args.extend((from_micros(q.cursor.time_us), q.cursor.id))
+        elif after_uid:
+            where.append("id > %s")  # the id of after_id, looked up in the same transaction
+        if q.arrival_order:
             ordering = "id"
         else:
-            direction = "DESC" if q.order == "desc" else "ASC"
+            direction = "DESC" if desc else "ASC"
             ordering = f"time {direction}, id {direction}"
         # Only fixed fragments above go into the text; every value is a parameter.
         conditions = " AND ".join(where) or "true"
-        sql = f"SELECT data::text FROM events WHERE {conditions} ORDER BY {ordering} LIMIT {q.limit:d}"  # noqa: S608
+        sql = (
+            "SELECT id, time, data::text "  # noqa: S608
+            f"FROM events WHERE {conditions} ORDER BY {ordering} LIMIT {q.limit + 1:d}"
+        )
 
-        def run(conn: psycopg.Connection) -> list[str]:
+        def run(conn: psycopg.Connection) -> list[tuple[int, int, str]]:
             params = list(args)
-            if q.after_id is not None:
+            if after_uid:
                 row = conn.execute("SELECT id FROM events WHERE uid = %s", (q.after_id,)).fetchone()
                 if row is None:
                     raise NotFound(f"audit event {q.after_id} not found; it may have been pruned")
                 params.append(row[0])
-            return [r[0] for r in conn.execute(sql, params).fetchall()]
+            return [(n, to_micros(t), data) for n, t, data in conn.execute(sql, params).fetchall()]
 
-        return [json.loads(data) for data in self._db.run(run)]
+        return make_page(self._reader.run(run, idempotent=True), q)
 
     def prune(self, before: datetime) -> int:
         cutoff = check_aware("before", before)
-        return self._db.run(lambda conn: conn.execute("DELETE FROM events WHERE time < %s", (cutoff,)).rowcount)
+        return self._db.run(
+            lambda conn: conn.execute("DELETE FROM events WHERE time < %s", (cutoff,)).rowcount, idempotent=True
+        )
 
     def close(self) -> None:
+        self._reader.close()
         self._db.close()
 
 

@@ -1,10 +1,21 @@
-"""What every audit log shares: the indexed form of an event and a checked search query."""
+"""What every audit log shares: the indexed form of an event, a checked search query, and
+the page/cursor of a search that goes on.
+
+Order: without ``after_id``, events come by ``time`` and, for equal times, by arrival at
+the log (its ``id``), oldest first or (``desc``) newest first. With ``after_id`` they come
+in arrival order. A page holds at most ``limit`` events; when more match, ``next`` is an
+opaque cursor, and the same search with ``cursor=next`` returns the events right after
+the last one of the page (keyset paging on ``(time, id)`` or ``id``: no event is repeated
+or skipped, whatever is written meanwhile, except an event stored later with a time
+before the cursor, which only a new search or ``--follow`` sees).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from common.errors import BadParameter
@@ -72,6 +83,12 @@ class Query:
     limit: int = 500
     order: Order = "asc"
     after_id: str | None = None
+    cursor: Cursor | None = None
+
+    @property
+    def arrival_order(self) -> bool:
+        """Events in the order they were stored (``--follow``), not by time."""
+        return self.after_id is not None or (self.cursor is not None and self.cursor.time_us is None)
 
     def matches(self, stored: StoredEvent) -> bool:
         """Whether an event passes the filters (everything except ``after_id``)."""
@@ -82,6 +99,59 @@ class Query:
             and (self.user is None or stored.user == self.user)
             and (self.sid is None or stored.sid == self.sid)
         )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_CURSOR = re.compile(r"t(-?\d{1,20})\.(\d{1,20})|a(\d{1,20})")
+
+
+def to_micros(when: datetime) -> int:
+    """Microseconds since the Unix epoch (how cursors and the SQLite log keep times)."""
+    return (when - _EPOCH) // _MICRO
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + micros * _MICRO
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: ``(time, id)`` of its last event in time order, or its ``id`` in arrival order."""
+
+    id: int
+    time_us: int | None = None  # None: arrival order
+
+    def encode(self) -> str:
+        return f"a{self.id}" if self.time_us is None else f"t{self.time_us}.{self.id}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        match = _CURSOR.fullmatch(text or "")
+        if match is None:
+            raise BadParameter("the search cursor is not one this server handed out; start the search again")
+        if match.group(3) is not None:
+            return cls(int(match.group(3)))
+        return cls(int(match.group(2)), int(match.group(1)))
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a search: the events, and the cursor of the next page (None: this was the last)."""
+
+    events: list[dict[str, Any]]
+    next: str | None = None
+
+
+def make_page(rows: list[tuple[int, int, str]], query: Query) -> Page:
+    """A page from up to ``limit + 1`` rows of ``(id, time_us, data)`` read in the query's order."""
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    nxt = None
+    if more and rows:
+        last_id, last_time, _ = rows[-1]
+        nxt = Cursor(last_id, None if query.arrival_order else last_time).encode()
+    return Page([json.loads(data) for _, _, data in rows], nxt)
 
 
 def check_aware(name: str, when: datetime) -> datetime:
@@ -101,6 +171,7 @@ def make_query(
     limit: int = 500,
     order: Order = "asc",
     after_id: str | None = None,
+    cursor: str | None = None,
 ) -> Query:
     """Check search arguments once, the same way for every log."""
     for name, when in (("from_time", from_time), ("to_time", to_time)):
@@ -114,6 +185,9 @@ def make_query(
         raise BadParameter("following events (after_id) reads them oldest first; use order 'asc'")
     if isinstance(event_types, str):
         raise BadParameter("event_types must be a list of event names")
+    position = Cursor.decode(cursor) if cursor is not None else None
+    if position is not None and (after_id is not None) != (position.time_us is None):
+        raise BadParameter("the search cursor belongs to another kind of search; start the search again")
     return Query(
         from_time=from_time,
         to_time=to_time,
@@ -123,4 +197,5 @@ def make_query(
         limit=limit,
         order=order,
         after_id=after_id,
+        cursor=position,
     )

@@ -8,23 +8,22 @@ The file may be the backend's own file (the table names do not clash) or a separ
 one. A separate file (the daemon's choice: ``audit.db`` beside ``state.db``) is better:
 SQLite has one writer per file, so a busy audit stream would otherwise hold up logins
 and certificate issuing.
+
+Searches use a connection of their own (WAL: readers and the writer do not wait for each
+other), so a long search never holds up storing events. Order and paging: ``records``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from common.errors import BadParameter, NotFound
-from pteleport.storage.sqlite_conn import SQLiteConnection
+from pteleport.storage.sqlite_conn import MEMORY, SQLiteConnection
 
-from .records import Order, check_aware, make_query, to_stored
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
+from .records import Order, Page, check_aware, make_page, make_query, to_micros, to_stored
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -43,8 +42,7 @@ _SCHEMA = (
 )
 
 
-def _micros(when: datetime) -> int:
-    return (when - _EPOCH) // _MICRO
+_micros = to_micros
 
 
 class SQLiteAuditLog:
@@ -54,6 +52,8 @@ class SQLiteAuditLog:
         self._db = SQLiteConnection(path, busy_timeout=busy_timeout)
         try:
             self._db.write(lambda conn: [conn.execute(s) for s in _SCHEMA])
+            # A reader of its own (an in-memory database has only the one connection).
+            self._reader = self._db if str(path) == MEMORY else SQLiteConnection(path, busy_timeout=busy_timeout)
         except BaseException:
             self._db.close()
             raise
@@ -75,7 +75,10 @@ class SQLiteAuditLog:
             )
         )
 
-    def search(
+    def search(self, **query: Any) -> list[dict[str, Any]]:
+        return self.search_page(**query).events
+
+    def search_page(
         self,
         *,
         from_time: datetime | None = None,
@@ -86,7 +89,8 @@ class SQLiteAuditLog:
         limit: int = 500,
         order: Order = "asc",
         after_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+        cursor: str | None = None,
+    ) -> Page:
         q = make_query(
             from_time=from_time,
             to_time=to_time,
@@ -96,6 +100,7 @@ class SQLiteAuditLog:
             limit=limit,
             order=order,
             after_id=after_id,
+            cursor=cursor,
         )
         where: list[str] = []
         args: list[Any] = []
@@ -114,29 +119,39 @@ class SQLiteAuditLog:
         if q.sid is not None:
             where.append("sid = ?")
             args.append(q.sid)
-        if q.after_id is not None:
+        desc = q.order == "desc"
+        if q.cursor is not None and q.cursor.time_us is None:
+            where.append("id > ?")
+            args.append(q.cursor.id)
+        elif q.cursor is not None:
+            where.append(f"(time, id) {'<' if desc else '>'} (?, ?)")
+            args.extend((q.cursor.time_us, q.cursor.id))
+        elif q.after_id is not None:
             where.append("id > (SELECT id FROM events WHERE uid = ?)")
             args.append(q.after_id)
+        if q.arrival_order:
             ordering = "id"
         else:
-            direction = "DESC" if q.order == "desc" else "ASC"
+            direction = "DESC" if desc else "ASC"
             ordering = f"time {direction}, id {direction}"
         # Only fixed fragments above go into the text; every value is a parameter.
         conditions = " AND ".join(where) or "1"
-        sql = f"SELECT data FROM events WHERE {conditions} ORDER BY {ordering} LIMIT {q.limit:d}"  # noqa: S608
+        sql = f"SELECT id, time, data FROM events WHERE {conditions} ORDER BY {ordering} LIMIT {q.limit + 1:d}"  # noqa: S608
 
-        def run(conn: sqlite3.Connection) -> list[str]:
-            if q.after_id is not None:
+        def run(conn: sqlite3.Connection) -> list[tuple[int, int, str]]:
+            if q.after_id is not None and q.cursor is None:
                 known = conn.execute("SELECT 1 FROM events WHERE uid = ?", (q.after_id,)).fetchone()
                 if known is None:
                     raise NotFound(f"audit event {q.after_id} not found; it may have been pruned")
-            return [row[0] for row in conn.execute(sql, args)]
+            return conn.execute(sql, args).fetchall()
 
-        return [json.loads(data) for data in self._db.read(run)]
+        return make_page(self._reader.read(run), q)
 
     def prune(self, before: datetime) -> int:
         cutoff = _micros(check_aware("before", before))
         return self._db.write(lambda conn: conn.execute("DELETE FROM events WHERE time < ?", (cutoff,)).rowcount)
 
     def close(self) -> None:
+        if self._reader is not self._db:
+            self._reader.close()
         self._db.close()

@@ -1,16 +1,21 @@
 """Reading the audit log: who may see which events (auditor/editor everything, access users
-the sessions they took part in), searches, and one session's events for `ptsh play`."""
+the sessions they took part in), searches, and one session's events for `ptsh play`.
+
+Both return one page of at most ``PAGE_LIMIT`` events (fewer if the caller asks for fewer)
+and the cursor of the next page: a client that wants more follows the cursor, so nothing
+is ever cut silently (``pteleport.audit.records`` has the order).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from common.errors import AccessDenied, NotFound
 from common.identity import Identity
+from pteleport.audit.records import Page
 from pteleport.auth.context import AuthContext
 
-MAX_LIMIT = 10_000
+PAGE_LIMIT = 2_000
 
 
 class AuditService:
@@ -43,26 +48,32 @@ class AuditService:
         limit: int = 500,
         order: str = "asc",
         after_id: str | None = None,
-    ) -> list[dict[str, Any]]:
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of matching events (at most ``PAGE_LIMIT``) and the cursor of the rest."""
         only = self._scope(actor, "event")
         if only is not None:
             if user and user != only:
                 raise AccessDenied("you may only read events of your own sessions")
             user = only
-        return self.ctx.audit.search(
+        return self.ctx.audit.search_page(
             from_time=from_time,
             to_time=to_time,
             event_types=event_types,
             user=user,
             sid=sid,
-            limit=max(1, min(limit, MAX_LIMIT)),
+            limit=max(1, min(limit, PAGE_LIMIT)),
             order="desc" if order == "desc" else "asc",
             after_id=after_id,
+            cursor=cursor,
         )
 
-    def session_events(self, actor: Identity, sid: str) -> list[dict[str, Any]]:
+    def session_events(self, actor: Identity, sid: str, cursor: str | None = None, limit: int = PAGE_LIMIT) -> Page:
+        """One page of a session's events, oldest first; an access user sees only their own sessions."""
         only = self._scope(actor, "session")
-        events = self.ctx.audit.search(sid=sid, limit=MAX_LIMIT, order="asc")
-        if not events or (only is not None and not any(e.get("user") == only for e in events)):
+        page = self.ctx.audit.search_page(
+            sid=sid, user=only, limit=max(1, min(limit, PAGE_LIMIT)), order="asc", cursor=cursor
+        )
+        if not page.events and cursor is None:
             raise NotFound(f'no session "{sid}" found; "ptsh recordings ls" lists recent sessions')
-        return events
+        return page

@@ -239,9 +239,13 @@ class UserService:
     def invite_details(self, token: str, remote: str = "") -> dict:
         """What the signup page shows: the user and the TOTP secret to enrol (made on first view)."""
         doc, item = self._user_token(token, remote)
-        if self.ctx.settings.second_factor == "otp" and "totp_secret" not in doc:
-            doc["totp_secret"] = totp.new_secret()
-            self.ctx.user_tokens.swap(item, doc, expires=item.expires)
+        while self.ctx.settings.second_factor == "otp" and "totp_secret" not in doc:
+            # Two first views at once: one secret wins the swap, the other view shows it.
+            try:
+                self.ctx.user_tokens.swap(item, {**doc, "totp_secret": totp.new_secret()}, expires=item.expires)
+            except CompareFailed:
+                pass
+            doc, item = self._user_token(token, remote)
         result = {"user": doc["user"], "kind": doc["kind"], "second_factor": self.ctx.settings.second_factor}
         if "totp_secret" in doc:
             result["totp_secret"] = doc["totp_secret"]
@@ -263,9 +267,15 @@ class UserService:
                     "the authenticator code is not valid; check the device's clock and try the current code"
                 )
             counter = found
-        # Single use: the token disappears before the password is stored.
-        self.ctx.user_tokens.backend.delete(item.key)
         record = {"password_hash": passwords.hash_password(password), "totp_secret": secret, "totp_counter": counter}
+        # Single use: whoever deletes the token first completes it (a concurrent second
+        # completion finds it gone); then the password is stored.
+        try:
+            self.ctx.user_tokens.backend.delete(item.key)
+        except NotFound:
+            raise NotFound(
+                "this invite or reset link is invalid, already used or expired; ask an admin for a new one"
+            ) from None
         self.ctx.secrets.put(doc["user"], record)
         if self.ctx.login_state.exists(doc["user"]):
             self.ctx.login_state.delete(doc["user"])

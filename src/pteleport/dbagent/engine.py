@@ -119,6 +119,7 @@ class EngineDeps:
     emit: Callable[[dict], None]
     clock: Callable[[], datetime]
     access: Callable[[], AccessState | None] = lambda: None
+    audit_refusal: Callable[[], str | None] = lambda: None  # a sentence while events cannot be kept
     sessions: dict[tuple[int, bytes], _Session] = field(default_factory=dict)
     live: dict[str, LiveSession] = field(default_factory=dict)
 
@@ -335,6 +336,9 @@ class PostgresEngine:
             revoked = self._revoked(identity)
             if revoked is not None:
                 raise revoked
+            unaudited = self.deps.audit_refusal()
+            if unaudited is not None:
+                raise ConnectionProblem(unaudited)
             await self._authorize(identity, served.resource)
             upstream = await self._connect(identity, served, packet)
         except PteleportError as err:

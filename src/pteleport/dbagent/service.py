@@ -99,7 +99,7 @@ class DatabaseAgent:
         self.cluster = ident.cluster
         creds = ClusterCredentials(ident.cert, ident.key, self.host_ca_pem)
         self.client = AsyncClusterClient(proxy, creds)
-        self.shipper = AuditShipper(self.client, cfg.data_dir)
+        self.shipper = AuditShipper(self.client, cfg.data_dir, settings=cfg.db_service.audit)
         engine = PostgresEngine(
             EngineDeps(
                 cluster_name=lambda: self.cluster,
@@ -112,6 +112,7 @@ class DatabaseAgent:
                 emit=self.shipper.emit,
                 clock=self.clock,
                 access=lambda: self.access,
+                audit_refusal=self.shipper.refusal,
             )
         )
         self.engine = engine

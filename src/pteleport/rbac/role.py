@@ -26,9 +26,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from common.durations import parse_duration
 from common.errors import BadParameter
 from pteleport.rbac import matchers, templates
-from pteleport.rbac.durations import parse_duration
 from pteleport.rbac.where import parse_where
 
 SUPPORTED_VERSIONS = ("v3", "v4", "v5", "v6", "v7")

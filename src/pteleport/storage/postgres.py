@@ -7,6 +7,10 @@ operation is one statement in its own transaction, so conditional writes
 (create, update, compare-and-swap) are atomic against other processes: PostgreSQL
 re-checks the WHERE clause on the newest row version after a concurrent update.
 Expired rows are invisible at once and deleted lazily, like the SQLite backend.
+
+The connection heals after a server restart (``pg_conn``): a call whose connection broke
+before COMMIT runs again on a new connection, reads always; a write cut off during COMMIT
+fails with ConnectionProblem, because it may or may not have been kept.
 """
 
 from __future__ import annotations
@@ -165,7 +169,9 @@ class PostgresBackend:
         check_limit(limit)
         params = _range(prefix) | {"now": self._clock(), "limit": limit}
         sql = _RANGE[params["end"] is not None]
-        return self._db.run(lambda conn: [_item(row) for row in conn.execute(sql, params).fetchall()])
+        return self._db.run(
+            lambda conn: [_item(row) for row in conn.execute(sql, params).fetchall()], idempotent=True
+        )
 
     def delete_range(self, prefix: str) -> int:
         check_prefix(prefix)
@@ -191,7 +197,7 @@ class PostgresBackend:
         """One row (or None) of one statement; ``params`` gains ``now``."""
         if not write:
             params = params | {"now": self._clock()}
-            return self._db.run(lambda conn: conn.execute(sql, params).fetchone())
+            return self._db.run(lambda conn: conn.execute(sql, params).fetchone(), idempotent=True)
         return self._write(lambda conn: conn.execute(sql, params).fetchone(), params)
 
     def _write(self, op: Callable[[psycopg.Connection], T], params: dict[str, Any]) -> T:

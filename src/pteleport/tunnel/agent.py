@@ -1,7 +1,8 @@
 """Agent end of the reverse tunnel: dial out to the proxy, stay connected, answer dials.
 
 States: connecting -> connected -> (lost) -> waiting (backoff with jitter) -> connecting.
-The dialer and the sleep function are injected so tests can drive reconnects.
+The backoff (``common.backoff``: its random source and sleep) is injected so tests can
+drive reconnects.
 
 When the proxy asks for a pool (``pool`` line on the control link), the agent keeps that
 many *spare* data links open, so a new session starts without a round trip on the
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
+from common.backoff import Backoff
 from common.relay import Connection
 from common.tls import INTERNAL_SNI
 from pteleport.tunnel.protocol import encode, read_message
@@ -49,6 +51,7 @@ class TunnelAgent:
         databases: Callable[[], list[str]],
         on_session: Callable[[Connection], Awaitable[None]],
         on_control: Callable[[dict], None] | None = None,
+        backoff: Callable[[], Backoff] | None = None,
     ) -> None:
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
@@ -57,6 +60,7 @@ class TunnelAgent:
         self.databases = databases
         self.on_session = on_session
         self.on_control = on_control
+        self._backoff = backoff or (lambda: Backoff(BACKOFF_MIN, BACKOFF_MAX))
         self.state = "connecting"
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,32 +72,34 @@ class TunnelAgent:
         task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
-        backoff = BACKOFF_MIN
+        backoff = self._backoff()
         while True:
             self.state = "connecting"
             try:
                 control = await dial_tls(self.proxy_host, self.proxy_port, self.ssl_context)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 self.state = "waiting"
+                delay = backoff.next_delay()
                 log.warning(
                     "cannot reach the proxy at %s:%s (%s); retrying in %.1fs",
                     self.proxy_host,
                     self.proxy_port,
                     exc,
-                    backoff,
+                    delay,
                 )
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                await backoff.sleep(delay)
                 continue
-            backoff = BACKOFF_MIN
             self.state = "connected"
             self.connected.set()
             log.info("connected to the proxy at %s:%s", self.proxy_host, self.proxy_port)
+            since = time.monotonic()
             await self._serve(control)
             self.connected.clear()
             self.state = "waiting"
+            if time.monotonic() - since >= HEARTBEAT_EVERY:
+                backoff.reset()  # a link that stayed up: come back quickly; one that flaps: slow down
             log.warning("lost the connection to the proxy; reconnecting")
-            await asyncio.sleep(BACKOFF_MIN * (0.5 + random.random()))
+            await backoff.wait()
 
     def announce(self) -> None:
         """Tell the proxy now (not at the next heartbeat) that the set of databases changed."""
@@ -149,14 +155,15 @@ class TunnelAgent:
 
     async def _spare_slot(self, control: Connection) -> None:
         """Keep one spare data link open while ``control`` is up; replace it once it is used."""
-        failures = 0
+        backoff = self._backoff()
+        failed = False
         while not control.closed.done():
-            if failures:
-                await asyncio.sleep(min(BACKOFF_MIN * 2**failures, BACKOFF_MAX) * (0.5 + random.random()))
+            if failed:
+                await backoff.wait()
             try:
                 conn = await dial_tls(self.proxy_host, self.proxy_port, self.ssl_context)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
-                failures += 1
+                failed = True
                 log.debug("could not open a spare link to the proxy: %s", exc)
                 continue
             conn.write(encode({"type": "spare"}))
@@ -171,9 +178,10 @@ class TunnelAgent:
                     used.cancel()
             if not used.done() or used.cancelled() or used.exception() is not None or not used.result():
                 conn.close()  # unused: the proxy dropped it, or the control link is gone
-                failures += 1
+                failed = True
                 continue
-            failures = 0
+            failed = False
+            backoff.reset()
             self._spawn(self._run_session(conn))
 
     async def stop(self) -> None:
