@@ -393,6 +393,10 @@ class PostgresEngine:
             if revoked is not None:
                 self.spawn(live.end(revoked.message))
 
+    async def end_all(self, message: str) -> None:
+        """End every open session with ``message`` (FATAL 57P01), e.g. when the service shuts down."""
+        await asyncio.gather(*(live.end(message) for live in list(self.deps.live.values())), return_exceptions=True)
+
     def spawn(self, job: Any) -> None:
         task = asyncio.get_running_loop().create_task(job)
         self._endings.add(task)
