@@ -332,7 +332,16 @@ def test_scram_password_database(env: DbEnv, pg, tmp_path: Path) -> None:
         "alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "scramdb", "--", "-c", "select 1"
     )
     assert wrong.returncode != 0
-    assert 'user "alice"' in wrong.stderr
+    # The database's own refusal reaches psql unchanged (as connected directly); the audit
+    # event carries the agent's advice on what to check.
+    assert "FATAL:  connection requires a valid client certificate" in wrong.stderr, wrong.stderr
+    deadline = time.monotonic() + 10
+    refused: list[dict] = []
+    while time.monotonic() < deadline and not refused:
+        refused = [e for e in env.events(type="db.session.start", user="alice")
+                   if e["code"] == "TDB00W" and e.get("db_service") == "scramdb"]
+        time.sleep(0.2)
+    assert refused and 'refused user "alice"' in refused[-1]["error"] and "pg_hba.conf" in refused[-1]["error"]
 
 
 def test_logout_of_databases(env: DbEnv) -> None:

@@ -8,7 +8,8 @@ engine.
 
     PteleportError
      ├── BadParameter          400  exit 1   bad input (file, flag, request body)
-     │    └── UsageError       400  exit 2   wrong command-line usage
+     │    ├── UsageError       400  exit 2   wrong command-line usage
+     │    └── Unsupported      400  exit 1   a feature pteleport does not offer (SQLSTATE 0A000)
      ├── NotFound              404  exit 1
      ├── AlreadyExists         409  exit 1
      ├── CompareFailed         409  exit 1   concurrent update lost the race
@@ -42,6 +43,10 @@ class BadParameter(PteleportError):
 
 class UsageError(BadParameter):
     kind = "usage"
+
+
+class Unsupported(BadParameter):
+    kind = "not_supported"
 
 
 class NotFound(PteleportError):
@@ -87,6 +92,7 @@ ALL_KINDS: dict[str, type[PteleportError]] = {
     for cls in (
         BadParameter,
         UsageError,
+        Unsupported,
         NotFound,
         AlreadyExists,
         CompareFailed,
@@ -117,6 +123,7 @@ _EXIT_CODES: dict[str, int] = {
 _HTTP_STATUS: dict[str, int] = {
     "bad_parameter": 400,
     "usage": 400,
+    "not_supported": 400,
     "not_found": 404,
     "already_exists": 409,
     "compare_failed": 409,
@@ -133,6 +140,7 @@ _SQLSTATE: dict[str, str] = {
     "not_logged_in": "28000",  # invalid_authorization_specification: log in again
     "bad_parameter": "08P01",  # protocol_violation
     "usage": "08P01",
+    "not_supported": "0A000",  # feature_not_supported
     "not_found": "3D000",  # invalid_catalog_name
     "connection_problem": "08006",  # connection_failure
     "limit_exceeded": "53300",  # too_many_connections

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from common.sockets import limit_transport_buffers
+
 READ_LIMIT = 1024 * 1024
 
 
@@ -159,11 +161,12 @@ class _Pipe(asyncio.Protocol):
     """Reads from one transport and writes every chunk to the peer transport.
 
     ``filter`` (normally None) may replace a chunk before it is tapped and forwarded; it
-    returns the bytes to send (empty: nothing). ``tail`` keeps the last ``TAIL`` bytes sent.
+    returns the bytes to send (empty: nothing). ``tap`` sees what is forwarded and may hold a
+    chunk back by answering False. ``tail`` keeps the last ``TAIL`` bytes sent.
     """
 
     def __init__(
-        self, peer: asyncio.Transport, done: asyncio.Future[None], tap: Callable[[bytes], None] | None
+        self, peer: asyncio.Transport, done: asyncio.Future[None], tap: Callable[[bytes], bool | None] | None
     ) -> None:
         self.peer = peer
         self.done = done
@@ -186,8 +189,9 @@ class _Pipe(asyncio.Protocol):
                 return
         if self.tap is not None:
             try:
-                self.tap(data)
-            except Exception as exc:  # a tap refusing the data ends the session
+                if self.tap(data) is False:
+                    return
+            except Exception as exc:  # a tap that fails ends the session
                 self._finish(exc)
                 return
         self.tail = data[-TAIL:] if len(data) >= TAIL else (self.tail + data)[-TAIL:]
@@ -222,7 +226,7 @@ class Splice:
         self,
         a: Connection,
         b: Connection,
-        tap_a_to_b: Callable[[bytes], None] | None = None,
+        tap_a_to_b: Callable[[bytes], bool | None] | None = None,
         b_leftover: bytes = b"",
         sent_to_a: bytes = b"",
     ) -> None:
@@ -239,6 +243,8 @@ class Splice:
         """Relay until either side closes; the error that ended it, if any."""
         a, b = self._a, self._b
         ta, tb = self.ta, self.tb
+        for transport in (ta, tb):  # bound what each hop holds in flight (common.sockets)
+            limit_transport_buffers(transport)
         pending_a, pending_b = a.take_buffer(), b.take_buffer() + self._leftover
         ta.set_protocol(self.pipe_a)
         tb.set_protocol(self.pipe_b)

@@ -3,15 +3,22 @@
 ::
 
     proxy ──session line (client cert)──▶ engine: verify cert (user CA, expiry) → identity
-          ──StartupMessage──────────────▶        RBAC re-check (labels, db user, db name)
+          ──StartupMessage──────────────▶        db user/name: the client's, the route's by default
+                                                 RBAC re-check (labels, that db user, that db name)
                                                  connect upstream (TLS + IAM token / cert / password)
-          ◀──AuthenticationOk, ParameterStatus*, BackendKeyData (ours), ReadyForQuery
+          ◀──AuthenticationOk, ParameterStatus*, BackendKeyData (the server's), ReadyForQuery
           ◀════════════ relay: client→server parsed for audit, server→client untouched ════▶
 
-Identity comes only from the verified certificate, never from the startup message.
-A refusal is a Postgres ErrorResponse whose message says why, plus a TDB00W event.
-CancelRequest carries our BackendKeyData; we map it to the real one and cancel upstream,
-only for the user who owns the session.
+Identity comes only from the verified certificate, never from the startup message; the
+db user and db name do come from the StartupMessage (``user``, ``database``), as in
+Teleport, with the certificate's route as the default, and RBAC decides on exactly those.
+Every other startup parameter is forwarded unchanged (``application_name`` is also the
+events' ``user_agent``). What the client sees is what it would see connected directly: the
+server's BackendKeyData, its errors byte for byte (also at startup: a database that does
+not exist, a role without LOGIN, too many connections), its FATAL and EOF when the backend
+is terminated. A refusal of ours is a Postgres ErrorResponse whose message says why, plus a
+TDB00W event. A CancelRequest is honoured when its (database, pid, secret) match a live
+session of the same user; the proxy sends it to every agent serving the database.
 
 Open sessions are watched (``LiveSession``): when the access snapshot changes (a lock, a
 deleted user, a role taken away) or roles change (a new deny rule), every open session is
@@ -29,23 +36,30 @@ import asyncio
 import base64
 import contextlib
 import logging
-import secrets
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 
-from common.errors import AccessDenied, BadParameter, ConnectionProblem, NotLoggedIn, PteleportError, sqlstate_for
+from common.errors import (
+    AccessDenied,
+    BadParameter,
+    ConnectionProblem,
+    NotLoggedIn,
+    PteleportError,
+    Unsupported,
+    sqlstate_for,
+)
 from common.identity import Identity, identity_from_cert
 from common.relay import Connection, Splice, attach_stream
 from common.tls import verify_issued_by
 from pteleport.audit import events as ev
 from pteleport.auth.access import as_error
 from pteleport.dbagent.credentials import Credentials, LocalSettings, split_uri
-from pteleport.dbagent.upstream import UpstreamTLS, connect_upstream, send_cancel
+from pteleport.dbagent.upstream import FromServer, UpstreamTLS, connect_upstream, send_cancel
 from pteleport.pgwire import (
     BIND,
     CLOSE,
@@ -80,10 +94,10 @@ from pteleport.rbac.checker import AccessChecker
 from pteleport.rbac.revocation import AccessState, refusal
 
 log = logging.getLogger("pteleport.dbagent.engine")
-DROPPED_STARTUP_PARAMS = {"user", "database", "replication"}
 CLIENT_DISCONNECT = "client.disconnect"
 CLIENT_DISCONNECT_CODE = "T3006I"
 ADMIN_SHUTDOWN = "57P01"
+PROTOCOL_VIOLATION = "08P01"
 END_GRACE = 3.0  # seconds a session gets to reach a message boundary before it is cut
 TERMINATE = Terminate().encode()  # the client's goodbye, so the server logs a clean end
 
@@ -120,7 +134,7 @@ class EngineDeps:
     clock: Callable[[], datetime]
     access: Callable[[], AccessState | None] = lambda: None
     audit_refusal: Callable[[], str | None] = lambda: None  # a sentence while events cannot be kept
-    sessions: dict[tuple[int, bytes], _Session] = field(default_factory=dict)
+    sessions: dict[tuple[str, int, bytes], _Session] = field(default_factory=dict)
     live: dict[str, LiveSession] = field(default_factory=dict)
 
 
@@ -149,6 +163,13 @@ class _Auditor:
         self._clean_base: dict[str, Any] | None = None
         self._taken: frozenset[str] = frozenset()
 
+    def use(self, db_user: str, db_name: str, user_agent: str | None) -> None:
+        """The db user and db name the session actually uses (the client's), before any event."""
+        self.base.update(db_user=db_user, db_name=db_name)
+        if user_agent:
+            self.base["user_agent"] = user_agent
+        self._clean_base = None
+
     def emit(self, name: str, code: str, **fields: Any) -> None:
         """The same event as ``make_event(..., ei=..., **self.base, **fields)``, cheaper per query.
 
@@ -169,12 +190,25 @@ class _Auditor:
         self.ei += 1
         self.deps.emit(event)
 
-    def tap(self) -> Callable[[bytes], None]:
-        """The client→server tap: frames messages and emits one event per SQL-carrying one."""
+    def tap(self, on_malformed: Callable[[str], None]) -> Callable[[bytes], bool | None]:
+        """The client→server tap: frames messages and emits one event per SQL-carrying one.
+
+        A malformed message is not forwarded (the tap answers False): it is audited
+        (``db.session.malformed_packet``) and ``on_malformed`` ends the session with 08P01.
+        """
         frames = FrameReader()
         param_oids: dict[str, list[int]] = {}
 
-        def on_data(data: bytes) -> None:
+        def on_data(data: bytes) -> bool | None:
+            try:
+                audit(data)
+            except BadParameter as exc:
+                self.emit(ev.DB_SESSION_MALFORMED_PACKET, ev.DB_SESSION_MALFORMED_PACKET_CODE, error=exc.message)
+                on_malformed(exc.message)
+                return False
+            return None
+
+        def audit(data: bytes) -> None:
             for kind, payload in frames.feed(data):
                 if kind == QUERY:
                     self.emit(
@@ -241,14 +275,19 @@ class LiveSession:
         if self._timer is not None:
             self._timer.cancel()
 
-    async def end(self, message: str) -> None:
+    def malformed(self, problem: str) -> None:
+        """The client sent a malformed message: forward nothing more, end with a protocol violation."""
+        self.splice.drop_a_to_b()
+        self.engine.spawn(self.end(f"invalid frontend message: {problem}", PROTOCOL_VIOLATION))
+
+    async def end(self, message: str, sqlstate: str = ADMIN_SHUTDOWN) -> None:
         """Tell the client why with a FATAL ErrorResponse at a message boundary, then close both sides."""
         if self.ending is not None:
             return
         self.ending = message
         log.info("ending session %s of %s: %s", self.session.sid, self.identity.username, message)
         self.auditor.emit(CLIENT_DISCONNECT, CLIENT_DISCONNECT_CODE, reason=message)
-        fatal = error_response(message, ADMIN_SHUTDOWN)
+        fatal = error_response(message, sqlstate)
         splice = self.splice
         splice.drop_a_to_b()
         if ends_with_ready_for_query(splice.tail_from_b):
@@ -332,6 +371,10 @@ class PostgresEngine:
             self._refuse(conn, auditor, err)
             return
         assert isinstance(packet, StartupMessage)
+        identity = self._session_identity(identity, packet)
+        route = identity.route
+        assert route is not None
+        auditor.use(route.username, route.database, packet.params.get("application_name"))
         try:
             revoked = self._revoked(identity)
             if revoked is not None:
@@ -339,27 +382,27 @@ class PostgresEngine:
             unaudited = self.deps.audit_refusal()
             if unaudited is not None:
                 raise ConnectionProblem(unaudited)
+            _check_startup(packet)
             await self._authorize(identity, served.resource)
             upstream = await self._connect(identity, served, packet)
         except PteleportError as err:
             self._refuse(conn, auditor, err)
             return
-        our_pid = secrets.randbelow(2**31 - 1) + 1
-        our_secret = secrets.token_bytes(4)
         host, port = split_uri(served.resource["spec"]["uri"])
-        session = _Session(
-            auditor.sid, identity, host, port, upstream.tls, upstream.conn.backend_pid, upstream.conn.backend_secret
-        )
-        self.deps.sessions[(our_pid, our_secret)] = session
+        pid, secret = upstream.conn.backend_pid, upstream.conn.backend_secret
+        session = _Session(auditor.sid, identity, host, port, upstream.tls, pid, secret)
+        key = (route.service_name, pid, secret)
+        self.deps.sessions[key] = session
         hello = [authentication_ok()]
         hello += [parameter_status(k, v) for k, v in upstream.conn.parameters.items()]
-        hello += [backend_key_data(our_pid, our_secret), ready_for_query(b"I")]
+        hello += [backend_key_data(pid, secret), ready_for_query(b"I")]
         greeting = b"".join(hello)
         conn.write(greeting)
         auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True, db_roles=list(identity.roles))
         server_conn, leftover = attach_stream(upstream.conn.reader, upstream.conn.writer)
-        splice = Splice(conn, server_conn, tap_a_to_b=auditor.tap(), b_leftover=leftover, sent_to_a=greeting)
-        live = LiveSession(self, session, auditor, splice, served.resource, identity.route)
+        splice = Splice(conn, server_conn, b_leftover=leftover, sent_to_a=greeting)
+        live = LiveSession(self, session, auditor, splice, served.resource, route)
+        splice.pipe_a.tap = auditor.tap(live.malformed)
         self.deps.live[session.sid] = live
         if identity.expires is not None and await self._ends_with_cert(identity):
             live.end_at(identity.expires, f"your certificate expired at {identity.expires:%Y-%m-%d %H:%M:%S} UTC; log in again")
@@ -370,8 +413,18 @@ class PostgresEngine:
         finally:
             live.cancel_timer()
             self.deps.live.pop(session.sid, None)
-            self.deps.sessions.pop((our_pid, our_secret), None)
+            if self.deps.sessions.get(key) is session:
+                del self.deps.sessions[key]
             auditor.emit(ev.DB_SESSION_END, ev.DB_SESSION_END_CODE)
+
+    @staticmethod
+    def _session_identity(identity: Identity, startup: StartupMessage) -> Identity:
+        """The identity with the route this session uses: the client's db user and name, else the certificate's."""
+        route = identity.route
+        assert route is not None
+        db_user = startup.params.get("user") or route.username
+        db_name = startup.params.get("database") or route.database
+        return identity.with_route(replace(route, username=db_user, database=db_name))
 
     async def _ends_with_cert(self, identity: Identity) -> bool:
         roles = await self.deps.roles(list(identity.roles))
@@ -414,9 +467,13 @@ class PostgresEngine:
         raise BadParameter("too many negotiation requests")
 
     def _refuse(self, conn: Connection, auditor: _Auditor, err: PteleportError) -> None:
+        """One ErrorResponse: the database's own when it refused, else ours; audited as TDB00W."""
         log.info("refused %s: %s", auditor.base["user"], err.message)
         auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_FAILURE_CODE, success=False, error=err.message)
-        conn.write(error_response(err.message, sqlstate_for(err)))
+        if isinstance(err, FromServer) and err.response:
+            conn.write(err.response)
+        else:
+            conn.write(error_response(err.message, sqlstate_for(err)))
 
     async def _authorize(self, identity: Identity, db: dict) -> None:
         roles = await self.deps.roles(list(identity.roles))
@@ -434,16 +491,18 @@ class PostgresEngine:
         creds = self.deps.credentials
         tls = await creds.tls_for(served.resource, served.local)
         tls, password = await creds.secret_for(served.resource, served.local, route.username, tls)
-        params = {k: v for k, v in startup.params.items() if k not in DROPPED_STARTUP_PARAMS}
+        params = {k: v for k, v in startup.params.items() if k not in ("user", "database")}
         conn = await connect_upstream(
             host, port, route.username, route.database, tls, password=password, startup_params=params
         )
         return _Upstream(conn, tls)
 
     async def _cancel(self, identity: Identity, request: CancelRequest) -> None:
-        session = self.deps.sessions.get((request.pid, bytes(request.secret)))
+        route = identity.route
+        assert route is not None
+        session = self.deps.sessions.get((route.service_name, request.pid, bytes(request.secret)))
         if session is None:
-            return
+            return  # not ours: the proxy sends a cancel to every agent serving the database
         if session.identity.username != identity.username:
             log.warning("%s tried to cancel a query of %s; ignored", identity.username, session.identity.username)
             return
@@ -453,6 +512,16 @@ class PostgresEngine:
             )
         except PteleportError as err:
             log.warning("cancel for session %s failed: %s", session.sid, err.message)
+
+
+def _check_startup(startup: StartupMessage) -> None:
+    """Refuse what the relay cannot carry, with a sentence (a replication connection)."""
+    replication = startup.params.get("replication", "").strip().lower()
+    if replication and replication not in ("false", "off", "no", "0"):
+        raise Unsupported(
+            "replication connections are not supported through pteleport; "
+            "connect for replication directly, or leave the replication parameter out"
+        )
 
 
 @dataclass

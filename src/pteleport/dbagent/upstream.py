@@ -154,6 +154,49 @@ def _build_context(tls: UpstreamTLS) -> ssl.SSLContext:
 # ----- errors --------------------------------------------------------------------------
 
 
+class FromServer(PteleportError):
+    """Mixed into the errors made from the database's own ErrorResponse during startup.
+
+    ``message`` is our sentence for the agent's log and the audit event (what to check);
+    ``response`` is the server's message as it sent it, which the client gets unchanged, so
+    it sees the SQLSTATE, message, detail and hint it would see connected directly.
+    """
+
+    response: bytes = b""
+
+
+class ServerAccessDenied(FromServer, AccessDenied):
+    pass
+
+
+class ServerNotFound(FromServer, NotFound):
+    pass
+
+
+class ServerLimitExceeded(FromServer, LimitExceeded):
+    pass
+
+
+class ServerProblem(FromServer, ConnectionProblem):
+    pass
+
+
+def _with_response(err: PteleportError, response: bytes) -> PteleportError:
+    kinds: dict[type, type[FromServer]] = {
+        AccessDenied: ServerAccessDenied,
+        NotFound: ServerNotFound,
+        LimitExceeded: ServerLimitExceeded,
+        ConnectionProblem: ServerProblem,
+    }
+    cls = kinds.get(type(err))
+    if cls is None:
+        return err
+    made = cls(err.message, err.detail)
+    made.response = response
+    return made
+
+
+
 class _Progress:
     """What the connection is doing, for the message when something goes wrong."""
 
@@ -413,7 +456,10 @@ async def _startup(
         while True:
             kind, payload = await _read_message(reader, progress)
             if kind == pgwire.ERROR_RESPONSE:
-                raise _startup_error(payload, user, database, where, authenticated=False)
+                raise _with_response(
+                    _startup_error(payload, user, database, where, authenticated=False),
+                    pgwire.encode_message(kind, payload),
+                )
             if kind in (pgwire.NOTICE_RESPONSE, pgwire.NEGOTIATE_PROTOCOL_VERSION):
                 continue
             if kind != pgwire.AUTHENTICATION:
@@ -437,7 +483,10 @@ async def _startup(
             elif kind == pgwire.READY_FOR_QUERY:
                 break
             elif kind == pgwire.ERROR_RESPONSE:
-                raise _startup_error(payload, user, database, where, authenticated=True)
+                raise _with_response(
+                    _startup_error(payload, user, database, where, authenticated=True),
+                    pgwire.encode_message(kind, payload),
+                )
             elif kind not in (pgwire.NOTICE_RESPONSE, pgwire.NEGOTIATE_PROTOCOL_VERSION):
                 raise _unexpected(kind, progress)
     except asyncio.IncompleteReadError as exc:

@@ -25,13 +25,19 @@ from datetime import datetime
 
 from cryptography import x509
 
-from common.errors import AccessDenied, NotLoggedIn, PteleportError, sqlstate_for
+from common.errors import AccessDenied, BadParameter, NotLoggedIn, PteleportError, sqlstate_for
 from common.identity import Identity, identity_from_cert
 from common.relay import Connection, splice
 from common.tls import verify_issued_by
 from pteleport.audit.events import DB_SESSION_START, DB_SESSION_START_FAILURE_CODE
 from pteleport.auth.access import as_error
-from pteleport.pgwire import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE, error_response, startup_packet_length
+from pteleport.pgwire import (
+    CANCEL_REQUEST_CODE,
+    GSSENC_REQUEST_CODE,
+    SSL_REQUEST_CODE,
+    error_response,
+    startup_packet_length,
+)
 from pteleport.rbac.revocation import Refusal
 from pteleport.tunnel.protocol import encode
 from pteleport.tunnel.server import TunnelServer
@@ -126,27 +132,50 @@ class ProxyServer:
             self._refuse(conn, as_error(reason), identity)
             return
         route = identity.route
+        hosts = self.cluster.registered_hosts(route.service_name)
         try:
             head = await asyncio.wait_for(conn.read_exactly(8), 30)
             length = startup_packet_length(head)
             packet = head + await asyncio.wait_for(conn.read_exactly(length - 8), 30)
-            agent = await self.tunnel.dial(route.service_name, self.cluster.registered_hosts(route.service_name))
+            if _is_cancel(packet):
+                await self._cancel(conn, packet, hosts)
+                return
+            agent = await self.tunnel.dial(route.service_name, hosts)
         except PteleportError as err:
             self._refuse(conn, err, identity)
             return
-        except (ConnectionError, TimeoutError):
+        except TimeoutError:
+            self._refuse(conn, BadParameter("the client sent no startup message within 30 s"), None)
+            return
+        except ConnectionError:
             conn.close()
             return
-        der = conn.peer_cert_der() or b""
-        agent.write(
-            encode({"type": "session", "client_cert": base64.b64encode(der).decode(), "remote": conn.peername()})
-        )
+        agent.write(self._session_line(conn))
         agent.write(packet)
         self.active_sessions += 1
         try:
             await splice(conn, agent)
         finally:
             self.active_sessions -= 1
+
+    def _session_line(self, conn: Connection) -> bytes:
+        der = conn.peer_cert_der() or b""
+        return encode({"type": "session", "client_cert": base64.b64encode(der).decode(), "remote": conn.peername()})
+
+    async def _cancel(self, conn: Connection, packet: bytes, hosts: list[str]) -> None:
+        """A CancelRequest goes to every agent serving the database; only the one holding the session acts.
+
+        Each checks that the (database, pid, secret) belong to a live session of this user.
+        The client's connection then closes, as PostgreSQL closes it after a cancel.
+        """
+        links = await self.tunnel.dial_each(hosts)
+        line = self._session_line(conn)
+        for link in links:
+            link.write(line + packet)
+        await asyncio.gather(*(asyncio.wait_for(link.closed, 10) for link in links), return_exceptions=True)
+        for link in links:
+            link.close()
+        conn.close()
 
     def _refuse(self, conn: Connection, err: PteleportError, identity: Identity | None) -> None:
         """One ErrorResponse the client can read, then close; audited when we know who it was."""
@@ -165,3 +194,7 @@ class ProxyServer:
             )
         conn.write(error_response(err.message, sqlstate_for(err)))
         conn.close()
+
+
+def _is_cancel(packet: bytes) -> bool:
+    return len(packet) >= 8 and int.from_bytes(packet[4:8], "big") == CANCEL_REQUEST_CODE

@@ -141,23 +141,33 @@ class TunnelServer:
                 f'no database service is serving "{database}" right now; check that its pteleport '
                 'db agent is running and connected ("pctl db ls" shows the agents)'
             )
-        errors = []
         for agent in candidates:
             agent.last_used = time.monotonic()
-            spare = agent.take_spare()
-            if spare is not None:
-                return spare
-            dial_id = secrets.token_hex(12)
-            fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-            self._pending[dial_id] = fut
-            agent.control.write(encode({"type": "dial", "dial_id": dial_id}))
-            try:
-                return await asyncio.wait_for(fut, DIAL_TIMEOUT)
-            except TimeoutError:
-                errors.append(agent.host_id)
-                log.warning("agent %s did not answer a dial for %s; trying the next", agent.host_id, database)
-            finally:
-                self._pending.pop(dial_id, None)
+            link = await self._link(agent)
+            if link is not None:
+                return link
+            log.warning("agent %s did not answer a dial for %s; trying the next", agent.host_id, database)
         raise ConnectionProblem(
             f'the database service(s) serving "{database}" did not answer; they may be restarting, try again'
         )
+
+    async def dial_each(self, host_ids: list[str]) -> list[Connection]:
+        """A data link to every connected agent among ``host_ids`` (for a cancel, whose session only one holds)."""
+        links = await asyncio.gather(*(self._link(agent) for agent in self.connected(host_ids)))
+        return [link for link in links if link is not None]
+
+    async def _link(self, agent: AgentLink) -> Connection | None:
+        """A warm spare of ``agent``, or a new data link it dials back; None if it does not answer."""
+        spare = agent.take_spare()
+        if spare is not None:
+            return spare
+        dial_id = secrets.token_hex(12)
+        fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        self._pending[dial_id] = fut
+        agent.control.write(encode({"type": "dial", "dial_id": dial_id}))
+        try:
+            return await asyncio.wait_for(fut, DIAL_TIMEOUT)
+        except TimeoutError:
+            return None
+        finally:
+            self._pending.pop(dial_id, None)
