@@ -7,15 +7,17 @@ Everything is a real process: ``pteleport start`` (auth + proxy), one or more
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness import PCTL, PTELEPORT, PTSH, Cluster, TotpDevice, find_url, pty_run, run, signup
+from tests.harness import PCTL, PTELEPORT, PTSH, Cluster, TotpDevice, find_url, free_port, pty_run, run, signup
 from tests.pgserver import PgServer
 
 PASSWORD = "correct horse battery"
@@ -164,6 +166,35 @@ class DbEnv:
 
     def ptsh(self, user: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return run([PTSH, *args], self.user_env(user), timeout=timeout)
+
+    @contextlib.contextmanager
+    def tunnel(
+        self, user: str, db_user: str = "alice", db_name: str = "postgres", database: str = "aurora"
+    ) -> Iterator[int]:
+        """``ptsh proxy db --tunnel`` as ``user`` (routed to db_user@db_name); yields its local port.
+
+        Stopped with Ctrl+C (SIGINT) at the end, and it must exit cleanly.
+        """
+        port = free_port()
+        proc = subprocess.Popen(
+            [PTSH, "proxy", "db", "--tunnel", f"--port={port}", f"--db-user={db_user}", f"--db-name={db_name}", database],
+            env=self.user_env(user),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            banner = proc.stdout.readline() if proc.stdout else ""
+            assert f"127.0.0.1:{port}" in banner, banner + (proc.stderr.read() if proc.stderr else "")
+            yield port
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else proc.returncode
 
     def stop(self) -> None:
         for agent in self.agents:

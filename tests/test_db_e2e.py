@@ -116,24 +116,8 @@ def test_extended_protocol_parameters_are_audited(env: DbEnv) -> None:
     assert any(e["event"] == "db.session.postgres.statements.execute" for e in session)
 
 
-@contextlib.contextmanager
-def open_tunnel(env: DbEnv, user: str, db_user: str = "alice") -> Iterator[int]:
-    port = _free_port()
-    tunnel = subprocess.Popen(
-        [PTSH, "proxy", "db", "--tunnel", f"--port={port}", f"--db-user={db_user}", "--db-name=postgres", "aurora"],
-        env=env.user_env(user),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        banner = tunnel.stdout.readline() if tunnel.stdout else ""
-        assert f"127.0.0.1:{port}" in banner, banner + (tunnel.stderr.read() if tunnel.stderr else "")
-        yield port
-    finally:
-        tunnel.send_signal(signal.SIGINT)
-        tunnel.wait(10)
-    assert tunnel.returncode == 0
+def open_tunnel(env: DbEnv, user: str, db_user: str = "alice") -> contextlib.AbstractContextManager[int]:
+    return env.tunnel(user, db_user=db_user)
 
 
 def test_role_refusal_names_what_would_be_allowed(env: DbEnv, pg) -> None:

@@ -22,7 +22,6 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from tests.dbenv import DbEnv, make_env
-from tests.harness import PTSH, free_port
 from tests.pgserver import ThrowawayCA
 
 pytestmark = pytest.mark.slow
@@ -84,24 +83,9 @@ def direct(pg, tmp_path_factory) -> Direct:
     return Direct(pg, tmp_path_factory.mktemp("direct"))
 
 
-@contextlib.contextmanager
-def tunnel(env: DbEnv, user: str = "alice") -> Iterator[int]:
+def tunnel(env: DbEnv, user: str = "alice") -> contextlib.AbstractContextManager[int]:
     """``ptsh proxy db --tunnel`` routed to alice@postgres; yields its port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [PTSH, "proxy", "db", "--tunnel", f"--port={port}", "--db-user=alice", "--db-name=postgres", "aurora"],
-        env=env.user_env(user),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        banner = proc.stdout.readline() if proc.stdout else ""
-        assert f"127.0.0.1:{port}" in banner, banner + (proc.stderr.read() if proc.stderr else "")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return env.tunnel(user)
 
 
 def via(port: int, user: str = "alice", dbname: str = "postgres", **extra: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ import psycopg
 import pytest
 
 from tests.dbenv import DbEnv, make_env
-from tests.harness import PTSH, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -139,21 +137,8 @@ def test_a_join_that_claims_an_existing_host_id_is_refused(env: DbEnv) -> None:
 @contextlib.contextmanager
 def tunnel(env: DbEnv, user: str) -> Iterator[str]:
     """``ptsh proxy db --tunnel`` for ``user``; yields a psycopg DSN through it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [PTSH, "proxy", "db", "--tunnel", f"--port={port}", f"--db-user={user}", "--db-name=postgres", "aurora"],
-        env=env.user_env(user),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        banner = proc.stdout.readline() if proc.stdout else ""
-        assert f"127.0.0.1:{port}" in banner, banner + (proc.stderr.read() if proc.stderr else "")
+    with env.tunnel(user, db_user=user) as port:
         yield f"postgresql://{user}@127.0.0.1:{port}/postgres?sslmode=disable&connect_timeout=10"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def ends_within(conn: psycopg.Connection, seconds: float) -> psycopg.Error:
