@@ -89,7 +89,8 @@ class DbEnv:
             args += [f"--{key}", value]
         return self.pctl_json(*args)
 
-    def start_agent(self, name: str = "aurora", *extra: str, wait: bool = True) -> Agent:
+    def start_agent(self, name: str = "aurora", *extra: str, wait: bool = True, uri: str | None = None) -> Agent:
+        """Start ``pteleport db start`` for ``name``; ``uri`` defaults to ``localhost:<pg port>``."""
         token = self.pctl("tokens", "add", "--type=db", "--format=text")
         assert token.returncode == 0, token.stderr
         pin = self.pctl_json("status")["ca_pin"]
@@ -103,7 +104,7 @@ class DbEnv:
             f"--proxy={self.cluster.addr}",
             f"--ca-pin={pin}",
             f"--name={name}",
-            f"--uri=localhost:{self.pg.port}",
+            f"--uri={uri or f'localhost:{self.pg.port}'}",
             f"--ca-cert-file={self.pg.ca_cert_file}",
             "--labels=env=dev",
             f"--data-dir={data_dir}",
