@@ -23,7 +23,7 @@ from tests.conformance import fetch
 from tests.conformance.allowlist import KNOWN_LOSSES
 from tests.conformance.classify import CATEGORIES, classify
 from tests.conformance.compare import compare
-from tests.conformance.deploy import Conformance, deploy
+from tests.conformance.deploy import Conformance, deploy, ipv6_loopback
 from tests.conformance.report import render
 from tests.conformance.run import Outcome, RunResult, run_suite
 from tests.conformance.suites import PG8000
@@ -49,6 +49,8 @@ def pg8000() -> fetch.Prepared:
 
 @pytest.fixture(scope="module")
 def conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Conformance]:
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback (::1) here: the direct path needs it (tests/conformance/deploy.py)")
     # An identity file (pctl auth sign) rather than ptsh login: no wait for a fresh TOTP step.
     dep = deploy(tmp_path_factory.mktemp("conformance"), log=lambda _msg: None, identity=True)
     try:
@@ -128,3 +130,14 @@ def test_a_test_missing_on_one_path_is_a_difference() -> None:
 def test_losses_are_classified_from_their_test_and_message(suite: str, nodeid: str, message: str,
                                                            category: str) -> None:
     assert classify(suite, nodeid, message) == category
+
+
+def test_a_cached_sdist_with_another_sha256_is_refused_and_deleted(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTELEPORT_CONFORMANCE_CACHE", str(tmp_path))
+    cached = tmp_path / "sdists" / PG8000.sdist
+    cached.parent.mkdir()
+    cached.write_bytes(b"not the sdist PyPI lists")
+    with pytest.raises(fetch.FetchError, match=r"SHA-256 .* not the 553b2402"):
+        fetch.download(PG8000)
+    assert not cached.exists()

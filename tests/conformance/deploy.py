@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +101,16 @@ class Conformance:
         self.pg.stop()
 
 
+def ipv6_loopback() -> bool:
+    """True if this machine can listen on ::1 (the direct path's address)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind((DIRECT_HOST, 0))
+            return True
+    except OSError:
+        return False
+
+
 def start_tunnel(env: DbEnv, identity: Path | None = None) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     cmd = [PTSH, *(["-i", str(identity)] if identity else []), "proxy", "db", "--tunnel", f"--port={port}",
@@ -115,6 +126,9 @@ def start_tunnel(env: DbEnv, identity: Path | None = None) -> tuple[subprocess.P
 
 def deploy(root: Path, log: Callable[[str], None] = print, identity: bool = False) -> Conformance:
     """PostgreSQL, ``pteleport start``, an agent, a logged-in user and a tunnel; ``stop()`` ends them all."""
+    if not ipv6_loopback():
+        raise DeployError("this machine cannot listen on ::1; the direct path needs the IPv6 loopback so that "
+                          "pg_hba.conf can tell it from the agent's connections (from 127.0.0.1)")
     root.mkdir(parents=True, exist_ok=True)
     log("starting PostgreSQL (127.0.0.1 and ::1)")
     pg = PgServer.start(root, extra_listen=[DIRECT_HOST])
