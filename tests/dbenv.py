@@ -203,11 +203,16 @@ class DbEnv:
 
 
 def make_env(root: Path, pg: PgServer) -> DbEnv:
+    """``pteleport start``, its db-client CA trusted by ``pg``, the seed role; the cluster stops if this fails."""
     cluster = Cluster(root / "cluster").start()
     env = DbEnv(root, pg, cluster)
-    ca = env.pctl("auth", "export", "--type=db-client")
-    assert ca.returncode == 0, ca.stderr
-    pg.trust_client_ca(ca.stdout.encode())
-    created = env.pctl("create", input=SEED_ROLE)
-    assert created.returncode == 0, created.stderr
+    try:
+        ca = env.pctl("auth", "export", "--type=db-client")
+        assert ca.returncode == 0, ca.stderr
+        pg.trust_client_ca(ca.stdout.encode())
+        created = env.pctl("create", input=SEED_ROLE)
+        assert created.returncode == 0, created.stderr
+    except BaseException:
+        cluster.stop(check=False)
+        raise
     return env

@@ -11,6 +11,10 @@ pg_hba.conf routes by group role: members of ``pt_cert`` log in with a client ce
 ``pt_trust`` without credentials; everything else over TCP is rejected. ``create_role``
 puts a new role in the right group.
 
+``add_hba`` adds lines of a suite's own (e.g. the conformance harness's) ahead of the final
+reject lines; ``start(extra_listen=["::1"])`` also listens on IPv6 loopback, so a test can give
+one path (direct, from ::1) and another (an agent, from 127.0.0.1) different pg_hba rules.
+
 The pytest fixture ``pg`` (session scope) starts one server for the run and always stops it.
 Tests that take the server down (``restart``, ``pause``/``resume``) start their own with
 ``PgServer.start()``, so the shared one stays up for everyone else.
@@ -141,8 +145,9 @@ class PgServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, root: Path, port: int, as_root: bool) -> None:
+    def __init__(self, root: Path, port: int, as_root: bool, extra_listen: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.extra_listen = extra_listen
         self.port = port
         self.data_dir = str(root / "data")
         self.socket_dir = str(root / "run")
@@ -164,15 +169,20 @@ class PgServer:
     # ----- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    def start(cls, base_dir: str | os.PathLike[str] | None = None) -> PgServer:
-        """initdb, configure TLS and pg_hba.conf, start, create the auth group roles."""
+    def start(
+        cls, base_dir: str | os.PathLike[str] | None = None, extra_listen: tuple[str, ...] | list[str] = ()
+    ) -> PgServer:
+        """initdb, configure TLS and pg_hba.conf, start, create the auth group roles.
+
+        ``extra_listen``: addresses to listen on besides 127.0.0.1 (e.g. ``["::1"]``).
+        """
         as_root = os.geteuid() == 0
         parent = Path(base_dir) if base_dir is not None else Path(tempfile.gettempdir())
         if as_root and not _traversable_by_others(parent):
             parent = Path("/tmp")
         root = Path(tempfile.mkdtemp(prefix="pteleport-pg-", dir=parent))
         os.chmod(root, 0o755)
-        server = cls(root, _free_port(), as_root)
+        server = cls(root, _free_port(), as_root, tuple(extra_listen))
         try:
             server._init()
             server._start()
@@ -236,7 +246,7 @@ class PgServer:
         # PostgreSQL refuses an empty ssl_ca_file: seed it with a CA whose key is thrown away.
         self._write(self.client_ca_file, ThrowawayCA.create("placeholder client CA").cert_pem, 0o644)
         settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": ",".join(["127.0.0.1", *self.extra_listen]),
             "port": str(self.port),
             "unix_socket_directories": self.socket_dir,
             "ssl": "on",
@@ -348,6 +358,19 @@ class PgServer:
             for group in AUTH_GROUPS.values():
                 conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role))
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(AUTH_GROUPS[auth]), role))
+
+    def add_hba(self, lines: list[str]) -> None:
+        """Add pg_hba.conf lines just before the final ``reject`` lines, and reload.
+
+        They come after the group-role lines, so they apply to roles in no ``pt_*`` group
+        (and to every role for addresses the group lines do not cover, such as ::1).
+        """
+        path = Path(self.data_dir, "pg_hba.conf")
+        current = path.read_text(encoding="utf-8").splitlines()
+        at = next((i for i, line in enumerate(current) if line.startswith("host all all") and "reject" in line),
+                  len(current))
+        path.write_text("\n".join([*current[:at], *lines, *current[at:]]) + "\n", encoding="utf-8")
+        self.reload()
 
     def trust_client_ca(self, pem: bytes) -> None:
         """Add a CA to ssl_ca_file, so client certificates it signs are accepted, and reload."""
