@@ -212,11 +212,56 @@ class _Pipe(asyncio.Protocol):
             self.peer.resume_reading()
 
     def _finish(self, exc: Exception | None) -> None:
-        self.peer.close()
+        close_gracefully(self.peer)
         if self.transport is not None:
             self.transport.close()
         if not self.done.done():
             self.done.set_result(exc)  # type: ignore[arg-type]
+
+
+LINGER = 2.0  # seconds a closing plain-TCP peer gets to read what was sent and close its side
+
+
+class _Discard(asyncio.Protocol):
+    """After our FIN: throw away what the peer still sends; close on its EOF or after LINGER."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        self._timer.cancel()
+        self.transport.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+
+
+def close_gracefully(transport: asyncio.Transport) -> None:
+    """Close without a TCP reset, so the peer reads everything we sent (a last FATAL error) first.
+
+    Closing a socket that still holds unread bytes from the peer makes the kernel answer with
+    a reset, and a reset makes the peer's kernel drop what it had not read yet. A plain TCP
+    transport therefore sends its FIN (``write_eof``), discards what still comes, and closes
+    when the peer closes (or after ``LINGER``). TLS transports close with close_notify,
+    which already waits for the peer's.
+    """
+    if transport.is_closing():
+        return
+    try:
+        if transport.get_extra_info("sslcontext") is not None or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+    except (OSError, RuntimeError, NotImplementedError):
+        transport.close()
+        return
+    transport.set_protocol(_Discard(transport))
+    transport.resume_reading()
 
 
 class Splice:
