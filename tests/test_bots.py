@@ -65,8 +65,7 @@ class World:
 
     def env(self, **extra: str | Path) -> dict[str, str]:
         """A machine with no admin identity and no ptsh login."""
-        values: dict[str, str | Path] = {"PTSH_HOME": self.root / "nobody-home",
-                                         "PTELEPORT_DATA_DIR": self.root / "no-data"}
+        values: dict[str, str | Path] = {"PTSH_HOME": self.root / "nobody-home"}
         values.update(extra)
         return base_env(**values)
 

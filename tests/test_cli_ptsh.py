@@ -275,18 +275,35 @@ def test_status_of_an_expired_login(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_pctl_refuses_an_expired_ptsh_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _store_login(tmp_path / "home", -timedelta(minutes=5), monkeypatch)
-    env = base_env(PTSH_HOME=tmp_path / "home", PTELEPORT_DATA_DIR=tmp_path / "no-data")
+    env = base_env(PTSH_HOME=tmp_path / "home")
     result = run([PCTL, "status"], env)
     assert result.returncode == 3
     assert "expired" in result.stderr and "ptsh login" in result.stderr
 
 
 def test_pctl_without_any_credentials(tmp_path: Path) -> None:
-    env = base_env(PTSH_HOME=tmp_path / "home", PTELEPORT_DATA_DIR=tmp_path / "data")
-    result = run([PCTL, "status"], env)
+    result = run([PCTL, "status"], base_env(PTSH_HOME=tmp_path / "home"))
     assert result.returncode == 3
     assert "pctl found no credentials" in result.stderr
-    assert str(tmp_path / "data" / "admin-identity.pem") in result.stderr
+    assert "admin-identity.pem does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_pctl_with_a_data_dir_uses_it_or_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A data dir named on purpose is never swapped for the ptsh login, even when there is one."""
+    _store_login(tmp_path / "home", timedelta(hours=1), monkeypatch)
+    folder = tmp_path / "data"
+    if how == "flag":
+        result = run([PCTL, "--data-dir", str(folder), "status"], base_env(PTSH_HOME=tmp_path / "home"))
+        source = "--data-dir"
+    else:
+        result = run([PCTL, "status"], base_env(PTSH_HOME=tmp_path / "home", PTELEPORT_DATA_DIR=folder))
+        source = "PTELEPORT_DATA_DIR"
+    assert result.returncode == 3
+    assert result.stderr.strip() == (
+        f"ERROR: {folder} (from {source}) holds no admin identity (admin-identity.pem): it is not the data dir "
+        "of a cluster started on this host; check the path, or drop it to use your ptsh login"
+    )
 
 
 def test_logout_removes_a_stored_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
