@@ -42,16 +42,15 @@ def add(
     fmt: OptionalFormatOpt = None,
 ) -> None:
     """Create a bot and print its single-use join token (--format=text prints only the token)."""
-    from common.durations import format_duration, parse_duration
-    from common.errors import BadParameter
+    from common.cli import flag_duration
+    from common.durations import format_duration
+    from common.errors import UsageError
     from pctl.connect import client
 
     role_list = split_list(roles)
     if not role_list:
-        raise BadParameter("pass --roles with at least one role, e.g. --roles=db-readonly")
-    delta = parse_duration(ttl, what="--ttl")
-    if delta.total_seconds() <= 0:
-        raise BadParameter("--ttl must be positive, e.g. --ttl=1h")
+        raise UsageError("pass --roles with at least one role, e.g. --roles=db-readonly")
+    delta = flag_duration(ttl, "--ttl")
     traits = {k: v for k, v in {"db_users": split_list(db_users), "db_names": split_list(db_names)}.items() if v}
     body = {"name": name, "roles": role_list, "traits": traits, "token_ttl_seconds": int(delta.total_seconds())}
     with client() as api:

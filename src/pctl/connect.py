@@ -97,32 +97,17 @@ def data_dir() -> Path:
     return chosen[0] if chosen else host_data_dir()
 
 
-def _host_cas(bundle: bytes) -> bytes:
-    """Of an identity file's CAs, the host CA(s): the only ones that vouch for the proxy."""
-    from cryptography.x509.oid import NameOID
-
-    from common.tls import cert_pem, load_certs
-
-    certs = load_certs(bundle)
-    hosts = [
-        c
-        for c in certs
-        if any(a.value == "host CA" for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
-    ]
-    return b"".join(cert_pem(c) for c in hosts) if hosts else bundle
-
-
 def _from_identity_file(path: Path, source: str, kind: str) -> Found:
     from common.cli import eprint
     from common.client import ClusterCredentials
-    from common.identity_file import load
+    from common.identity_file import host_cas, load
 
     ident = load(path, warn=eprint)
     _refuse_expired(ident.cert, source, kind)
     addr = STATE["auth_server"] or ident.proxy
     if not addr:
         raise UsageError(f"pass --auth-server=HOST:PORT: {path} does not say which proxy to reach")
-    return Found(addr, ClusterCredentials(ident.cert, ident.key, _host_cas(ident.cas)), source, kind, path)
+    return Found(addr, ClusterCredentials(ident.cert, ident.key, host_cas(ident.cas)), source, kind, path)
 
 
 def _refuse_expired(cert: bytes, source: str, kind: str) -> None:

@@ -96,13 +96,10 @@ def add(
     fmt: OptionalFormatOpt = None,
 ) -> None:
     """Create a join token and print its value, the only time it is shown (--format=text prints only the token)."""
-    from common.durations import parse_duration
-    from common.errors import BadParameter
+    from common.cli import flag_duration
     from pctl.connect import client
 
-    delta = parse_duration(ttl, what="--ttl")
-    if delta.total_seconds() <= 0:
-        raise BadParameter("--ttl must be positive, e.g. --ttl=30m")
+    delta = flag_duration(ttl, "--ttl", example="30m")
     types = split_list(type_)
     db_names = split_list(db_name)
     body = {

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from common import __version__
-from common.cli import eprint, run_app
+from common.cli import add_help_command, eprint, run_app
 
 app = typer.Typer(
     help="pteleport: certificate-based, audited access to PostgreSQL through one public port.",
@@ -36,6 +36,25 @@ def _root(debug: Annotated[bool, typer.Option("--debug", "-d", help="Verbose log
 def version() -> None:
     """Print the version."""
     print(f"pteleport v{__version__} python{sys.version_info.major}.{sys.version_info.minor}")
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Where the cluster, PostgreSQL and logs live (default ./.data).")
+    ] = None,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="The proxy's address (default 127.0.0.1:3080).")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="The cluster user to make (default: you).")] = None,
+    pg_bindir: Annotated[
+        str | None, typer.Option("--pg-bindir", help="PostgreSQL's server programs (default: PATH, then packages).")
+    ] = None,
+) -> None:
+    """A local cluster with a PostgreSQL database, in the foreground: try pteleport in one command."""
+    from pteleport.dev.cluster import run_dev
+
+    run_dev(data_dir, listen, user, pg_bindir)
 
 
 @app.command()
@@ -172,6 +191,9 @@ def install_systemd(
         eprint(f"wrote the systemd unit to {output}")
     else:
         sys.stdout.write(unit)
+
+
+add_help_command(app, "pteleport")
 
 
 def main() -> None:

@@ -144,10 +144,11 @@ def db_connect(
 
     Arguments after -- go to psql: ptsh db connect aurora -- -c 'select 1'
     """
+    import os
     import shutil
 
     from common.errors import BadParameter
-    from ptsh.databases import BackgroundTunnel, cert_for, connection_url
+    from ptsh.databases import BackgroundTunnel, cert_for, connection_url, psql_startup
 
     psql = shutil.which("psql")
     if psql is None:
@@ -160,6 +161,9 @@ def db_connect(
     tunnel = BackgroundTunnel(login, cert)
     port = tunnel.start()
     try:
+        # Before psql starts: the proxy, the agent and the database answer, or the error and its exit code.
+        terminal = sys.stdin.isatty() and sys.stdout.isatty()
+        tunnel.preflight(psql_startup(cert.db_user, cert.db_name, dict(os.environ), terminal))
         return _run_psql([psql, connection_url(cert.db_user, port, cert.db_name), *ctx.args])
     finally:
         tunnel.stop()
