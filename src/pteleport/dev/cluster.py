@@ -271,9 +271,15 @@ class DevCluster:
             answer = self._admin.post("/v1/tokens", {"types": ["db"], "ttl_seconds": 900, "db_names": [DEMO]})
             token, token_id = answer["token"]["metadata"]["name"], answer["id"]
         config = self._agent_config(token)
+        log = self.logs / "agent.log"
+        offset = log.stat().st_size if log.exists() else 0
         child = self._spawn("database agent", ["start", "-c", str(config)], "agent.log")
         deadline = time.monotonic() + START_TIMEOUT
-        while not any(s["metadata"]["name"] == DEMO for s in self._admin.get("/v1/resources/db_servers")):
+        # Ready: its tunnel to the proxy is up (its log says so) and the cluster holds its registration
+        # (an earlier run's may still be there: only the log tells that this agent is connected).
+        while not (_logged_since(log, offset, "connected to the proxy") and any(
+            s["metadata"]["name"] == DEMO for s in self._admin.get("/v1/resources/db_servers")
+        )):
             if child.exited() is not None:
                 raise self._failed(child, "the database agent stopped")
             if time.monotonic() > deadline:
@@ -326,6 +332,15 @@ class DevCluster:
                 self._admin.close()
         if self._lock is not None:
             self._lock.close()
+
+
+def _logged_since(log: Path, offset: int, text: str) -> bool:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            return text.encode() in fh.read()
+    except OSError:
+        return False
 
 
 def _shell_setup(data: Path) -> list[str]:
