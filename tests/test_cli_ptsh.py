@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import stat
 import subprocess
@@ -46,9 +47,20 @@ def test_version_output() -> None:
 
 
 def test_status_when_not_logged_in(tmp_path: Path) -> None:
-    result = run([PTSH, "status"], base_env(PTSH_HOME=tmp_path / "home"))
+    """It says what to run: for the local cluster (pteleport dev), else with placeholders."""
+    result = subprocess.run([PTSH, "status"], env=base_env(PTSH_HOME=tmp_path / "home"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
     assert result.returncode == 3
-    assert result.stderr.strip() == "ERROR: Not logged in."
+    assert result.stderr.strip() == 'ERROR: Not logged in; run "ptsh login --proxy=HOST:PORT --user=NAME"'
+    data = tmp_path / ".data"  # what pteleport dev leaves in the directory it ran in
+    data.mkdir()
+    (data / "process.json").write_text('{"proxy": "127.0.0.1:3080", "public_addr": "127.0.0.1:3081"}')
+    (data / "webproxy_cert.pem").write_text("self-signed")
+    result = subprocess.run([PTSH, "db", "ls"], env=base_env(PTSH_HOME=tmp_path / "home"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3
+    user = getpass.getuser()
+    assert result.stderr.strip() == f'ERROR: Not logged in; run "ptsh login --proxy=127.0.0.1:3081 --user={user} --insecure"'
 
 
 def test_login_needs_a_proxy(tmp_path: Path) -> None:
@@ -78,7 +90,7 @@ def test_teleport_env_names_are_fallbacks(tmp_path: Path) -> None:
                                  "https://h:1/web/other/0123456789abcdef", "https://h:1/web/invite/a/b"])
 def test_signup_refuses_what_is_not_an_invite_link(tmp_path: Path, url: str) -> None:
     result = run([PTSH, "signup", url], base_env(PTSH_HOME=tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "is not an invite link" in result.stderr
 
 

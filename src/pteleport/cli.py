@@ -38,6 +38,30 @@ def version() -> None:
     print(f"pteleport v{__version__} python{sys.version_info.major}.{sys.version_info.minor}")
 
 
+def _address(value: str | None, flag: str, *, listen: bool = False) -> None:
+    """A HOST:PORT flag of the right form (for --listen, port 0 means any free port), else exit 2."""
+    if value is None:
+        return
+    from common.errors import UsageError
+
+    host, sep, port = value.strip().rpartition(":")
+    low = 0 if listen else 1
+    if not sep or not port.isdigit() or not low <= int(port) <= 65535 or (not host and not listen):
+        raise UsageError(f'{flag} "{value}" is not HOST:PORT with a port from {low} to 65535, e.g. {flag}=127.0.0.1:3080')
+    if listen and host.strip("[]"):
+        import socket
+
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            from common.errors import BadParameter
+
+            raise BadParameter(
+                f"cannot listen on {value}: {host} is not a name or address of this machine ({exc.strerror}); "
+                f"pass {flag} with one, e.g. {flag}=127.0.0.1:3080"
+            ) from None
+
+
 @app.command()
 def dev(
     data_dir: Annotated[
@@ -73,7 +97,13 @@ def start(
     second_factor: Annotated[str | None, typer.Option("--second-factor", help="otp or off.")] = None,
 ) -> None:
     """Start pteleport: auth + proxy with no config, or the services a config file enables."""
+    from common.errors import UsageError
     from pteleport.startup import run_start
+
+    _address(listen, "--listen", listen=True)
+    _address(public_addr, "--public-addr")
+    if second_factor not in (None, "otp", "off"):
+        raise UsageError(f'--second-factor must be otp or off (got "{second_factor}")')
 
     run_start(
         config,
@@ -103,6 +133,9 @@ NodenameOpt = Annotated[str | None, typer.Option("--nodename", help="This host's
 
 def _agent_config(flags: dict) -> dict:
     from pteleport.dbconfig import agent_config_dict
+
+    _address(flags.get("proxy"), "--proxy")
+    _address(flags.get("uri"), "--uri")
 
     flags = {k: v for k, v in flags.items() if k not in ("output",)}
     flags["ca_pins"] = flags.pop("ca_pin") or []
@@ -187,7 +220,12 @@ def install_systemd(
         "[Install]\nWantedBy=multi-user.target\n"
     )
     if output:
-        Path(output).write_text(unit)
+        try:
+            Path(output).write_text(unit)
+        except OSError as exc:
+            from common.errors import BadParameter
+
+            raise BadParameter(f"cannot write {output}: {exc.strerror or exc}; pick another --output") from None
         eprint(f"wrote the systemd unit to {output}")
     else:
         sys.stdout.write(unit)

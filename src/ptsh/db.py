@@ -200,7 +200,9 @@ def _config(login: Any, database: str, db_user: str | None, db_name: str | None,
 @db_app.command("env")
 def db_env(
     database: Annotated[str, typer.Argument(help="Database name.")],
-    port: Annotated[int, typer.Option("--port", "-p", help="Port of your local tunnel.")] = DEFAULT_TUNNEL_PORT,
+    port: Annotated[
+        int, typer.Option("--port", "-p", help="Port of your local tunnel.", min=1, max=65535)
+    ] = DEFAULT_TUNNEL_PORT,
     db_user: DbUserOpt = None,
     db_name: DbNameOpt = None,
     fmt: Format = FORMAT_OPTION,
@@ -229,7 +231,9 @@ def db_env(
 @db_app.command("config")
 def db_config(
     database: Annotated[str, typer.Argument(help="Database name.")],
-    port: Annotated[int, typer.Option("--port", "-p", help="Port of your local tunnel.")] = DEFAULT_TUNNEL_PORT,
+    port: Annotated[
+        int, typer.Option("--port", "-p", help="Port of your local tunnel.", min=1, max=65535)
+    ] = DEFAULT_TUNNEL_PORT,
     db_user: DbUserOpt = None,
     db_name: DbNameOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, cmd, json or yaml.")] = "text",
