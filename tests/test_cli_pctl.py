@@ -73,9 +73,11 @@ def test_tokens_add_default_output_is_ready_to_run(cluster: Cluster) -> None:
     token = re.search(r"The invite token: ([0-9a-f]{32})", out).group(1)
     pin = json.loads(ok(cluster, "status", "--format", "json"))["ca_pin"]
     assert "This token will expire in 30 minutes." in out
+    assert "> pctl auth sign --format=db --host=pg.internal --out=server --ttl=2190h\n" in out
     assert (
         f"> pteleport db configure create \\\n   --token={token} \\\n   --ca-pin={pin} \\\n"
         f"   --proxy={cluster.addr} \\\n   --name=pg1 \\\n   --protocol=postgres \\\n   --uri=pg.internal:5432 \\\n"
+        "   --ca-cert-file=server.cas \\\n"
         "   --output file:///etc/pteleport.yaml\n\n> pteleport start -c /etc/pteleport.yaml\n"
     ) in out
     placeholders = ok(cluster, "tokens", "add", "--type=db", "--ttl=1h")

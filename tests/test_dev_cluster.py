@@ -15,13 +15,12 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.dbenv import PASSWORD
+from tests.devenv import DevRun, group_members, printed, remove_outside_pg_root, shell_env
 from tests.harness import BIN, PTELEPORT, TotpDevice, base_env, free_port, pty_run, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,85 +40,12 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def shell_env(home: Path) -> dict[str, str]:
-    """A second shell: no pteleport programs on PATH until the printed lines put them there."""
-    path = ":".join(p for p in os.environ.get("PATH", "").split(":") if p and Path(p).resolve() != BIN.resolve())
-    return base_env(PATH=path or "/usr/bin:/bin", PTSH_HOME=home)
-
-
-class DevRun:
-    """``./scripts/run`` in the background, its own process group (as a terminal's foreground job)."""
-
-    def __init__(self, clone: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(["./scripts/run"], cwd=clone, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                     start_new_session=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_ready(self, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(line.strip() == "ptsh db connect demo" for line in self.lines):
-                time.sleep(0.2)  # the blank line after it
-                return self.output
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.stop(signal.SIGTERM, group=True)
-        raise AssertionError(f"./scripts/run did not get ready:\n{self.output}")
-
-    def stop(self, sig: int, *, group: bool, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            if group:
-                os.killpg(self.proc.pid, sig)
-            else:
-                self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self.reader.join(5)
-        return code
-
-
-def group_members(pgid: int) -> list[str]:
-    """Processes still in the process group (``pid cmdline``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                found.append(f"{entry.name} {cmdline}")
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-def printed(output: str) -> tuple[str, dict[str, str]]:
-    """(the shell set-up lines, the commands of each numbered step by their first words)."""
-    setup = "; ".join(re.findall(r"^  (export .*)$", output, re.M))
-    commands = {" ".join(c.split()[:3 if c.startswith("ptsh db") else 2]): c
-                for c in re.findall(r"^  (ptsh .*)$", output, re.M)}
-    return setup, commands
-
-
 @pytest.mark.slow
-def test_fresh_clone_to_ptsh_db_connect_demo(tmp_path: Path) -> None:
+def test_fresh_clone_to_ptsh_db_connect_demo(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if shutil.which("initdb") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.skip("PostgreSQL's server programs are not installed")
     clone = fresh_copy(tmp_path / "pteleport")
+    request.addfinalizer(lambda: remove_outside_pg_root(clone / ".data"))
     listen = f"127.0.0.1:{free_port()}"
     env = base_env(PATH=f"{BIN}:{os.environ.get('PATH', '')}", PTELEPORT_USE_PATH="1", PTELEPORT_LISTEN=listen)
     home = tmp_path / "ptsh-home"
@@ -174,8 +100,6 @@ def test_fresh_clone_to_ptsh_db_connect_demo(tmp_path: Path) -> None:
         code = second.stop(signal.SIGTERM, group=False)  # only the leader: it stops the others
     assert code == 0, second.output
     assert group_members(second.proc.pid) == []
-    if not Path(state["pg_root"]).is_relative_to(clone):
-        shutil.rmtree(state["pg_root"], ignore_errors=True)  # as root, PostgreSQL's files live under /var/tmp
 
 
 def test_dev_without_postgresql_says_how_to_install_it(tmp_path: Path) -> None:

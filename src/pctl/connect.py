@@ -140,9 +140,13 @@ def _from_profile() -> Found | None:
     cert = store.read_cert(profile)
     identity = identity_from_pem(cert)
     if identity.expires is not None and identity.expires <= datetime.now(UTC):
+        from common.paths import local_cluster
+
+        local = local_cluster()
+        insecure = local.insecure_flag if local is not None and local.proxy == profile.web_proxy_addr else ""
         raise NotLoggedIn(
             f'your ptsh login to {profile.web_proxy_addr} expired; run "ptsh login --proxy={profile.web_proxy_addr}'
-            f' --user={profile.user}"'
+            f' --user={profile.user}{insecure}"'
         )
     addr = STATE["auth_server"] or profile.web_proxy_addr
     creds = ClusterCredentials(cert, store.read_key(profile), store.read_cas(profile))

@@ -86,13 +86,13 @@ def agent_config_dict(
         if tls_mode != "verify-full":
             tls["mode"] = tls_mode
         if ca_cert_file:
-            tls["ca_cert_file"] = ca_cert_file
+            tls["ca_cert_file"] = os.path.abspath(ca_cert_file)  # the agent may run elsewhere than here
         if tls:
             db["tls"] = tls
         if aws_region:
             db["aws"] = {"region": aws_region}
         if password_file:
-            db["password_file"] = password_file
+            db["password_file"] = os.path.abspath(password_file)
         db_service["databases"] = [db]
     doc = {
         "version": "v3",

@@ -150,7 +150,9 @@ def relogin_hint(login: Login) -> str:
         from ptsh.login_state import RENEW_HINT
 
         return f"get a new identity file with {RENEW_HINT}"
-    return f"run `ptsh login --proxy={login.proxy}`"
+    from ptsh.login_state import login_command
+
+    return f"run `{login_command(login.proxy, user='')}`"
 
 
 def _reloaded(login: Login) -> Login:
