@@ -153,10 +153,10 @@ def test_tokens_bad_input(cluster: Cluster) -> None:
     assert code == 1 and "at least 16 characters" in err, err
     code, _out, err = pctl(cluster, "tokens", "add", "--type=spaceship")
     assert code == 1 and 'unknown token type "spaceship"' in err
-    code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--ttl=soon")
-    assert code == 1 and "is not a duration" in err
+    code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--ttl=soon")  # flag values of the wrong form
+    assert code == 2 and "is not a duration" in err
     code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--labels=novalue")
-    assert code == 1 and "KEY=VALUE" in err
+    assert code == 2 and "KEY=VALUE" in err
 
 
 def test_tokens_ls_empty(tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_bad_yaml_names_the_line(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_get_unknown_kind(cluster: Cluster) -> None:
     code, _out, err = pctl(cluster, "get", "spaceships")
-    assert code == 1 and 'unknown resource kind "spaceships"' in err
+    assert code == 2 and 'unknown resource kind "spaceships"' in err
 
 
 # --- users ----------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_users_add_ls_update_reset_rm(cluster: Cluster) -> None:
     )
     assert re.search(r"^ursula\s+access,editor\s+invited$", ok(cluster, "users", "ls"), re.M)
     code, _out, err = pctl(cluster, "users", "update", "ursula")
-    assert code == 1 and "Nothing to update" in err
+    assert code == 2 and "Nothing to update" in err
 
     reset = ok(cluster, "users", "reset", "ursula", "--ttl=2h")
     assert reset.startswith(
@@ -282,7 +282,7 @@ def test_users_add_json_is_a_user_token(cluster: Cluster) -> None:
 
 def test_users_add_bad_input(cluster: Cluster) -> None:
     code, _out, err = pctl(cluster, "users", "add", "xavier")
-    assert code == 1 and "--roles" in err
+    assert code == 2 and "--roles" in err
     code, _out, err = pctl(cluster, "users", "add", "--roles=nosuchrole", "xavier")
     assert code == 1 and 'role "nosuchrole" does not exist' in err
     ok(cluster, "users", "add", "--roles=access", "yolanda")

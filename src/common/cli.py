@@ -239,6 +239,4 @@ def print_help(app: typer.Typer, prog: str, words: list[str]) -> None:
             known = " ".join([prog, *words[:index]])
             raise UsageError(f'"{" ".join([prog, *words[: index + 1]])}" is not a command; run "{known} --help" for the list')
         command, ctx = sub, Context(sub, info_name=word, parent=ctx)
-    text = command.get_help(ctx)  # Typer prints it with rich and returns "", or returns plain text
-    if text:
-        print(text)
+    print(command.get_help(ctx))  # as --help does: Typer prints with rich and returns "", else plain text
