@@ -108,6 +108,7 @@ def scenario(pg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]
         env.start_agent("aurora")
         # --- pctl, as the admin on the auth host ---
         s.run("pctl version")
+        assert "Usage: pctl tokens add" in s.run("pctl help", "tokens", "add").result.stdout
         s.run("pctl status")
         added = s.run("pctl tokens add", "--type=db").parsed
         assert any(t["metadata"]["name"] == added["id"] for t in s.run("pctl tokens ls").parsed)
@@ -136,6 +137,7 @@ def scenario(pg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]
         # --- ptsh, as alice ---
         env.add_user("alice", "access,db")
         s.run("ptsh version")
+        assert "Usage: ptsh db connect" in s.run("ptsh help", "db", "connect").result.stdout
         s.run("ptsh login", f"--proxy={env.cluster.addr}", "--user=alice", "--insecure", "--password-stdin",
               "--otp", env.users["alice"].code(), input=PASSWORD + "\n")
         assert s.run("ptsh status").parsed["active"]["username"] == "alice"

@@ -73,9 +73,11 @@ def test_tokens_add_default_output_is_ready_to_run(cluster: Cluster) -> None:
     token = re.search(r"The invite token: ([0-9a-f]{32})", out).group(1)
     pin = json.loads(ok(cluster, "status", "--format", "json"))["ca_pin"]
     assert "This token will expire in 30 minutes." in out
+    assert "> pctl auth sign --format=db --host=pg.internal --out=server --ttl=2190h\n" in out
     assert (
         f"> pteleport db configure create \\\n   --token={token} \\\n   --ca-pin={pin} \\\n"
         f"   --proxy={cluster.addr} \\\n   --name=pg1 \\\n   --protocol=postgres \\\n   --uri=pg.internal:5432 \\\n"
+        "   --ca-cert-file=server.cas \\\n"
         "   --output file:///etc/pteleport.yaml\n\n> pteleport start -c /etc/pteleport.yaml\n"
     ) in out
     placeholders = ok(cluster, "tokens", "add", "--type=db", "--ttl=1h")
@@ -151,10 +153,10 @@ def test_tokens_bad_input(cluster: Cluster) -> None:
     assert code == 1 and "at least 16 characters" in err, err
     code, _out, err = pctl(cluster, "tokens", "add", "--type=spaceship")
     assert code == 1 and 'unknown token type "spaceship"' in err
-    code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--ttl=soon")
-    assert code == 1 and "is not a duration" in err
+    code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--ttl=soon")  # flag values of the wrong form
+    assert code == 2 and "is not a duration" in err
     code, _out, err = pctl(cluster, "tokens", "add", "--type=db", "--labels=novalue")
-    assert code == 1 and "KEY=VALUE" in err
+    assert code == 2 and "KEY=VALUE" in err
 
 
 def test_tokens_ls_empty(tmp_path: Path) -> None:
@@ -229,7 +231,7 @@ def test_bad_yaml_names_the_line(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_get_unknown_kind(cluster: Cluster) -> None:
     code, _out, err = pctl(cluster, "get", "spaceships")
-    assert code == 1 and 'unknown resource kind "spaceships"' in err
+    assert code == 2 and 'unknown resource kind "spaceships"' in err
 
 
 # --- users ----------------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def test_users_add_ls_update_reset_rm(cluster: Cluster) -> None:
     )
     assert re.search(r"^ursula\s+access,editor\s+invited$", ok(cluster, "users", "ls"), re.M)
     code, _out, err = pctl(cluster, "users", "update", "ursula")
-    assert code == 1 and "Nothing to update" in err
+    assert code == 2 and "Nothing to update" in err
 
     reset = ok(cluster, "users", "reset", "ursula", "--ttl=2h")
     assert reset.startswith(
@@ -280,7 +282,7 @@ def test_users_add_json_is_a_user_token(cluster: Cluster) -> None:
 
 def test_users_add_bad_input(cluster: Cluster) -> None:
     code, _out, err = pctl(cluster, "users", "add", "xavier")
-    assert code == 1 and "--roles" in err
+    assert code == 2 and "--roles" in err
     code, _out, err = pctl(cluster, "users", "add", "--roles=nosuchrole", "xavier")
     assert code == 1 and 'role "nosuchrole" does not exist' in err
     ok(cluster, "users", "add", "--roles=access", "yolanda")

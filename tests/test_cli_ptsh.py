@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import stat
 import subprocess
@@ -46,9 +47,20 @@ def test_version_output() -> None:
 
 
 def test_status_when_not_logged_in(tmp_path: Path) -> None:
-    result = run([PTSH, "status"], base_env(PTSH_HOME=tmp_path / "home"))
+    """It says what to run: for the local cluster (pteleport dev), else with placeholders."""
+    result = subprocess.run([PTSH, "status"], env=base_env(PTSH_HOME=tmp_path / "home"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
     assert result.returncode == 3
-    assert result.stderr.strip() == "ERROR: Not logged in."
+    assert result.stderr.strip() == 'ERROR: Not logged in; run "ptsh login --proxy=HOST:PORT --user=NAME"'
+    data = tmp_path / ".data"  # what pteleport dev leaves in the directory it ran in
+    data.mkdir()
+    (data / "process.json").write_text('{"proxy": "127.0.0.1:3080", "public_addr": "127.0.0.1:3081"}')
+    (data / "webproxy_cert.pem").write_text("self-signed")
+    result = subprocess.run([PTSH, "db", "ls"], env=base_env(PTSH_HOME=tmp_path / "home"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3
+    user = getpass.getuser()
+    assert result.stderr.strip() == f'ERROR: Not logged in; run "ptsh login --proxy=127.0.0.1:3081 --user={user} --insecure"'
 
 
 def test_login_needs_a_proxy(tmp_path: Path) -> None:
@@ -78,7 +90,7 @@ def test_teleport_env_names_are_fallbacks(tmp_path: Path) -> None:
                                  "https://h:1/web/other/0123456789abcdef", "https://h:1/web/invite/a/b"])
 def test_signup_refuses_what_is_not_an_invite_link(tmp_path: Path, url: str) -> None:
     result = run([PTSH, "signup", url], base_env(PTSH_HOME=tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "is not an invite link" in result.stderr
 
 
@@ -275,18 +287,35 @@ def test_status_of_an_expired_login(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_pctl_refuses_an_expired_ptsh_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _store_login(tmp_path / "home", -timedelta(minutes=5), monkeypatch)
-    env = base_env(PTSH_HOME=tmp_path / "home", PTELEPORT_DATA_DIR=tmp_path / "no-data")
+    env = base_env(PTSH_HOME=tmp_path / "home")
     result = run([PCTL, "status"], env)
     assert result.returncode == 3
     assert "expired" in result.stderr and "ptsh login" in result.stderr
 
 
 def test_pctl_without_any_credentials(tmp_path: Path) -> None:
-    env = base_env(PTSH_HOME=tmp_path / "home", PTELEPORT_DATA_DIR=tmp_path / "data")
-    result = run([PCTL, "status"], env)
+    result = run([PCTL, "status"], base_env(PTSH_HOME=tmp_path / "home"))
     assert result.returncode == 3
     assert "pctl found no credentials" in result.stderr
-    assert str(tmp_path / "data" / "admin-identity.pem") in result.stderr
+    assert "admin-identity.pem does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_pctl_with_a_data_dir_uses_it_or_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A data dir named on purpose is never swapped for the ptsh login, even when there is one."""
+    _store_login(tmp_path / "home", timedelta(hours=1), monkeypatch)
+    folder = tmp_path / "data"
+    if how == "flag":
+        result = run([PCTL, "--data-dir", str(folder), "status"], base_env(PTSH_HOME=tmp_path / "home"))
+        source = "--data-dir"
+    else:
+        result = run([PCTL, "status"], base_env(PTSH_HOME=tmp_path / "home", PTELEPORT_DATA_DIR=folder))
+        source = "PTELEPORT_DATA_DIR"
+    assert result.returncode == 3
+    assert result.stderr.strip() == (
+        f"ERROR: {folder} (from {source}) holds no admin identity (admin-identity.pem): it is not the data dir "
+        "of a cluster started on this host; check the path, or drop it to use your ptsh login"
+    )
 
 
 def test_logout_removes_a_stored_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,8 +54,9 @@ class World:
         return result.stdout
 
     def user_env(self, home: Path, **extra: str | Path) -> dict[str, str]:
-        # No data dir with an admin identity: pctl and ptsh act as the logged-in user.
-        return base_env(PTSH_HOME=home, PTELEPORT_DATA_DIR=self.root / "no-admin-here", **extra)
+        # No data dir named (and none with an admin identity on this host): pctl and ptsh act as the
+        # logged-in user.
+        return base_env(PTSH_HOME=home, **extra)
 
     def invite(self, user: str, roles: str = "access,db") -> str:
         url = find_url(self.admin("users", "add", f"--roles={roles}", user))

@@ -68,12 +68,13 @@ def test_db_configure_create_writes_a_private_working_config(tmp_path: Path) -> 
 
 
 def test_db_configure_create_refuses_bad_flags(tmp_path: Path) -> None:
+    """Flag values of the wrong form are wrong usage (exit 2)."""
     bad_pin = run([PTELEPORT, "db", "configure", "create", "--ca-pin=deadbeef", "--name=a", "--uri=h:1"], base_env())
-    assert bad_pin.returncode == 1 and "sha256:" in bad_pin.stderr
+    assert bad_pin.returncode == 2 and "sha256:" in bad_pin.stderr
     bad_labels = run([PTELEPORT, "db", "configure", "create", "--labels=oops", "--name=a", "--uri=h:1"], base_env())
-    assert bad_labels.returncode == 1 and "key=value" in bad_labels.stderr
+    assert bad_labels.returncode == 2 and "key=value" in bad_labels.stderr
     half = run([PTELEPORT, "db", "configure", "create", "--name=a"], base_env())
-    assert half.returncode == 1 and "--uri" in half.stderr
+    assert half.returncode == 2 and "--uri" in half.stderr
 
 
 def test_install_systemd(tmp_path: Path) -> None:

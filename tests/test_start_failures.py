@@ -52,7 +52,8 @@ def test_a_busy_port_empties_an_empty_data_dir_but_keeps_it(tmp_path: Path, busy
 def test_a_bad_listen_address_makes_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "cluster"
     code, err = start(data_dir, "127.0.0.1:abc")
-    assert (code, err) == (1, 'ERROR: "127.0.0.1:abc" is not HOST:PORT\n')
+    assert (code, err) == (2, 'ERROR: --listen "127.0.0.1:abc" is not HOST:PORT with a port from 0 to 65535, e.g. '
+                           '--listen=127.0.0.1:3080\n')
     assert not data_dir.exists()
 
 

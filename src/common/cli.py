@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from enum import Enum, StrEnum
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from common.errors import EXIT_USAGE, PteleportError, UsageError, exit_code_for
+from common.errors import EXIT_USAGE, BadParameter, PteleportError, UsageError, exit_code_for
 
 
 class Format(StrEnum):
@@ -32,6 +33,8 @@ class DataFormat(StrEnum):
 FORMAT_OPTION = typer.Option(Format.text, "--format", "-f", help="Output format: text, json or yaml.")
 
 DEBUG = {"on": bool(os.environ.get("PTELEPORT_DEBUG"))}
+# Every program and subcommand takes -h as well as --help (set once, in run_app).
+HELP_OPTIONS = ["-h", "--help"]
 
 
 def eprint(*parts: Any) -> None:
@@ -51,7 +54,7 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> None:
     if "--debug" in argv or "-d" in argv[:1]:
         DEBUG["on"] = True
     try:
-        result = app(args=argv, prog_name=prog, standalone_mode=False)
+        result = app(args=argv, prog_name=prog, standalone_mode=False, help_option_names=HELP_OPTIONS)
     except PteleportError as err:
         if DEBUG["on"]:
             import traceback
@@ -112,8 +115,29 @@ def _click_error(exc: Exception, prog: str) -> NoReturn:
         raise SystemExit(exc.exit_code)
     if DEBUG["on"]:
         raise exc
+    if isinstance(exc, OSError):
+        # A system call failed where no command expected it: its own words, not a class name.
+        what = exc.strerror or str(exc) or type(exc).__name__
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        eprint(f"ERROR: {what}{where}; run with --debug for details")
+        raise SystemExit(1)
     eprint(f"ERROR: unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
     raise SystemExit(1)
+
+
+def flag_duration(
+    text: str, flag: str, *, example: str = "1h", bare_minutes: bool = False, positive: bool = True
+) -> timedelta:
+    """A duration given on the command line: a value that is not one is wrong usage (exit 2)."""
+    from common.durations import parse_duration
+
+    try:
+        delta = parse_duration(text, what=flag, bare_minutes=bare_minutes)
+    except BadParameter as exc:
+        raise UsageError(exc.message) from None
+    if positive and delta.total_seconds() <= 0:
+        raise UsageError(f"{flag} must be positive, e.g. {flag}={example}")
+    return delta
 
 
 def render(data: Any, fmt: Format | str, text: Callable[[Any], str] | None = None) -> None:
@@ -187,3 +211,32 @@ def add_version_command(app: typer.Typer, prog: str) -> None:
 
         doc = {"version": __version__, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
         render(doc, fmt, lambda d: f"{prog} v{d['version']} python{d['python']}")
+
+
+def add_help_command(app: typer.Typer, prog: str) -> None:
+    """`PROG help [COMMAND...]`: the same text as `PROG [COMMAND...] --help`."""
+
+    @app.command("help")
+    def help_(
+        command: Annotated[
+            list[str] | None, typer.Argument(help="The command to explain, e.g. db connect.", show_default=False)
+        ] = None,
+    ) -> None:
+        """Show the help of the program or of one of its commands."""
+        print_help(app, prog, command or [])
+
+
+def print_help(app: typer.Typer, prog: str, words: list[str]) -> None:
+    import typer.main
+    from typer._click.core import Context
+    from typer.core import TyperGroup
+
+    command: Any = typer.main.get_command(app)
+    ctx = Context(command, info_name=prog, help_option_names=HELP_OPTIONS)
+    for index, word in enumerate(words):
+        sub = command.get_command(ctx, word) if isinstance(command, TyperGroup) else None
+        if sub is None:
+            known = " ".join([prog, *words[:index]])
+            raise UsageError(f'"{" ".join([prog, *words[: index + 1]])}" is not a command; run "{known} --help" for the list')
+        command, ctx = sub, Context(sub, info_name=word, parent=ctx)
+    print(command.get_help(ctx))  # as --help does: Typer prints with rich and returns "", else plain text

@@ -21,7 +21,15 @@ from typing import Any
 
 import httpx
 
-from common.errors import ConnectionProblem, InternalError, LimitExceeded, NotLoggedIn, PteleportError, from_kind
+from common.errors import (
+    ConnectionProblem,
+    InternalError,
+    LimitExceeded,
+    NotLoggedIn,
+    PteleportError,
+    UsageError,
+    from_kind,
+)
 from common.tls import INTERNAL_SNI, client_context, describe_ssl_error
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -36,19 +44,40 @@ class ClusterCredentials:
     host_cas: bytes
 
 
+class AddressError(UsageError, ValueError):
+    """An address that is not HOST:PORT (exit 2: it came from a flag or the environment)."""
+
+
 def normalize_addr(addr: str, default_port: int = 3080) -> str:
+    """``HOST[:PORT]`` (an ``https://`` prefix and a trailing ``/`` allowed) as ``HOST:PORT``."""
+    raw = addr
     addr = addr.strip()
     for prefix in ("https://", "http://"):
         if addr.startswith(prefix):
             addr = addr[len(prefix) :]
     addr = addr.rstrip("/")
-    if not addr:
-        raise ValueError("empty address")
     if addr.startswith("["):
-        return addr if "]:" in addr else f"{addr}:{default_port}"
-    if ":" not in addr:
-        return f"{addr}:{default_port}"
-    return addr
+        host, sep, rest = addr[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+        if not sep or port is None or not host:
+            raise _bad_addr(raw, "an IPv6 address goes in brackets, e.g. [::1]:3080")
+        host = f"[{host}]"
+    else:
+        host, sep, port = addr.rpartition(":") if ":" in addr else (addr, "", "")
+        if ":" in host:
+            raise _bad_addr(raw, "an IPv6 address goes in brackets, e.g. [::1]:3080")
+    if not host or any(ch in host for ch in "/@?# \t"):
+        raise _bad_addr(raw, "e.g. 127.0.0.1:3080 or proxy.example.com:443")
+    if not port:
+        port = str(default_port)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _bad_addr(raw, "the port is a number from 1 to 65535")
+    return f"{host}:{int(port)}"
+
+
+def _bad_addr(addr: str, hint: str) -> AddressError:
+    shown = "".join(ch if ch.isprintable() else "?" for ch in addr)
+    return AddressError(f'"{shown}" is not an address HOST:PORT; {hint}')
 
 
 def _raise_for(response: httpx.Response) -> None:

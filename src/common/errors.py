@@ -164,6 +164,17 @@ def sqlstate_for(err: PteleportError) -> str:
     return _SQLSTATE.get(err.kind, "XX000")
 
 
+def from_sqlstate(sqlstate: str, message: str) -> PteleportError:
+    """An ErrorResponse the cluster sent, as the error it was made from (the client side of
+    ``sqlstate_for``); a connection-class code (08, 57P) that is not ours is unreachability too."""
+    for kind, code in _SQLSTATE.items():
+        if code == sqlstate:
+            return ALL_KINDS[kind](message)
+    if sqlstate.startswith(("08", "57P")):
+        return ConnectionProblem(message)
+    return InternalError(message)
+
+
 def from_kind(kind: str, message: str) -> PteleportError:
     """Rebuild an error received over the API (the client side of ``http_status_for``)."""
     return ALL_KINDS.get(kind, InternalError)(message)

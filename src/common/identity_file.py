@@ -127,3 +127,18 @@ def foreign_cluster_problem(path: str | Path, proxy: str, cluster: str, host_cas
         f'the identity file {path} was issued by cluster "{cluster}", but the proxy at {proxy} belongs to '
         f'{other}; get an identity file from this cluster ("pctl auth sign" or "ptsh login --bot")'
     )
+
+
+def host_cas(bundle: bytes) -> bytes:
+    """Of an identity file's CAs, the host CA(s): the only ones that vouch for the proxy."""
+    from cryptography.x509.oid import NameOID
+
+    from common.tls import cert_pem, load_certs
+
+    certs = load_certs(bundle)
+    hosts = [
+        c
+        for c in certs
+        if any(a.value == "host CA" for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
+    ]
+    return b"".join(cert_pem(c) for c in hosts) if hosts else bundle

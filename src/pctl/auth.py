@@ -76,8 +76,8 @@ def sign(
     """Sign certificates for machines and databases: identity files for CI, db client and server certificates."""
     from datetime import UTC, datetime
 
-    from common.cli import eprint
-    from common.durations import format_duration, parse_duration
+    from common.cli import eprint, flag_duration
+    from common.durations import format_duration
     from common.errors import AlreadyExists, UsageError
     from common.identity_file import IdentityFile, render
     from common.tls import generate_private_key, private_key_pem, public_key_pem
@@ -93,10 +93,7 @@ def sign(
         raise UsageError("--format=db with --user needs --db-service (and --db-user, --db-name)")
     if (db_user or db_name) and not db_service:
         raise UsageError("--db-user and --db-name route a certificate to a database: add --db-service")
-    requested = parse_duration(ttl, what="--ttl")
-    seconds = int(requested.total_seconds())
-    if seconds <= 0:
-        raise UsageError("--ttl must be positive, e.g. --ttl=1h")
+    seconds = int(flag_duration(ttl, "--ttl").total_seconds())
     for path in [Path(out)] if fmt == "file" else [Path(f"{out}.{ext}") for ext in ("key", "crt", "cas")]:
         if path.exists() and not overwrite:
             raise AlreadyExists(f"{path} already exists; pass --overwrite to replace it")

@@ -22,7 +22,7 @@ This token can be used once and will expire in {ttl}.
 
 On the machine that runs the job, trade it for an identity file (its key is made there):
 
-> ptsh login --bot --token={token} --proxy={proxy} --out={name}.identity
+> ptsh login --bot --token={token} --proxy={proxy} --out={name}.identity{insecure}
 
 Then use the identity file:
 
@@ -42,20 +42,20 @@ def add(
     fmt: OptionalFormatOpt = None,
 ) -> None:
     """Create a bot and print its single-use join token (--format=text prints only the token)."""
-    from common.durations import format_duration, parse_duration
-    from common.errors import BadParameter
+    from common.cli import flag_duration
+    from common.durations import format_duration
+    from common.errors import UsageError
     from pctl.connect import client
 
     role_list = split_list(roles)
     if not role_list:
-        raise BadParameter("pass --roles with at least one role, e.g. --roles=db-readonly")
-    delta = parse_duration(ttl, what="--ttl")
-    if delta.total_seconds() <= 0:
-        raise BadParameter("--ttl must be positive, e.g. --ttl=1h")
+        raise UsageError("pass --roles with at least one role, e.g. --roles=db-readonly")
+    delta = flag_duration(ttl, "--ttl")
     traits = {k: v for k, v in {"db_users": split_list(db_users), "db_names": split_list(db_names)}.items() if v}
     body = {"name": name, "roles": role_list, "traits": traits, "token_ttl_seconds": int(delta.total_seconds())}
     with client() as api:
         doc = api.post("/v1/bots", body)
+        insecure = " --insecure" if fmt is None and self_signed(api) else ""
     if fmt == Fmt.text:
         print(doc["token"])
     elif fmt is not None:
@@ -68,9 +68,19 @@ def add(
                 token=doc["token"],
                 ttl=format_duration(delta),
                 proxy=doc.get("proxy") or "HOST:PORT",
+                insecure=insecure,
             ),
             end="",
         )
+
+
+def self_signed(api: Any) -> bool:
+    """Whether the proxy's web certificate is the self-signed one of a test cluster (then the first
+    login from another machine needs --insecure)."""
+    try:
+        return bool(((api.get("/v1/ping") or {}).get("proxy") or {}).get("web_cert_self_signed"))
+    except Exception:
+        return False
 
 
 def _when(text: str | None) -> str:

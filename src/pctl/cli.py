@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from common.cli import DEBUG, add_version_command, run_app
+from common.cli import DEBUG, add_help_command, add_version_command, run_app
 from pctl import resources as _resources
 from pctl import status as _status
 from pctl.audit import audit_app
@@ -52,6 +52,7 @@ def _root(
 
 
 add_version_command(app, "pctl")
+add_help_command(app, "pctl")
 
 
 app.command("status")(_status.status)

@@ -41,17 +41,13 @@ def lock(
     fmt: OptionalFormatOpt = None,
 ) -> None:
     """Lock a user or a role: new sessions are refused and open ones end, everywhere, within seconds."""
-    from common.durations import parse_duration
+    from common.cli import flag_duration
     from common.errors import UsageError
     from pctl.connect import client
 
     if (user is None) == (role is None):
         raise UsageError("pass exactly one of --user=NAME or --role=NAME")
-    seconds = None
-    if ttl:
-        seconds = int(parse_duration(ttl, what="--ttl").total_seconds())
-        if seconds <= 0:
-            raise UsageError("--ttl must be positive, e.g. --ttl=1h")
+    seconds = int(flag_duration(ttl, "--ttl").total_seconds()) if ttl else None
     with client() as api:
         doc = api.post("/v1/locks", {"user": user, "role": role, "message": message, "ttl_seconds": seconds})
     if fmt is not None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from common.cli import safe_text, table
-from common.errors import BadParameter
+from common.errors import UsageError
 
 
 class Fmt(StrEnum):
@@ -39,7 +39,7 @@ def parse_labels(text: str | None) -> dict[str, str]:
             continue
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            raise BadParameter(f'label "{part}" is not KEY=VALUE; write labels like env=prod,team=db')
+            raise UsageError(f'label "{part}" is not KEY=VALUE; write labels like env=prod,team=db')
         result[key.strip()] = value.strip()
     return result
 

@@ -82,6 +82,8 @@ def split_ref(ref: str, *, need_name: bool = False) -> tuple[str, str | None]:
         raise UsageError(f'"{ref}" is not KIND or KIND/NAME (kinds: {KINDS_HELP})')
     if need_name and not name:
         raise UsageError(f'pass KIND/NAME, e.g. role/dba (got "{ref}")')
+    if kind.lower() not in KIND_ALIASES:
+        raise UsageError(f'unknown resource kind "{safe_text(kind)}"; use {KINDS_HELP}')
     return quote(kind, safe=""), (quote(name, safe="") if name else None)
 
 

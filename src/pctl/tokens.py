@@ -29,7 +29,16 @@ DB_TEMPLATE = """The invite token: {token}
 This token will expire in {minutes} minutes.
 It is shown only now: the cluster keeps its hash, and pctl tokens ls lists it as {id}.
 
-Generate the configuration and start a pteleport agent using it:
+1. Give PostgreSQL a server certificate from the cluster's db CA (RDS and Aurora: skip this
+   step, and pass --aws-region instead of --ca-cert-file below):
+
+> pctl auth sign --format=db --host={host} --out=server --ttl=2190h
+
+   Copy server.crt, server.key and server.cas to the database's host; in postgresql.conf set
+   ssl = on, ssl_cert_file, ssl_key_file and ssl_ca_file (server.cas) to them, and let users in
+   with a client certificate in pg_hba.conf: hostssl all all 0.0.0.0/0 cert.
+
+2. Generate the configuration and start a pteleport agent using it:
 
 > pteleport db configure create \\
    --token={token} \\
@@ -37,6 +46,7 @@ Generate the configuration and start a pteleport agent using it:
    --name={name} \\
    --protocol={protocol} \\
    --uri={uri} \\
+   --ca-cert-file=server.cas \\
    --output file:///etc/pteleport.yaml
 
 > pteleport start -c /etc/pteleport.yaml
@@ -46,10 +56,6 @@ Please note:
   - This invitation token will expire in {minutes} minutes.
   - Database address {uri} must be reachable from the new database
     service.
-  - When proxying an on-prem database, it must be configured with the pteleport
-    db CA and a key pair issued by the "pctl auth sign --format=db" command.
-  - When proxying an AWS RDS or Aurora database, the region must also be
-    specified with the --aws-region flag.
 {scope_note}"""
 
 SCOPED_NOTE = """  - This token is scoped: an agent that joins with it may serve only
@@ -96,13 +102,10 @@ def add(
     fmt: OptionalFormatOpt = None,
 ) -> None:
     """Create a join token and print its value, the only time it is shown (--format=text prints only the token)."""
-    from common.durations import parse_duration
-    from common.errors import BadParameter
+    from common.cli import flag_duration
     from pctl.connect import client
 
-    delta = parse_duration(ttl, what="--ttl")
-    if delta.total_seconds() <= 0:
-        raise BadParameter("--ttl must be positive, e.g. --ttl=30m")
+    delta = flag_duration(ttl, "--ttl", example="30m")
     types = split_list(type_)
     db_names = split_list(db_name)
     body = {
@@ -146,6 +149,7 @@ def add(
                 name=db_names[0] if db_names else "example",
                 protocol=db_protocol or "postgres",
                 uri=db_uri or "example.db:5432",
+                host=(db_uri or "example.db:5432").rpartition(":")[0].strip("[]") or "example.db",
                 scope_note=SCOPED_NOTE.format(scope=_scope_words(scope)) if scope else UNSCOPED_NOTE,
             ),
             end="",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from common.cli import render, safe_text
-from common.errors import BadParameter
+from common.errors import UsageError
 from pctl.output import Fmt, FormatOpt, parse_time, safe_table, split_list, trim_go_duration
 
 users_app = typer.Typer(help="Add, list, update, reset and remove users.", no_args_is_help=True)
@@ -26,12 +26,9 @@ RESET_TEXT = (
 def _seconds(ttl: str | None) -> int | None:
     if not ttl:
         return None
-    from common.durations import parse_duration
+    from common.cli import flag_duration
 
-    seconds = int(parse_duration(ttl, what="--ttl").total_seconds())
-    if seconds <= 0:
-        raise BadParameter("--ttl must be positive, e.g. --ttl=1h")
-    return seconds
+    return int(flag_duration(ttl, "--ttl").total_seconds())
 
 
 def _traits(logins: ListOpt, db_users: ListOpt, db_names: ListOpt) -> dict[str, list[str]]:
@@ -68,7 +65,7 @@ def add(
 
     role_list = split_list(roles)
     if not role_list:
-        raise BadParameter("pass --roles with at least one role, e.g. --roles=access")
+        raise UsageError("pass --roles with at least one role, e.g. --roles=access")
     body = {
         "name": name,
         "roles": role_list,
@@ -116,7 +113,7 @@ def rm(names: Annotated[str, typer.Argument(help="User name(s), comma-separated.
 
     users = split_list(names)
     if not users:
-        raise BadParameter("pass the user name(s) to delete, e.g. pctl users rm alice,bob")
+        raise UsageError("pass the user name(s) to delete, e.g. pctl users rm alice,bob")
     with client() as api:
         for user in users:
             api.delete(f"/v1/users/{quote(user, safe='')}")
@@ -139,7 +136,7 @@ def update(
     roles = split_list(set_roles) or None
     traits = _traits(set_logins, set_db_users, set_db_names)
     if roles is None and not traits:
-        raise BadParameter("Nothing to update. Please provide at least one --set flag.")
+        raise UsageError("Nothing to update. Please provide at least one --set flag.")
     with client() as api:
         api.put(f"/v1/users/{quote(name, safe='')}", {"roles": roles, "traits": traits})
     words = {"logins": "logins", "db_users": "database users", "db_names": "database names"}

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from common import __version__
-from common.cli import eprint, run_app
+from common.cli import add_help_command, eprint, run_app
 
 app = typer.Typer(
     help="pteleport: certificate-based, audited access to PostgreSQL through one public port.",
@@ -38,6 +38,49 @@ def version() -> None:
     print(f"pteleport v{__version__} python{sys.version_info.major}.{sys.version_info.minor}")
 
 
+def _address(value: str | None, flag: str, *, listen: bool = False) -> None:
+    """A HOST:PORT flag of the right form (for --listen, port 0 means any free port), else exit 2."""
+    if value is None:
+        return
+    from common.errors import UsageError
+
+    host, sep, port = value.strip().rpartition(":")
+    low = 0 if listen else 1
+    if not sep or not port.isdigit() or not low <= int(port) <= 65535 or (not host and not listen):
+        raise UsageError(f'{flag} "{value}" is not HOST:PORT with a port from {low} to 65535, e.g. {flag}=127.0.0.1:3080')
+    if listen and host.strip("[]"):
+        import socket
+
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            from common.errors import BadParameter
+
+            raise BadParameter(
+                f"cannot listen on {value}: {host} is not a name or address of this machine ({exc.strerror}); "
+                f"pass {flag} with one, e.g. {flag}=127.0.0.1:3080"
+            ) from None
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Where the cluster, PostgreSQL and logs live (default ./.data).")
+    ] = None,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="The proxy's address (default 127.0.0.1:3080).")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="The cluster user to make (default: you).")] = None,
+    pg_bindir: Annotated[
+        str | None, typer.Option("--pg-bindir", help="PostgreSQL's server programs (default: PATH, then packages).")
+    ] = None,
+) -> None:
+    """A local cluster with a PostgreSQL database, in the foreground: try pteleport in one command."""
+    from pteleport.dev.cluster import run_dev
+
+    run_dev(data_dir, listen, user, pg_bindir)
+
+
 @app.command()
 def start(
     config: Annotated[
@@ -54,7 +97,13 @@ def start(
     second_factor: Annotated[str | None, typer.Option("--second-factor", help="otp or off.")] = None,
 ) -> None:
     """Start pteleport: auth + proxy with no config, or the services a config file enables."""
+    from common.errors import UsageError
     from pteleport.startup import run_start
+
+    _address(listen, "--listen", listen=True)
+    _address(public_addr, "--public-addr")
+    if second_factor not in (None, "otp", "off"):
+        raise UsageError(f'--second-factor must be otp or off (got "{second_factor}")')
 
     run_start(
         config,
@@ -84,6 +133,9 @@ NodenameOpt = Annotated[str | None, typer.Option("--nodename", help="This host's
 
 def _agent_config(flags: dict) -> dict:
     from pteleport.dbconfig import agent_config_dict
+
+    _address(flags.get("proxy"), "--proxy")
+    _address(flags.get("uri"), "--uri")
 
     flags = {k: v for k, v in flags.items() if k not in ("output",)}
     flags["ca_pins"] = flags.pop("ca_pin") or []
@@ -168,10 +220,18 @@ def install_systemd(
         "[Install]\nWantedBy=multi-user.target\n"
     )
     if output:
-        Path(output).write_text(unit)
+        try:
+            Path(output).write_text(unit)
+        except OSError as exc:
+            from common.errors import BadParameter
+
+            raise BadParameter(f"cannot write {output}: {exc.strerror or exc}; pick another --output") from None
         eprint(f"wrote the systemd unit to {output}")
     else:
         sys.stdout.write(unit)
+
+
+add_help_command(app, "pteleport")
 
 
 def main() -> None:

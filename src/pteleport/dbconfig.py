@@ -1,4 +1,7 @@
-"""`pteleport db configure create` and `db start`: a database service config from flags."""
+"""`pteleport db configure create` and `db start`: a database service config from flags.
+
+Every value here comes from a flag, so one of the wrong form is wrong usage (exit 2).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from common.errors import BadParameter
+from common.errors import BadParameter, UsageError
 from common.identity_file import write_private
 from pteleport.config import default_data_dir, parse_config
 
@@ -22,7 +25,7 @@ def parse_labels(text: str) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep or not key:
-            raise BadParameter(f'label "{part}" is not key=value; use --labels=env=prod,team=data')
+            raise UsageError(f'label "{part}" is not key=value; use --labels=env=prod,team=data')
         labels[key.strip()] = value.strip()
     return labels
 
@@ -57,7 +60,7 @@ def agent_config_dict(
 ) -> dict[str, Any]:
     for pin in ca_pins:
         if not pin.startswith("sha256:"):
-            raise BadParameter(f'--ca-pin "{pin}" must start with sha256: (copy it from "pctl status")')
+            raise UsageError(f'--ca-pin "{pin}" must start with sha256: (copy it from "pctl status")')
     teleport: dict[str, Any] = {
         "nodename": nodename or socket.gethostname(),
         "data_dir": data_dir or default_data_dir(),
@@ -73,7 +76,7 @@ def agent_config_dict(
         db_service["resources"] = [{"labels": {"*": "*"}}]
     if name or uri:
         if not (name and uri):
-            raise BadParameter("pass both --name and --uri to add a database")
+            raise UsageError("pass both --name and --uri to add a database")
         db: dict[str, Any] = {"name": name, "protocol": protocol, "uri": uri}
         if description:
             db["description"] = description
@@ -83,13 +86,13 @@ def agent_config_dict(
         if tls_mode != "verify-full":
             tls["mode"] = tls_mode
         if ca_cert_file:
-            tls["ca_cert_file"] = ca_cert_file
+            tls["ca_cert_file"] = os.path.abspath(ca_cert_file)  # the agent may run elsewhere than here
         if tls:
             db["tls"] = tls
         if aws_region:
             db["aws"] = {"region": aws_region}
         if password_file:
-            db["password_file"] = password_file
+            db["password_file"] = os.path.abspath(password_file)
         db_service["databases"] = [db]
     doc = {
         "version": "v3",
@@ -118,7 +121,7 @@ def write_output(text: str, output: str) -> None:
     elif output.startswith("file://"):
         path = output[len("file://") :]
     else:
-        raise BadParameter('--output must be "stdout", "file" or "file:///PATH"')
+        raise UsageError('--output must be "stdout", "file" or "file:///PATH"')
     # The file holds the join token: keep it private.
     write_private(path, text.encode())
     print(

@@ -196,7 +196,7 @@ class Process:
         for job in (auth.access.run(), auth.databases.registrations.run()):
             task = loop.create_task(job)
             self._closers.append(_async(task.cancel))
-        app = build_app(auth, ProxyInfo(public_addr))
+        app = build_app(auth, ProxyInfo(public_addr, web_cert_self_signed=not cfg.proxy_service.https_keypairs))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._closers.append(runner.cleanup)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from common.cli import DEBUG, add_version_command, run_app
+from common.cli import DEBUG, add_help_command, add_version_command, run_app
 from ptsh import login as _login
 from ptsh import play as _play
 from ptsh import signup as _signup
@@ -53,6 +53,7 @@ def _root(
 
 
 add_version_command(app, "ptsh")
+add_help_command(app, "ptsh")
 
 
 app.command("login")(_login.login)

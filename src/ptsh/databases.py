@@ -150,7 +150,9 @@ def relogin_hint(login: Login) -> str:
         from ptsh.login_state import RENEW_HINT
 
         return f"get a new identity file with {RENEW_HINT}"
-    return f"run `ptsh login --proxy={login.proxy}`"
+    from ptsh.login_state import login_command
+
+    return f"run `{login_command(login.proxy, user='')}`"
 
 
 def _reloaded(login: Login) -> Login:
@@ -216,12 +218,47 @@ class BackgroundTunnel:
         self.thread.start()
         return asyncio.run_coroutine_threadsafe(self.tunnel.start("127.0.0.1", port), self.loop).result(10)
 
+    def preflight(self, params: dict[str, str]) -> None:
+        """Open the first session now (see ``LocalTunnel.preflight``); raises what stops it."""
+        asyncio.run_coroutine_threadsafe(self.tunnel.preflight(params), self.loop).result(60)
+
     def stop(self) -> None:
         try:
             asyncio.run_coroutine_threadsafe(self.tunnel.close(), self.loop).result(5)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
+
+
+def psql_startup(user: str, dbname: str, env: dict[str, str], terminal: bool) -> dict[str, str]:
+    """The startup parameters psql (libpq) will send for ``connection_url(user, port, dbname)``.
+
+    libpq adds ``application_name`` (``$PGAPPNAME``, else "psql"), ``options`` from
+    ``$PGOPTIONS``, ``datestyle``/``timezone``/``geqo`` from ``$PGDATESTYLE``/``$PGTZ``/
+    ``$PGGEQO``, and ``client_encoding`` from ``$PGCLIENTENCODING`` or, when psql runs on a
+    terminal, from the locale. A guess that is wrong only costs the preflight's session
+    being closed and psql getting its own.
+    """
+    params = {"user": user, "database": dbname}
+    if env.get("PGOPTIONS"):
+        params["options"] = env["PGOPTIONS"]
+    params["application_name"] = env.get("PGAPPNAME") or "psql"
+    encoding = env.get("PGCLIENTENCODING") or (_locale_encoding(env) if terminal else None)
+    if encoding:
+        params["client_encoding"] = encoding
+    for var, name in (("PGDATESTYLE", "datestyle"), ("PGTZ", "timezone"), ("PGGEQO", "geqo")):
+        if env.get(var) and env[var].lower() != "default":
+            params[name] = env[var]
+    return params
+
+
+def _locale_encoding(env: dict[str, str]) -> str | None:
+    """libpq's client_encoding=auto for the locale psql will run in (UTF-8 and C only)."""
+    ctype = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or "C"
+    if ctype in ("C", "POSIX"):
+        return "SQL_ASCII"
+    codeset = ctype.partition(".")[2].partition("@")[0].replace("-", "").lower()
+    return "UTF8" if codeset == "utf8" else None
 
 
 def connection_url(user: str, port: int, dbname: str) -> str:

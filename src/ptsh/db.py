@@ -144,10 +144,11 @@ def db_connect(
 
     Arguments after -- go to psql: ptsh db connect aurora -- -c 'select 1'
     """
+    import os
     import shutil
 
     from common.errors import BadParameter
-    from ptsh.databases import BackgroundTunnel, cert_for, connection_url
+    from ptsh.databases import BackgroundTunnel, cert_for, connection_url, psql_startup
 
     psql = shutil.which("psql")
     if psql is None:
@@ -160,6 +161,9 @@ def db_connect(
     tunnel = BackgroundTunnel(login, cert)
     port = tunnel.start()
     try:
+        # Before psql starts: the proxy, the agent and the database answer, or the error and its exit code.
+        terminal = sys.stdin.isatty() and sys.stdout.isatty()
+        tunnel.preflight(psql_startup(cert.db_user, cert.db_name, dict(os.environ), terminal))
         return _run_psql([psql, connection_url(cert.db_user, port, cert.db_name), *ctx.args])
     finally:
         tunnel.stop()
@@ -196,7 +200,9 @@ def _config(login: Any, database: str, db_user: str | None, db_name: str | None,
 @db_app.command("env")
 def db_env(
     database: Annotated[str, typer.Argument(help="Database name.")],
-    port: Annotated[int, typer.Option("--port", "-p", help="Port of your local tunnel.")] = DEFAULT_TUNNEL_PORT,
+    port: Annotated[
+        int, typer.Option("--port", "-p", help="Port of your local tunnel.", min=1, max=65535)
+    ] = DEFAULT_TUNNEL_PORT,
     db_user: DbUserOpt = None,
     db_name: DbNameOpt = None,
     fmt: Format = FORMAT_OPTION,
@@ -225,7 +231,9 @@ def db_env(
 @db_app.command("config")
 def db_config(
     database: Annotated[str, typer.Argument(help="Database name.")],
-    port: Annotated[int, typer.Option("--port", "-p", help="Port of your local tunnel.")] = DEFAULT_TUNNEL_PORT,
+    port: Annotated[
+        int, typer.Option("--port", "-p", help="Port of your local tunnel.", min=1, max=65535)
+    ] = DEFAULT_TUNNEL_PORT,
     db_user: DbUserOpt = None,
     db_name: DbNameOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, cmd, json or yaml.")] = "text",

@@ -58,12 +58,9 @@ def _default_user(proxy_name: str) -> str:
 def _ttl_seconds(ttl: str | None) -> int | None:
     if not ttl:
         return None
-    from common.durations import parse_duration
+    from common.cli import flag_duration
 
-    seconds = int(parse_duration(ttl, what="--ttl", bare_minutes=True).total_seconds())
-    if seconds <= 0:
-        raise BadParameter("--ttl must be positive")
-    return seconds
+    return int(flag_duration(ttl, "--ttl", example="8h", bare_minutes=True).total_seconds())
 
 
 def _read_token(value: str) -> str:
@@ -165,8 +162,8 @@ def login(
         proxy = current.web_proxy_addr
     try:
         addr = normalize_addr(proxy)
-    except ValueError:
-        raise UsageError("pass --proxy=HOST:PORT: the address of the cluster's proxy") from None
+    except UsageError as exc:
+        raise UsageError(f"--proxy {exc.message}") from None
     name = profile_name(addr)
     ttl_seconds = _ttl_seconds(ttl)
     if out and Path(out).exists() and not overwrite:

@@ -85,6 +85,29 @@ class Login:
         return foreign_cluster_problem(str(self.identity_file), self.proxy, self.cluster, self.host_cas, exc)
 
 
+def login_command(proxy: str | None = None, *, user: str | None = None) -> str:
+    """The ``ptsh login`` to run: for ``proxy``, else for the cluster whose data dir is on this
+    host (``pteleport dev``), else with placeholders. ``--insecure`` when that cluster's web
+    certificate is the self-signed one pteleport made. ``user=""`` leaves ``--user`` out (ptsh
+    login then takes the profile's user)."""
+    import getpass
+
+    from common.paths import local_cluster
+
+    local = local_cluster()
+    if proxy is None and local is None:
+        return "ptsh login --proxy=HOST:PORT --user=NAME"
+    address = proxy or (local.proxy if local else "")
+    name = getpass.getuser() if user is None else user
+    insecure = local is not None and local.self_signed and local.proxy == address
+    return f"ptsh login --proxy={address}{f' --user={name}' if name else ''}{' --insecure' if insecure else ''}"
+
+
+def not_logged_in(proxy: str | None = None) -> NotLoggedIn:
+    where = f" to {proxy}" if proxy else ""
+    return NotLoggedIn(f'Not logged in{where}; run "{login_command(proxy)}"')
+
+
 def identity_file_path() -> str | None:
     return IDENTITY_FLAG["path"] or os.environ.get(IDENTITY_ENV) or None
 
@@ -186,11 +209,17 @@ def current_login(proxy: str | None = None, *, allow_expired: bool = False) -> L
         from common.profile import ProfileStore
 
         store = ProfileStore()
-        login = profile_login(store, store.find(proxy))
+        try:
+            profile = store.find(proxy)
+        except NotLoggedIn as exc:
+            if exc.message.startswith("Not logged in"):
+                raise not_logged_in(proxy) from None
+            raise
+        login = profile_login(store, profile)
     if not allow_expired and login.expired:
         assert login.expires is not None
         when = login.expires.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         if path:
             raise NotLoggedIn(f"the identity file {path} expired at {when}; get a new one with {RENEW_HINT}")
-        raise NotLoggedIn(f'your login to {login.proxy} expired at {when}; run "ptsh login --proxy={login.proxy}"')
+        raise NotLoggedIn(f'your login to {login.proxy} expired at {when}; run "{login_command(login.proxy, user="")}"')
     return login

@@ -17,7 +17,7 @@ def proxy_db(
     tunnel: Annotated[
         bool, typer.Option("--tunnel", help="Terminate TLS locally: clients connect in plain text on 127.0.0.1.")
     ] = False,
-    port: Annotated[int, typer.Option("--port", "-p", help="Local port (default: a free one).")] = 0,
+    port: Annotated[int, typer.Option("--port", "-p", help="Local port (default: a free one).", min=0, max=65535)] = 0,
     db_user: Annotated[str | None, typer.Option("--db-user", "-u")] = None,
     db_name: Annotated[str | None, typer.Option("--db-name", "-n")] = None,
     proxy: Annotated[str | None, typer.Option("--proxy", help="Which logged-in proxy to use.")] = None,

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from common.cli import prompt_secret, safe_text
-from common.errors import BadParameter
+from common.errors import BadParameter, UsageError
 from ptsh.options import CaFileOpt, InsecureOpt, ca_file_value, insecure_value
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{8,256}$")
@@ -24,7 +24,7 @@ def parse_invite_url(url: str) -> tuple[str, str, str]:
     """``https://HOST:PORT/web/invite/TOKEN`` -> (HOST:PORT, kind, token)."""
     from urllib.parse import urlsplit
 
-    bad = BadParameter(
+    bad = UsageError(
         f'"{safe_text(url)}" is not an invite link; it looks like https://HOST:PORT/web/invite/TOKEN '
         "(or /web/reset/TOKEN)"
     )

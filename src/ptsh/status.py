@@ -92,7 +92,7 @@ def status(
 ) -> None:
     """Show the logged-in profile(s), or the identity file (-i), and how long the certificate is valid."""
     from common.profile import ProfileStore
-    from ptsh.login_state import current_login, identity_file_path, profile_login
+    from ptsh.login_state import current_login, identity_file_path, not_logged_in, profile_login
 
     if identity_file_path():
         active = current_login(allow_expired=True)
@@ -101,7 +101,7 @@ def status(
         store = ProfileStore()
         profile = store.current()
         if profile is None:
-            raise NotLoggedIn("Not logged in.")
+            raise not_logged_in()
         active = profile_login(store, profile)
         others = []
         for name in store.names():

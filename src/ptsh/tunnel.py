@@ -6,6 +6,11 @@ with "N", then opens one mTLS connection per client connection to the proxy (ALP
 psql's Ctrl+C arrives as a CancelRequest on a new plain connection; it travels the same
 way, so the proxy always sees a certificate and cancel works.
 
+``preflight`` opens the first session before any client arrives (``ptsh db connect`` does it
+before it starts psql), so that a proxy, agent or database that cannot be reached, or a
+refusal, is an error with its exit code instead of psql's; that session is then handed to
+the first client whose startup message is the same, so it is not a second session.
+
 Every refusal reaches the client as a PostgreSQL ErrorResponse with one sentence (built in
 ``refusal``; SQLSTATE from ``common.errors``), never as a silently closed socket: a
 certificate that expired and could not be renewed (28000), the proxy refusing the TLS
@@ -24,10 +29,19 @@ import os
 import ssl
 import struct
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.errors import BadParameter, ConnectionProblem, InternalError, NotLoggedIn, PteleportError, sqlstate_for
+from common.errors import (
+    BadParameter,
+    ConnectionProblem,
+    InternalError,
+    NotLoggedIn,
+    PteleportError,
+    from_sqlstate,
+    sqlstate_for,
+)
 from common.relay import Connection, splice
 from common.tls import ALPN_POSTGRES, INTERNAL_SNI, client_context, describe_ssl_error
 
@@ -168,6 +182,40 @@ class _Upstream(Connection):
         super().connection_lost(exc)
 
 
+def startup_packet(params: dict[str, str]) -> bytes:
+    """A protocol 3.0 StartupMessage with these parameters (user, database, ...)."""
+    body = struct.pack("!i", 196608)
+    for key, value in params.items():
+        body += key.encode() + b"\x00" + value.encode() + b"\x00"
+    body += b"\x00"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+def startup_params(packet: bytes) -> dict[str, str] | None:
+    """The parameters of a StartupMessage (None for anything else: a CancelRequest, say)."""
+    if len(packet) < 9 or struct.unpack_from("!i", packet, 4)[0] != 196608:
+        return None
+    parts = packet[8:].split(b"\x00")
+    pairs = [p.decode(errors="replace") for p in parts[:-2]] if len(parts) >= 2 else []
+    return dict(zip(pairs[0::2], pairs[1::2], strict=False))
+
+
+@dataclass
+class _Parked:
+    """A session opened by ``preflight``, waiting for the client it was opened for."""
+
+    params: dict[str, str]
+    upstream: _Upstream
+    greeting: bytes  # the server's answer up to and including ReadyForQuery
+
+    def discard(self) -> None:
+        self.upstream.write(b"X\x00\x00\x00\x04")  # Terminate: end the session cleanly
+        self.upstream.close()
+
+
+GREETING_TIMEOUT = 30.0
+
+
 class LocalTunnel:
     def __init__(
         self,
@@ -185,6 +233,7 @@ class LocalTunnel:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._parked: _Parked | None = None
 
     @property
     def proxy_addr(self) -> str:
@@ -200,10 +249,58 @@ class LocalTunnel:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self._parked is not None:
+            self._parked.discard()
+            self._parked = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def preflight(self, params: dict[str, str]) -> None:
+        """Open a session with ``params`` now; raise what stops it (exit codes from its SQLSTATE).
+
+        Unreachable proxy, no agent for the database, a database the agent cannot reach: a
+        ConnectionProblem (exit 5); refusals keep their kind (access denied: exit 4). The
+        session is kept for the first client that sends the same startup parameters.
+        """
+        upstream = await self._dial(await self.certs.current())
+        upstream.write(startup_packet(params))
+        greeting = bytearray()
+        try:
+            while True:
+                head = await asyncio.wait_for(upstream.read_exactly(5), GREETING_TIMEOUT)
+                kind, length = head[:1], struct.unpack_from("!i", head, 1)[0]
+                if length < 4 or length > 1 << 24:
+                    raise ConnectionProblem(f"the proxy at {self.proxy_addr} answered with something that is not PostgreSQL")
+                payload = await asyncio.wait_for(upstream.read_exactly(length - 4), GREETING_TIMEOUT)
+                if kind == b"E":
+                    fields = _error_fields(payload)
+                    raise from_sqlstate(fields.get("C", ""), fields.get("M", "the database refused the connection"))
+                greeting += head + payload
+                if kind == b"Z":
+                    break
+        except TimeoutError:
+            upstream.close()
+            raise ConnectionProblem(
+                f"no answer from the database through the proxy at {self.proxy_addr} within {GREETING_TIMEOUT:.0f} s"
+            ) from None
+        except ConnectionError:
+            upstream.close()
+            raise self._closed_without_answer(upstream) from None
+        except PteleportError:
+            upstream.close()
+            raise
+        self._parked = _Parked(params, upstream, bytes(greeting))
+
+    def _take_parked(self, first: bytes) -> _Parked | None:
+        parked, self._parked = self._parked, None
+        if parked is None:
+            return None
+        if startup_params(first) == parked.params and not parked.upstream._eof:
+            return parked
+        parked.discard()  # this client asked for something else: it gets its own session
+        return None
 
     def _spawn(self, conn: Connection) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(conn))
@@ -218,6 +315,11 @@ class LocalTunnel:
             return
         except PteleportError as err:
             self._refuse(client, err)
+            return
+        parked = self._take_parked(first)
+        if parked is not None:
+            client.write(parked.greeting)
+            await splice(client, parked.upstream)
             return
         try:
             upstream = await self._dial(await self.certs.current())
@@ -308,6 +410,14 @@ class LocalTunnel:
             f"the proxy at {self.proxy_addr} closed the connection without answering; "
             "try again, and if it persists ask the cluster's administrator to check the proxy's log"
         )
+
+
+def _error_fields(payload: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in payload.split(b"\x00"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode(errors="replace")
+    return fields
 
 
 def _is_cancel(packet: bytes) -> bool:

@@ -35,6 +35,7 @@ FLUSH_EVERY = 5.0
 class ProxyInfo:
     public_addr: str
     postgres_public_addr: str | None = None
+    web_cert_self_signed: bool = False  # clients then need --insecure (or --ca-file) for the first login
 
 
 AUTH = web.AppKey("auth", AuthServer)
@@ -75,6 +76,7 @@ async def ping(request: web.Request) -> web.Response:
                 "tls_routing_enabled": True,
                 "ssh": {"public_addr": info.public_addr, "web_listen_addr": info.public_addr},
                 "db": {"postgres_public_addr": info.postgres_public_addr or ""},
+                "web_cert_self_signed": info.web_cert_self_signed,
             },
         }
     )
@@ -479,5 +481,5 @@ def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
     r.add_post("/v1/bots", bots_add)
     r.add_get("/v1/bots", bots_list)
     r.add_delete("/v1/bots/{name}", bots_remove)
-    add_web_routes(app, auth)
+    add_web_routes(app, auth, info)
     return app

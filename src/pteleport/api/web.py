@@ -1,7 +1,10 @@
-"""The invite and reset pages: set a password and enrol a TOTP authenticator in a browser.
+"""The proxy's web pages: the front page (``/``) and the invite and reset pages, where a user
+sets a password and enrols a TOTP authenticator in a browser.
 
-The token in the page's path is the credential; lookups are limited per address by the
-auth service (a refusal is a 429 page with ``Retry-After``).
+The token in an invite page's path is the credential; lookups are limited per address by
+the auth service (a refusal is a 429 page with ``Retry-After``). Every page carries the
+same security headers (no caching, no referrer, a CSP that allows nothing but its own
+inline style, a QR code image and posting the form to itself).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pteleport.api.errors import error_headers
 from pteleport.api.identity import remote_addr
 
 if TYPE_CHECKING:
+    from pteleport.api.app import ProxyInfo
     from pteleport.auth.server import AuthServer
 
 _PAGE = """<!doctype html>
@@ -93,7 +97,36 @@ def _form(auth: AuthServer, token: str, remote: str, error: str = "") -> web.Res
     return _page(action, "".join(parts))
 
 
-def add_web_routes(app: web.Application, auth: AuthServer) -> None:
+def _login_command(auth: AuthServer, info: ProxyInfo, user: str) -> str:
+    """What to type after signing up; a self-signed web certificate needs --insecure (test clusters)."""
+    insecure = " --insecure" if info.web_cert_self_signed else ""
+    return f"ptsh login --proxy={auth.ctx.settings.public_addr} --user={user}{insecure}"
+
+
+def _front(auth: AuthServer, info: ProxyInfo) -> web.Response:
+    """``/``: what this is and where to go next (the web UI's front door, once there is one)."""
+    name = html.escape(auth.cluster_name)
+    proxy = html.escape(auth.ctx.settings.public_addr)
+    insecure = " --insecure" if info.web_cert_self_signed else ""
+    body = (
+        f"<h1>pteleport cluster {name}</h1>"
+        "<p>This is the proxy of a pteleport cluster: short-lived certificates and an audit log "
+        "of every query for access to PostgreSQL. It has no web console yet; you use it from a terminal.</p>"
+        "<p>Got an invite link? Open it here to set your password, or run "
+        f"<code>ptsh signup{insecure} LINK</code>. Then:</p>"
+        f"<p><code>ptsh login --proxy={proxy} --user=NAME{insecure}</code><br>"
+        "<code>ptsh db ls</code><br><code>ptsh db connect DATABASE</code></p>"
+        "<p>Documentation: <code>ptsh help</code>, <code>pctl help</code>, and in the pteleport sources "
+        "<code>docs/getting-started.md</code> (from a fresh clone to a database in one command), "
+        "<code>docs/cli.md</code> (every command) and <code>docs/security.md</code>.</p>"
+    )
+    return _page(f"cluster {auth.cluster_name}", body)
+
+
+def add_web_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) -> None:
+    async def front(request: web.Request) -> web.Response:
+        return _front(auth, info)
+
     async def show(request: web.Request) -> web.Response:
         try:
             return _form(auth, request.match_info["token"], remote_addr(request))
@@ -118,13 +151,13 @@ def add_web_routes(app: web.Application, auth: AuthServer) -> None:
                 return _unusable(again)
             except PteleportError:
                 return _page("Invite", f'<p class="error">{html.escape(err.message)}</p>', 400)
-        proxy = html.escape(auth.ctx.settings.public_addr)
         return _page(
             "Done",
             f'<h1 class="ok">Password set for {html.escape(user)}</h1>'
-            f"<p>Log in from a terminal:</p><p><code>ptsh login --proxy={proxy} --user={html.escape(user)}</code></p>",
+            f"<p>Log in from a terminal:</p><p><code>{html.escape(_login_command(auth, info, user))}</code></p>",
         )
 
+    app.router.add_get("/", front)
     for kind in ("invite", "reset"):
         app.router.add_get(f"/web/{kind}/{{token}}", show)
         app.router.add_post(f"/web/{kind}/{{token}}", submit)

@@ -34,8 +34,11 @@ def fetch_cas(proxy: str, pins: list[str]) -> dict[str, str]:
         with ClusterClient(proxy) as client:
             return client.get("/v1/cas")["cas"]
     except ConnectionProblem as exc:
+        if "securely" not in exc.message:
+            raise  # not reachable at all: that is what to fix first
         raise BadParameter(
-            f'cannot verify the cluster at {proxy} ({exc.message}); pass --ca-pin with the pin from "pctl status"'
+            f"cannot verify the cluster at {proxy}: this machine does not trust its web certificate (a test "
+            'cluster\'s is self-signed); pass --ca-pin with the pin from "pctl status"'
         ) from None
 
 
