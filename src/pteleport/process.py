@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -130,6 +131,7 @@ class Process:
         from aiohttp import web
 
         from pteleport.api.app import ProxyInfo, build_app
+        from pteleport.api.offload import new_pool
         from pteleport.auth.context import AuthSettings
         from pteleport.auth.server import AuthServer
         from pteleport.ca.authority import self_signed_web_cert
@@ -182,21 +184,29 @@ class Process:
         ssl_ctx = build_contexts(web_cert, web_key, host_cert, private_key_pem(host_key), client_cas)
 
         tunnel = TunnelServer()
+        loop = asyncio.get_running_loop()
+        # The auth service's storage and CPU work runs in these threads, never on this loop,
+        # which relays every database session (api.offload; docs/design-notes.md).
+        workers = new_pool()
+        self._closers.append(_async(lambda: workers.shutdown(wait=False)))
+
+        def emit_off_loop(event: str, code: str, **fields: object) -> None:
+            loop.run_in_executor(workers, functools.partial(auth.ctx.emit, event, code, **fields))
+
         cluster = ClusterView(
-            ca_cert=lambda t: auth.ctx.ca(t).cert,
-            refusal=auth.access.refusal,
-            registered_hosts=auth.databases.registrations.hosts_for,
-            emit=auth.ctx.emit,
+            ca_cert=lambda t: auth.ctx.ca(t).cert,  # read at start, kept in memory
+            refusal=auth.access.refusal_async,
+            registered_hosts=auth.databases.registrations.hosts_for,  # memory
+            emit=emit_off_loop,
         )
         proxy = ProxyServer(tunnel, cluster, utc_now)
         # Agents hear at once that locks or users changed, and fetch the snapshot again.
         auth.access.on_change(lambda state: tunnel.broadcast({"type": "access", "version": state.version}))
         await asyncio.to_thread(auth.databases.registrations.build)
-        loop = asyncio.get_running_loop()
         for job in (auth.access.run(), auth.databases.registrations.run()):
             task = loop.create_task(job)
             self._closers.append(_async(task.cancel))
-        app = build_app(auth, ProxyInfo(public_addr))
+        app = build_app(auth, ProxyInfo(public_addr), workers)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._closers.append(runner.cleanup)

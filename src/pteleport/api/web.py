@@ -1,7 +1,8 @@
 """The invite and reset pages: set a password and enrol a TOTP authenticator in a browser.
 
 The token in the page's path is the credential; lookups are limited per address by the
-auth service (a refusal is a 429 page with ``Retry-After``).
+auth service (a refusal is a 429 page with ``Retry-After``). Lookups, the password hash and
+the page itself are made in the auth worker threads (``api.offload``), off the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from common.errors import BadParameter, LimitExceeded, NotFound, PteleportError, http_status_for
+from pteleport.api import offload
 from pteleport.api.errors import error_headers
 from pteleport.api.identity import remote_addr
 
@@ -94,16 +96,23 @@ def _form(auth: AuthServer, token: str, remote: str, error: str = "") -> web.Res
 
 
 def add_web_routes(app: web.Application, auth: AuthServer) -> None:
-    async def show(request: web.Request) -> web.Response:
+    def show_page(token: str, remote: str) -> web.Response:
         try:
-            return _form(auth, request.match_info["token"], remote_addr(request))
+            return _form(auth, token, remote)
         except PteleportError as err:
             return _unusable(err)
+
+    async def show(request: web.Request) -> web.Response:
+        return await offload.run(request, show_page, request.match_info["token"], remote_addr(request))
 
     async def submit(request: web.Request) -> web.Response:
         token = request.match_info["token"]
         remote = remote_addr(request)
         form = await request.post()
+        fields = {k: str(form.get(k, "")) for k in set(form.keys())}
+        return await offload.run(request, submit_page, token, remote, fields)
+
+    def submit_page(token: str, remote: str, form: dict[str, str]) -> web.Response:
         password = str(form.get("password", ""))
         try:
             if password != str(form.get("confirm", "")):

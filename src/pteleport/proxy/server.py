@@ -19,7 +19,7 @@ import base64
 import logging
 import ssl
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,7 +44,7 @@ class ClusterView:
     """What the proxy asks the cluster (auth, in the same process) per connection; all in memory."""
 
     ca_cert: Callable[[str], x509.Certificate]
-    refusal: Callable[[Identity], Refusal | None]
+    refusal: Callable[[Identity], Awaitable[Refusal | None]]
     registered_hosts: Callable[[str], list[str]]
     emit: Callable[..., None]
 
@@ -121,7 +121,7 @@ class ProxyServer:
         except Exception as exc:
             self._refuse(conn, NotLoggedIn(f"the client certificate cannot be used ({exc}); log in again"), None)
             return
-        reason = self.cluster.refusal(identity)
+        reason = await self.cluster.refusal(identity)
         if reason is not None:
             self._refuse(conn, as_error(reason), identity)
             return
