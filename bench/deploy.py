@@ -131,17 +131,6 @@ class Deployment:
             self.env.agents.remove(old)
         self.env.wait_for_servers(DB_SERVICE)
 
-    def start_second_auth(self) -> Cluster:
-        """Another auth + proxy process on the cluster's storage and audit log (SQLite files)."""
-        first = self.env.cluster.data_dir
-        data_dir = self.root / "cluster-2"
-        data_dir.mkdir(exist_ok=True)
-        if not (data_dir / "log").exists():
-            (data_dir / "log").symlink_to(first / "log")
-        config = self.root / "cluster-2.yaml"
-        config.write_text(f"version: v3\nteleport:\n  storage:\n    path: {first / 'backend' / 'sqlite.db'}\n")
-        return Cluster(data_dir, extra_args=["--config", str(config)]).start()
-
     def start_tunnel(self, ptsh: str = PTSH) -> None:
         if self.tunnel is not None:
             self.tunnel.stop()

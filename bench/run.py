@@ -251,15 +251,6 @@ def run_latency(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
     results["latency"] = measure(
         targets, dep.env.cluster.addr, dep.env.cluster.data_dir, PCTL,
         rounds=s.latency_rounds, seconds=s.latency_seconds, log=log)
-    log("the same, with the admin load on a second auth process on the same storage (what auth in a process"
-        " of its own would give)")
-    other = dep.start_second_auth()
-    try:
-        results["latency_other_process"] = measure(
-            targets, other.addr, other.data_dir, PCTL,
-            rounds=max(1, s.latency_rounds - 1), seconds=s.latency_seconds, log=log)
-    finally:
-        other.stop(check=False)
 
 
 def run_asyncio_variant(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:

@@ -171,8 +171,15 @@ class DbEnv:
         self.cluster.stop(check=False)
 
 
-def make_env(root: Path, pg: PgServer) -> DbEnv:
-    cluster = Cluster(root / "cluster").start()
+def make_env(root: Path, pg: PgServer, config: str | None = None) -> DbEnv:
+    """A cluster (with ``config`` as its config file's text, if given) that trusts ``pg``."""
+    extra: list[str] = []
+    if config is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "cluster.yaml"
+        path.write_text(config)
+        extra = ["-c", str(path)]
+    cluster = Cluster(root / "cluster", extra_args=extra).start()
     env = DbEnv(root, pg, cluster)
     ca = env.pctl("auth", "export", "--type=db-client")
     assert ca.returncode == 0, ca.stderr

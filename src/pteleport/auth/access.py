@@ -48,6 +48,8 @@ class AccessStateSource:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[AccessState], None]] = []
+        # Called (in the writer's thread) after every change made here, once the snapshot is rebuilt.
+        self.after_change: list[Callable[[], None]] = []
 
     # --- building ---------------------------------------------------------------------------
     def build(self) -> AccessState:
@@ -129,6 +131,8 @@ class AccessStateSource:
         self.build()
         if self._wake is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+        for hook in list(self.after_change):
+            hook()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

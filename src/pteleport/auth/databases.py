@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -132,6 +133,8 @@ class DatabaseService:
         self.registrations = RegistrationIndex(ctx)
         self._refusals_seen: set[tuple[str, str, str]] = set()
         self._seen_lock = threading.Lock()
+        # Called after a heartbeat changed what is registered (the proxy's index is rebuilt).
+        self.on_registered: Callable[[], None] | None = None
 
     # --- dynamic resources ---------------------------------------------------------------
     def put_resource(self, actor: Identity, doc: dict, force: bool) -> str:
@@ -222,6 +225,8 @@ class DatabaseService:
             if doc["spec"]["host_id"] == actor.username and doc["metadata"]["name"] not in served:
                 self.ctx.db_servers.delete(key)
         self.registrations.build()
+        if self.on_registered is not None:
+            self.on_registered()
         return refused
 
     def _as_registered(self, db: dict) -> tuple[dict, str | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import secrets
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -25,18 +26,25 @@ from datetime import datetime
 
 from cryptography import x509
 
-from common.errors import AccessDenied, NotLoggedIn, PteleportError, sqlstate_for
+from common.errors import AccessDenied, ConnectionProblem, NotLoggedIn, PteleportError, sqlstate_for
 from common.identity import Identity, identity_from_cert
-from common.relay import Connection, splice
+from common.relay import Connection, Splice
 from common.tls import verify_issued_by
 from pteleport.audit.events import DB_SESSION_START, DB_SESSION_START_FAILURE_CODE
 from pteleport.auth.access import as_error
-from pteleport.pgwire import GSSENC_REQUEST_CODE, SSL_REQUEST_CODE, error_response, startup_packet_length
+from pteleport.pgwire import (
+    CANCEL_REQUEST_CODE,
+    GSSENC_REQUEST_CODE,
+    SSL_REQUEST_CODE,
+    error_response,
+    startup_packet_length,
+)
 from pteleport.rbac.revocation import Refusal
 from pteleport.tunnel.protocol import encode
 from pteleport.tunnel.server import TunnelServer
 
 log = logging.getLogger("pteleport.proxy")
+CANCEL_REQUEST = struct.pack("!i", CANCEL_REQUEST_CODE)
 
 
 @dataclass
@@ -55,6 +63,10 @@ class ProxyServer:
         self.cluster = cluster
         self.clock = clock
         self.active_sessions = 0
+        # Drain hooks (proxy/drain.py): a sentence to refuse new sessions with, and the open
+        # relays by the token their agent knows them by.
+        self.closing: str | None = None
+        self.sessions: dict[str, Splice] = {}
 
     def _identity(self, conn: Connection, ca_type: str) -> Identity:
         der = conn.peer_cert_der()
@@ -130,6 +142,8 @@ class ProxyServer:
             head = await asyncio.wait_for(conn.read_exactly(8), 30)
             length = startup_packet_length(head)
             packet = head + await asyncio.wait_for(conn.read_exactly(length - 8), 30)
+            if self.closing is not None and packet[4:8] != CANCEL_REQUEST:
+                raise ConnectionProblem(self.closing)  # a cancel still goes through while draining
             agent = await self.tunnel.dial(route.service_name, self.cluster.registered_hosts(route.service_name))
         except PteleportError as err:
             self._refuse(conn, err, identity)
@@ -138,15 +152,26 @@ class ProxyServer:
             conn.close()
             return
         der = conn.peer_cert_der() or b""
+        token = secrets.token_hex(8)
         agent.write(
-            encode({"type": "session", "client_cert": base64.b64encode(der).decode(), "remote": conn.peername()})
+            encode(
+                {
+                    "type": "session",
+                    "client_cert": base64.b64encode(der).decode(),
+                    "remote": conn.peername(),
+                    "proxy_session": token,
+                }
+            )
         )
         agent.write(packet)
+        relay = Splice(conn, agent)
+        self.sessions[token] = relay
         self.active_sessions += 1
         try:
-            await splice(conn, agent)
+            await relay.run()
         finally:
             self.active_sessions -= 1
+            self.sessions.pop(token, None)
 
     def _refuse(self, conn: Connection, err: PteleportError, identity: Identity | None) -> None:
         """One ErrorResponse the client can read, then close; audited when we know who it was."""
