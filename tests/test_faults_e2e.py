@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -335,3 +336,29 @@ def test_with_auth_unreachable_and_no_writable_spool_new_sessions_are_refused_an
         if env is not None:
             env.stop()
         backend.stop()
+
+
+# --- the auth worker process killed -------------------------------------------------------------------
+
+
+def test_a_killed_auth_worker_is_started_again_and_open_sessions_never_notice(env: DbEnv) -> None:
+    from tests.harness import PCTL, run
+
+    env.start_agent("steady")
+    assert env.cluster.proc is not None
+    [worker] = _children(env.cluster.proc.pid)
+    with _tunnel_to(env, "fay", "steady") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select 'before-worker-kill'").fetchone() == ("before-worker-kill",)
+        os.kill(worker, signal.SIGKILL)
+        for n in range(20):  # the relay does not depend on the API
+            assert conn.execute(f"select {n}").fetchone() == (n,)
+            time.sleep(0.05)
+        wait_for(lambda: run([PCTL, "status"], env.cluster.env()).returncode == 0, what="the API back")
+        assert conn.execute("select 'after-worker-kill'").fetchone() == ("after-worker-kill",)
+    log = env.cluster.log()
+    assert "the auth service process exited (code -9); starting it again in" in log, log
+    assert "the auth service process is back" in log
+    [again] = _children(env.cluster.proc.pid)
+    assert again != worker
+    wait_for(lambda: any("after-worker-kill" in e.get("db_query", "") for e in all_events(env, type="db.session.query")),
+             what="the events sent while the worker was down")

@@ -62,10 +62,11 @@ START_TIMEOUT = 60.0
 ACK_TIMEOUT = 5.0
 STOP_TIMEOUT = 10.0
 PREAMBLE_LIMIT = 64 * 1024
+_UNAVAILABLE_BODY = b'{"error": {"message": "the auth service is restarting; try again", "kind": "connection_problem"}}'
 UNAVAILABLE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Content-Length: 95\r\n\r\n"
-    b'{"error": {"message": "the auth service is restarting; try again", "kind": "connection_problem"}}'
+    + f"Content-Length: {len(_UNAVAILABLE_BODY)}\r\n\r\n".encode()
+    + _UNAVAILABLE_BODY
 )
 
 
