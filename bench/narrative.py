@@ -81,6 +81,55 @@ def _floor(results: dict[str, Any]) -> str:
     )
 
 
+LATENCY_TARGET = 2.0  # max under admin load / max without
+
+
+def latency_verdict(results: dict[str, Any]) -> tuple[float, str]:
+    """(ratio of the tunnel's max round trip under load to its max without, met/missed)."""
+    summary = results.get("latency", {}).get("summary", {}).get("tunnel")
+    if not summary:
+        return float("nan"), "–"
+    ratio = summary["loaded"]["max"] / summary["quiet"]["max"]
+    return ratio, ("met" if ratio <= LATENCY_TARGET else "**missed**") + f" (≤ {LATENCY_TARGET:g}×)"
+
+
+def _latency_table(results: dict[str, Any]) -> str:
+    lat = results.get("latency")
+    if not lat:
+        return ""
+    labels = {"tunnel": "through the tunnel (ptsh → proxy → agent → PostgreSQL)", "direct": "direct to PostgreSQL"}
+    lines = ["| `select 1` round trip (ms) | quiet p50 | p99 | max | under admin load p50 | p99 | max | max ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, summary in lat["summary"].items():
+        q, ld = summary["quiet"], summary["loaded"]
+        lines.append(f"| {labels.get(name, name)} | {q['p50']:.2f} | {q['p99']:.1f} | {q['max']:.1f} | {ld['p50']:.2f} |"
+                     f" {ld['p99']:.1f} | **{ld['max']:.1f}** | {ld['max'] / q['max']:.2f}× |")
+    ratio, verdict = latency_verdict(results)
+    rounds = [r for r in lat["rounds"] if r["loaded"] and r["path"] == "tunnel"]
+    counts: dict[str, int] = {}
+    for r in rounds:
+        for kind, n in r["load_counts"].items():
+            counts[kind] = counts.get(kind, 0) + n
+    seconds = lat["seconds"]
+    total = len(rounds) * (3 + seconds * len(lat["summary"]))
+    quiet_rounds = [r for r in lat["rounds"] if not r["loaded"] and r["path"] == "tunnel"]
+    per_round = ", ".join(f"{max(q['samples']):.1f} → {max(ld['samples']):.1f}"
+                          for q, ld in zip(quiet_rounds, rounds, strict=False) if q["samples"] and ld["samples"])
+    return (
+        f"One session through `ptsh proxy db --tunnel` sends `select 1` every {lat['interval_ms']:g} ms and times"
+        f" each round trip; so does one straight to PostgreSQL, for reference. {len(rounds)} rounds of {seconds:g} s"
+        f" each, quiet and under load, alternating. The admin load, against the auth service of the cluster the"
+        f" session goes through: {lat['audit_loops']} shell loops of `pctl audit events --limit 10000 --format json`,"
+        f" one of `pctl tokens add`, and one that signs up a new user (the invite completion hashes a password) and"
+        f" logs them in (a second hash and a certificate). They ran {counts.get('audit', 0)} audit exports,"
+        f" {counts.get('tokens', 0)} token creations and {counts.get('login', 0)} sign-ups with a login in about"
+        f" {total:.0f} s of load.\n\n"
+        + "\n".join(lines)
+        + f"\n\nTarget: the tunnel's max under load within {LATENCY_TARGET:g}× its max without: **{ratio:.2f}×**,"
+        f" {verdict}. The max is the noisiest number here; per round, quiet → loaded: {per_round} ms.\n"
+    )
+
+
 def _cpu_table(results: dict[str, Any]) -> str:
     procs = [("pgbench", "pgbench (client)"), ("ptsh tunnel", "ptsh tunnel"), ("proxy", "proxy (pteleport start)"),
              ("agent", "agent (pteleport db start)"), ("haproxy", "haproxy, 3 processes")]
@@ -185,6 +234,9 @@ repetition *i* of direct; cells show the median and, in brackets, the range.
 ### Idle sessions: memory
 
 {_idle_table(results)}
+### Latency under admin load
+
+{_latency_table(results)}
 ### Where the CPU goes
 
 CPU time (user + system, from `/proc`) that each process spent per transaction during the

@@ -11,7 +11,8 @@ Phases, in this order (see docs/performance.md for what each one means):
 4. CLI start-up;
 5. 500 idle sessions (memory per session in proxy + agent, and in haproxy for reference);
 6. 1,000 databases over 10 agents and ``ptsh db ls``;
-7. the proxy and agent restarted on stock asyncio (no uvloop): pgbench -S again.
+7. ``select 1`` latency through the tunnel, quiet and under heavy admin load (bench/latency.py);
+8. the proxy and agent restarted on stock asyncio (no uvloop): pgbench -S again.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Settings:
         self.idle_sessions = 100 if quick else 500
         self.scale_agents = 2 if quick else 10
         self.per_agent = 50 if quick else 100
+        self.latency_rounds = 1 if quick else 3
+        self.latency_seconds = 5 if quick else 10
 
 
 def log(message: str) -> None:
@@ -235,6 +238,21 @@ def run_scale(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
     m.stop_scale_agents(dep)
 
 
+def run_latency(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
+    from bench.latency import measure
+
+    events = dep.env.pctl("audit", "events", "--limit", "10000", "--format", "json")
+    if events.returncode != 0 or events.stdout.count('"uid"') < 10000:
+        log("  filling the audit log: pgbench -S through the tunnel for 5 s")
+        m.pgbench(dep.tunnel_env(), ["-S", "-c", "1"], 5)
+    log(f"select 1 through the tunnel, quiet and under admin load: {s.latency_rounds} x {s.latency_seconds:g} s each")
+    assert dep.tunnel is not None
+    targets = {"tunnel": (dep.tunnel.port, CERT_USER, DB_NAME), "direct": (dep.pg.port, "bench", DB_NAME)}
+    results["latency"] = measure(
+        targets, dep.env.cluster.addr, dep.env.cluster.data_dir, PCTL,
+        rounds=s.latency_rounds, seconds=s.latency_seconds, log=log)
+
+
 def run_asyncio_variant(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
     if dep.loop != "uvloop":
         log("uvloop is not installed: the main run already used stock asyncio")
@@ -259,10 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", help="where performance.md/.png go (default docs/, or a temp dir with --quick);"
                         " the raw numbers go to bench/last-run.json (or OUT_DIR/performance.json)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--only", help="run only these phases (comma-separated: pgbench, copy, cli, idle, scale,"
+                        " latency, asyncio); the report then holds only their numbers")
     args = parser.parse_args(argv)
     s = Settings(args.quick)
     out_dir = Path(args.out_dir) if args.out_dir else (
-        Path(tempfile.mkdtemp(prefix="pteleport-bench-out-")) if args.quick else REPO / "docs")
+        Path(tempfile.mkdtemp(prefix="pteleport-bench-out-")) if args.quick or args.only else REPO / "docs")
     if shutil.which("pgbench") is None or shutil.which("psql") is None:
         print("bench: pgbench and psql are needed (apt-get install postgresql-client postgresql)", file=sys.stderr)
         return 2
@@ -275,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     uv_tunnel = None
     phases: dict[str, float] = {}
 
+    only = set(args.only.split(",")) if args.only else None
+
     def timed(name: str, fn: Any, *args: Any) -> None:
+        if only is not None and name.split()[0] not in only:
+            return
         t = time.perf_counter()
         fn(dep, s, results, *args)
         phases[name] = time.perf_counter() - t
@@ -283,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         m.pgbench_init(dep.direct_env(), s.scale)
         phases["deploy"] = time.perf_counter() - started
-        if has_uvloop():
+        if has_uvloop() and (only is None or "pgbench" in only):
             uv_tunnel = _start_uvloop_tunnel(dep)
         timed("pgbench", run_pgbench, uv_tunnel)
         if uv_tunnel is not None:
@@ -293,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         timed("cli", run_cli)
         timed("idle sessions", run_idle)
         timed("scale", run_scale)
+        timed("latency under admin load", run_latency)
         timed("asyncio variant", run_asyncio_variant)
     finally:
         if uv_tunnel is not None:
@@ -305,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = REPO / "bench" / "last-run.json" if out_dir == REPO / "docs" else out_dir / "performance.json"
     raw.write_text(json.dumps(results, indent=1))
+    if only is not None:  # a partial run: the numbers only (the report needs every phase)
+        log(f"done in {results['total_s']:.0f}s: {raw}")
+        return 0
     write_report(results, out_dir)
     log(f"done in {results['total_s']:.0f}s: {out_dir / 'performance.md'}")
     return 0

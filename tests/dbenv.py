@@ -202,9 +202,15 @@ class DbEnv:
         self.cluster.stop(check=False)
 
 
-def make_env(root: Path, pg: PgServer) -> DbEnv:
-    """``pteleport start``, its db-client CA trusted by ``pg``, the seed role; the cluster stops if this fails."""
-    cluster = Cluster(root / "cluster").start()
+def make_env(root: Path, pg: PgServer, config: str | None = None) -> DbEnv:
+    """A cluster (``config``: its config file's text, if given) that trusts ``pg``; it stops if this fails."""
+    extra: list[str] = []
+    if config is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "cluster.yaml"
+        path.write_text(config)
+        extra = ["-c", str(path)]
+    cluster = Cluster(root / "cluster", extra_args=extra).start()
     env = DbEnv(root, pg, cluster)
     try:
         ca = env.pctl("auth", "export", "--type=db-client")

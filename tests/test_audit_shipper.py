@@ -426,3 +426,24 @@ def test_the_agent_config_has_the_spool_keys() -> None:
         parse_config({"db_service": {"audit": {"spool_max_bytes": -1}}})
     shipper = AuditShipper(FakeAuth(), None, settings=cfg.db_service.audit)
     assert shipper.spool_max_bytes == 1024 and not shipper.refuse_unaudited
+
+
+def test_a_spool_that_cannot_be_read_does_not_hold_up_new_events(tmp_path: Path, caplog) -> None:
+    """A spool the agent cannot read (here a directory stands in its place; as root, file
+    modes would not stop a read) stays where it is, logged once; later events still flow."""
+    (tmp_path / SPOOL_NAME).mkdir()
+    auth = FakeAuth()
+    shipper = AuditShipper(auth, tmp_path)
+
+    async def scenario() -> None:
+        for batch in (events(0, 3), events(3, 2)):
+            for event in batch:
+                shipper.emit(event)
+            await shipper.flush()
+
+    with caplog.at_level(logging.WARNING, logger="pteleport.dbagent.audit"):
+        run(scenario)
+    assert auth.uids() == names(5)
+    assert [r.getMessage() for r in caplog.records].count(next(
+        r.getMessage() for r in caplog.records if "cannot read the audit spool" in r.getMessage())) == 1
+    assert shipper.refusal() is None

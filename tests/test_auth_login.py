@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,7 +40,7 @@ def cluster() -> tuple[AuthServer, Clock]:
 
 def login(auth: AuthServer, user: str, password: str, code: str, remote: str = "10.0.0.1:5555") -> object:
     key = public_key_pem(generate_private_key()).decode()
-    return asyncio.run(auth.login.login(user, password, code, key, None, remote))
+    return auth.login.login(user, password, code, key, None, remote)
 
 
 def test_failures_from_one_address_are_rate_limited(cluster) -> None:

@@ -209,7 +209,7 @@ ROWS = [
     Row("bare", "pteleport start --listen=nosuchhost.invalid:3080 --data-dir={tmp}/never", 1,
         "cannot listen on nosuchhost.invalid:3080: nosuchhost.invalid is not a name or address of this machine"),
     Row("bare", "pteleport start --listen={busy} --data-dir={tmp}/never", 1, "cannot listen"),
-    Row("bare", "pteleport db start --token=t --proxy={addr} --name=a --uri=db:1 --data-dir={tmp}/agent-no-pin", 1,
+    Row("bare", "pteleport db start --token=t --proxy={addr} --name=a --uri=db:1 --data-dir={tmp}/agent-no-pin", 6,
         "cannot verify the cluster at {addr}: this machine does not trust its web certificate (a test cluster's is "
         'self-signed); pass --ca-pin with the pin from "pctl status"'),
     Row("bare", "pteleport install systemd --output={tmp}/no/such/dir/unit", 1, "cannot write {tmp}/no/such/dir/unit"),

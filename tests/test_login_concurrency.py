@@ -4,7 +4,6 @@ and the refusals say what docs/cli.md promises."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,7 +58,7 @@ class Pair:
         server = self.servers[index % 2]
         remote = f"10.{index // 250}.{index % 250}.1:5000"
         try:
-            asyncio.run(server.login.login("alice", password, code, KEY, None, remote))
+            server.login.login("alice", password, code, KEY, None, remote)
         except PteleportError as err:
             return "refused", err.message
         return "ok", ""
@@ -220,7 +219,7 @@ def test_a_good_login_resets_the_failure_count(pair: Pair) -> None:
 def test_a_refusal_is_access_denied() -> None:
     pair = Pair(lambda clock: MemoryBackend(clock=clock), max_attempts=3)
     with pytest.raises(AccessDenied):
-        asyncio.run(pair.servers[0].login.login("alice", "x", "000000", KEY, None, "10.0.0.1:1"))
+        pair.servers[0].login.login("alice", "x", "000000", KEY, None, "10.0.0.1:1")
 
 
 # --- single-use links and tokens, claimed once -------------------------------------------
@@ -263,11 +262,7 @@ def test_an_invite_completed_at_once_is_completed_once(store: Callable[[Any], Ba
     assert len([e for e in pair.audit.search(event_types=["user.password_change"]) if e["user"] == "erin"]) == 1
     pair.now += timedelta(seconds=30)
     server = pair.servers[0]
-    asyncio.run(
-        server.login.login(
-            "erin", f"password number {winners[0]}", totp.code_at(secret, pair.now), KEY, None, "10.9.9.9:1"
-        )
-    )
+    server.login.login("erin", f"password number {winners[0]}", totp.code_at(secret, pair.now), KEY, None, "10.9.9.9:1")
 
 
 def test_a_bot_token_used_at_once_joins_once(store: Callable[[Any], Backend]) -> None:

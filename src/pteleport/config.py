@@ -81,6 +81,10 @@ class TeleportSection(_Strict):
     ca_pin: list[str] | str | None = None
     pid_file: str | None = None
     diag_addr: str | None = None
+    # SIGTERM: how long open database sessions get to finish before they are ended.
+    shutdown_timeout: str = "30s"
+
+    _d = field_validator("shutdown_timeout", mode="before")(lambda cls, v: _duration(v))
 
     @property
     def ca_pins(self) -> list[str]:

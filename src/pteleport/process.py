@@ -1,7 +1,12 @@
 """Composition root: builds every object from the config and runs the enabled services.
 
-Concrete choices (SQLite or PostgreSQL backend, which audit log, the clock) are made
-here and nowhere else.
+Concrete choices (SQLite or PostgreSQL backend, which audit log, the clock, the auth
+service in a process of its own) are made here and in ``authworker``, nowhere else.
+
+Signals (docs/operations.md): SIGHUP re-reads the config file, reopens the log and applies
+what can change while running (``reloading``); SIGTERM or SIGINT drains: no new sessions,
+open ones get ``teleport.shutdown_timeout``, then end with FATAL 57P01; a second one stops
+at once.
 """
 
 from __future__ import annotations
@@ -9,24 +14,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
 import signal
 import socket
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from common.durations import parse_duration
 from common.errors import BadParameter
 from common.identity_file import IdentityFile, render, write_private
 from common.tls import generate_private_key, private_key_pem
+from pteleport import memtrim
+from pteleport.authworker import apply_settings, auth_settings, open_storage, prune_audit
 from pteleport.config import Config
 
 log = logging.getLogger("pteleport")
 
 ADMIN_IDENTITY = "admin-identity.pem"
 PROCESS_FILE = "process.json"
+SHUTDOWN_MESSAGE = "the server is shutting down"
+AFTER_DRAIN = 1.0  # seconds the agents get to ship the last events of drained sessions
 
 
 def utc_now() -> datetime:
@@ -42,36 +54,25 @@ def split_addr(addr: str, default_port: int = 3080) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _open_storage(config: Config):  # type: ignore[no-untyped-def]
-    storage = config.teleport.storage
-    data_dir = config.data_dir
-    if storage.type == "postgresql":
-        from pteleport.audit.log import PostgresAuditLog
-        from pteleport.storage.postgres import PostgresBackend
-
-        if not storage.conn_string:
-            raise BadParameter("teleport.storage.conn_string is required for the postgresql backend")
-        return PostgresBackend(storage.conn_string, clock=utc_now), PostgresAuditLog(storage.conn_string)
-    if storage.type == "memory":
-        from pteleport.audit.log import MemoryAuditLog
-        from pteleport.storage.memory import MemoryBackend
-
-        return MemoryBackend(clock=utc_now), MemoryAuditLog()
-    from pteleport.audit.log import SQLiteAuditLog
-    from pteleport.storage.sqlite import SQLiteBackend
-
-    path = storage.path or str(data_dir / "backend" / "sqlite.db")
-    return SQLiteBackend(path, clock=utc_now), SQLiteAuditLog(str(data_dir / "log" / "events.db"))
-
-
 class Process:
-    """One running pteleport: auth + proxy, and/or a database service."""
+    """One running pteleport: auth + proxy, and/or a database service.
 
-    def __init__(self, config: Config) -> None:
+    ``reread`` (None when started from flags only) reads the config again for SIGHUP.
+    """
+
+    def __init__(self, config: Config, reread: Callable[[], Config] | None = None, debug: bool = False) -> None:
         self.config = config
+        self.reread = reread
+        self.debug = debug
         self.stopping = asyncio.Event()
+        self.at_once = asyncio.Event()
         self.listen_port = 0
         self._closers: list = []
+        self.proxy: Any = None
+        self.tunnel: Any = None
+        self.auth: Any = None
+        self.worker: Any = None
+        self.agent: Any = None
 
     async def run(self) -> None:
         if self.config.auth_service.enabled or self.config.proxy_service.enabled:
@@ -80,7 +81,8 @@ class Process:
         new = _NewDataDir(data_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         tasks = []
         if self.config.auth_service.enabled or self.config.proxy_service.enabled:
             try:
@@ -100,15 +102,17 @@ class Process:
         if self.config.db_service.enabled:
             from pteleport.dbagent.service import DatabaseAgent
 
-            agent = DatabaseAgent(self.config, clock=utc_now)
-            tasks.append(loop.create_task(agent.run()))
-            self._closers.append(agent.stop)
-        log.info("pteleport is running; press Ctrl+C or send SIGTERM to stop")
+            self.agent = DatabaseAgent(self.config, clock=utc_now)
+            tasks.append(loop.create_task(self.agent.run()))
+            self._closers.append(self.agent.stop)
+        trimmer = loop.create_task(memtrim.run())
+        self._closers.append(_async(trimmer.cancel))
+        log.info("pteleport is running; press Ctrl+C or send SIGTERM to stop, SIGHUP to reload the config")
         stop = loop.create_task(self.stopping.wait())
         await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        failed = next((t.exception() for t in tasks if t.done() and t.exception() is not None), None)
+        if failed is None:
+            await self._drain()
         log.info("stopping")
         for closer in reversed(self._closers):
             with contextlib.suppress(Exception):
@@ -116,7 +120,78 @@ class Process:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if failed is not None:
+            raise failed
 
+    # --- signals ------------------------------------------------------------------------------
+    def _on_stop_signal(self) -> None:
+        if self.stopping.is_set():
+            if not self.at_once.is_set():
+                log.info("stopping at once: open sessions end now")
+            self.at_once.set()
+        self.stopping.set()
+
+    async def _drain(self) -> None:
+        """No new sessions; open ones get shutdown_timeout, then FATAL 57P01; their events delivered."""
+        from pteleport.proxy.drain import drain
+
+        timeout = parse_duration(self.config.teleport.shutdown_timeout).total_seconds()
+
+        async def both(timeout: float) -> None:
+            jobs = []
+            if self.proxy is not None:
+                jobs.append(drain(self.proxy, self.tunnel, timeout, SHUTDOWN_MESSAGE))
+            if self.agent is not None and self.agent.ready.is_set():
+                jobs.append(self.agent.drain(timeout, SHUTDOWN_MESSAGE))
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+        had_sessions = bool(self.proxy is not None and self.proxy.sessions)
+        job = asyncio.get_running_loop().create_task(both(0.0 if self.at_once.is_set() else timeout))
+        now = asyncio.get_running_loop().create_task(self.at_once.wait())
+        await asyncio.wait([job, now], return_when=asyncio.FIRST_COMPLETED)
+        now.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+            await both(0.0)
+        if had_sessions:
+            await asyncio.sleep(AFTER_DRAIN)  # the agents ship the last events while the API is up
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config, reopen the log, apply what can change; say what needs a restart."""
+        from pteleport import logs
+        from pteleport.reloading import changes
+
+        if self.reread is None:
+            logs.reload(self.config, self.debug)
+            if self.worker is not None:
+                self.worker.reload(self.config)
+            log.info("reload (SIGHUP): reopened the log; there is no config file to read again (started from flags)")
+            return
+        try:
+            new = await asyncio.to_thread(self.reread)
+        except BadParameter as exc:
+            log.error("reload (SIGHUP): kept the running config: %s", exc.message)
+            return
+        applied, restart = changes(self.config, new)
+        # Only the reloadable keys are taken; the others keep their running values until a restart.
+        merged = _merge_reloadable(self.config, new)
+        logs.reload(merged, self.debug)
+        if self.auth is not None:
+            apply_settings(self.auth.ctx.settings, merged)
+        if self.worker is not None:
+            self.worker.reload(merged)
+        if self.agent is not None and any(k.startswith("db_service.") for k in applied):
+            self.agent.reload(merged)
+        self.config = merged
+        log.info(
+            "reload (SIGHUP): reopened the log; applied: %s; needs a restart: %s",
+            ", ".join(applied) or "nothing changed",
+            ", ".join(restart) or "nothing",
+        )
+
+    # --- start-up ---------------------------------------------------------------------------------
     async def _undo_start(self, new: _NewDataDir) -> None:
         """A start that failed (busy port, unreadable certificate...) leaves no half-made
         cluster behind; an existing cluster's data is never touched."""
@@ -127,10 +202,7 @@ class Process:
         new.remove()
 
     async def _start_cluster(self) -> None:
-        from aiohttp import web
-
-        from pteleport.api.app import ProxyInfo, build_app
-        from pteleport.auth.context import AuthSettings
+        from pteleport.api.offload import new_pool
         from pteleport.auth.server import AuthServer
         from pteleport.ca.authority import self_signed_web_cert
         from pteleport.proxy.listener import PublicListener, build_contexts
@@ -141,22 +213,13 @@ class Process:
         if not (cfg.auth_service.enabled and cfg.proxy_service.enabled):
             raise BadParameter("auth_service and proxy_service run together in one process; enable both (or neither)")
         data_dir = cfg.data_dir
-        backend, audit = _open_storage(cfg)
+        backend, audit = open_storage(cfg)
         self._closers.append(_async(backend.close))
         self._closers.append(_async(audit.close))
         host, port = split_addr(cfg.proxy_service.web_listen_addr)
         public = cfg.proxy_service.public_addrs[0] if cfg.proxy_service.public_addrs else None
         public_addr = public or f"{_public_host(host)}:{port}"
-        settings = AuthSettings(
-            cluster_name=cfg.auth_service.cluster_name or cfg.teleport.nodename,
-            public_addr=public_addr,
-            second_factor=cfg.auth_service.authentication.second_factor,
-            max_attempts=cfg.auth_service.lockout.max_attempts,
-            lockout=parse_duration(cfg.auth_service.lockout.lockout_duration),
-            audit_retention=parse_duration(cfg.auth_service.audit.retention),
-            static_tokens=cfg.auth_service.tokens,
-        )
-        auth = AuthServer(backend, audit, utc_now, settings)
+        auth = AuthServer(backend, audit, utc_now, auth_settings(cfg, public_addr))
         await asyncio.to_thread(auth.init_cluster)
         self.auth = auth
         now = utc_now()
@@ -182,25 +245,46 @@ class Process:
         ssl_ctx = build_contexts(web_cert, web_key, host_cert, private_key_pem(host_key), client_cas)
 
         tunnel = TunnelServer()
+        self.tunnel = tunnel
+        loop = asyncio.get_running_loop()
+        # Storage work of this process (the proxy's audit events, the in-process API of a
+        # memory backend) runs in these threads, never on this loop, which relays every
+        # database session (docs/design-notes.md).
+        workers = new_pool()
+        self._closers.append(_async(lambda: workers.shutdown(wait=False)))
+
+        def emit_off_loop(event: str, code: str, **fields: object) -> None:
+            loop.run_in_executor(workers, functools.partial(auth.ctx.emit, event, code, **fields))
+
         cluster = ClusterView(
-            ca_cert=lambda t: auth.ctx.ca(t).cert,
-            refusal=auth.access.refusal,
-            registered_hosts=auth.databases.registrations.hosts_for,
-            emit=auth.ctx.emit,
+            ca_cert=lambda t: auth.ctx.ca(t).cert,  # read at start, kept in memory
+            refusal=auth.access.refusal_async,
+            registered_hosts=auth.databases.registrations.hosts_for,  # memory
+            emit=emit_off_loop,
         )
         proxy = ProxyServer(tunnel, cluster, utc_now)
+        self.proxy = proxy
         # Agents hear at once that locks or users changed, and fetch the snapshot again.
         auth.access.on_change(lambda state: tunnel.broadcast({"type": "access", "version": state.version}))
         await asyncio.to_thread(auth.databases.registrations.build)
-        loop = asyncio.get_running_loop()
         for job in (auth.access.run(), auth.databases.registrations.run()):
             task = loop.create_task(job)
             self._closers.append(_async(task.cancel))
-        app = build_app(auth, ProxyInfo(public_addr, web_cert_self_signed=not cfg.proxy_service.https_keypairs))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._closers.append(runner.cleanup)
-        listener = PublicListener(ssl_ctx, runner.server, proxy.handle_postgres, proxy.handle_tunnel)  # type: ignore[arg-type]
+        in_process = cfg.teleport.storage.type == "memory"  # a memory backend cannot be shared
+        if in_process:
+            http_factory = await self._api_in_process(auth, public_addr, workers, not cfg.proxy_service.https_keypairs)
+        else:
+            from pteleport.authworker import AuthWorker
+
+            async def changed(what: str) -> None:
+                if what == "access":
+                    await asyncio.to_thread(auth.access.changed)
+                elif what == "registrations":
+                    await asyncio.to_thread(auth.databases.registrations.build)
+
+            worker = AuthWorker(cfg, public_addr, changed)
+            http_factory = worker.http_factory
+        listener = PublicListener(ssl_ctx, http_factory, proxy.handle_postgres, proxy.handle_tunnel)  # type: ignore[arg-type]
         self.listen_port = await listener.start(host, port)
         self._closers.append(listener.stop)
         if cfg.proxy_service.postgres_listen_addr:
@@ -214,9 +298,15 @@ class Process:
         actual = f"{host}:{self.listen_port}"
         if port == 0:
             auth.ctx.settings.public_addr = public or f"{_public_host(host)}:{self.listen_port}"
+        if not in_process:
+            worker.public_addr = auth.ctx.settings.public_addr
+            self._closers.append(worker.stop)
+            await worker.start()
+            self.worker = worker
+        else:
+            prune = loop.create_task(prune_audit(audit, lambda: auth.ctx.settings.audit_retention))
+            self._closers.append(_async(prune.cancel))
         self._write_admin_identity(auth, actual)
-        prune = loop.create_task(_prune_audit(audit, settings.audit_retention))
-        self._closers.append(_async(prune.cancel))
         log.info(
             "cluster %s: proxy listening on %s (public address %s)",
             auth.cluster_name,
@@ -224,6 +314,18 @@ class Process:
             auth.ctx.settings.public_addr,
         )
         print(f"pteleport: cluster {auth.cluster_name} is listening on https://{actual}", flush=True)
+
+    async def _api_in_process(self, auth, public_addr: str, workers, self_signed: bool) -> Callable[[], asyncio.Protocol]:  # type: ignore[no-untyped-def]
+        """The API on this loop, its work in ``workers`` (memory backend only)."""
+        from aiohttp import web
+
+        from pteleport.api.app import ProxyInfo, build_app
+
+        app = build_app(auth, ProxyInfo(public_addr, web_cert_self_signed=self_signed), workers)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._closers.append(runner.cleanup)
+        return runner.server  # type: ignore[return-value]
 
     async def _start_native_postgres(self, proxy, addr: str, cert: bytes, key: bytes, user_ca: bytes) -> None:  # type: ignore[no-untyped-def]
         from common.relay import Connection
@@ -340,10 +442,20 @@ def _async(fn):  # type: ignore[no-untyped-def]
     return call
 
 
-async def _prune_audit(audit, retention: timedelta) -> None:  # type: ignore[no-untyped-def]
-    while True:
-        try:
-            await asyncio.to_thread(audit.prune, utc_now() - retention)
-        except Exception:
-            log.exception("pruning the audit log failed")
-        await asyncio.sleep(3600)
+def _merge_reloadable(old: Config, new: Config) -> Config:
+    """The running config with only the reloadable keys taken from ``new`` (the rest waits for a restart)."""
+    from pteleport.config import parse_config
+    from pteleport.reloading import flatten, reloadable
+
+    doc = old.model_dump(mode="json")
+    fresh = flatten(new.model_dump(mode="json"))
+    for key, value in fresh.items():
+        if reloadable(key):
+            _set(doc, key.split("."), value)
+    return parse_config(doc, "config")
+
+
+def _set(doc: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        doc = doc.setdefault(part, {})
+    doc[path[-1]] = value

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
+from collections.abc import Callable
 from typing import Any
 
-from common.cli import DEBUG
+from common.cli import DEBUG, eprint
 from pteleport.config import Config, ConfigError, load_config, parse_config
 
 
 def _setup_logging(config: Config) -> None:
-    level = "DEBUG" if DEBUG["on"] else config.teleport.log.severity.upper()
-    level = {"WARN": "WARNING"}.get(level, level)
-    output = config.teleport.log.output
-    handler: logging.Handler
-    if output in ("stderr", "", None):
-        handler = logging.StreamHandler(sys.stderr)
-    elif output == "stdout":
-        handler = logging.StreamHandler(sys.stdout)
-    else:
-        handler = logging.FileHandler(output)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    from pteleport import logs
+
+    logs.setup(config, DEBUG["on"])
 
 
-def _run(config: Config) -> None:
+def _run(config: Config, reread: Callable[[], Config] | None = None) -> None:
+    from pteleport.dbagent.join import JoinError
     from pteleport.process import Process
 
     _setup_logging(config)
@@ -41,13 +27,24 @@ def _run(config: Config) -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(Process(config).run())
+    try:
+        runner(Process(config, reread, DEBUG["on"]).run())
+    except JoinError as err:  # each cause of a failed join has its own exit code (docs/operations.md)
+        eprint(f"ERROR: {err.message}")
+        raise SystemExit(err.exit_code) from None
 
 
 def run_start(path: str | None, **flags: Any) -> None:
     config = load_config(path) if path else Config()
     _apply_flags(config, **flags)
-    _run(config)
+
+    def reread() -> Config:
+        assert path is not None
+        fresh = load_config(path)
+        _apply_flags(fresh, **flags)
+        return fresh
+
+    _run(config, reread if path else None)
 
 
 def run_config_dict(doc: dict) -> None:

@@ -1,7 +1,9 @@
 """The HTTPS JSON API under /v1/ and the invite pages: thin handlers over the auth service.
 
-Each handler: decode the body into a model, find the caller, call the auth service,
-render JSON. Errors become responses in ``api.errors`` only.
+Each handler reads the request on the event loop and hands the rest to the auth worker
+threads (``api.offload``): decode the body into a model, find the caller, call the auth
+service, encode the JSON. The loop, which also relays database sessions, only moves bytes.
+Errors become responses in ``api.errors`` only.
 """
 
 from __future__ import annotations
@@ -9,19 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
 
 from common import __version__
 from common.errors import AccessDenied, BadParameter
 from common.identity import Identity
-from pteleport.api import httplog, models
+from pteleport.api import httplog, models, offload
 from pteleport.api.errors import error_middleware
-from pteleport.api.identity import caller, remote_addr
+from pteleport.api.identity import caller_from_der, peer_der, remote_addr
+from pteleport.api.offload import Reply
 from pteleport.api.web import add_web_routes
 from pteleport.auth.server import AuthServer
 from pteleport.auth.tokens import token_id
@@ -46,25 +51,59 @@ def _ttl(seconds: int | None) -> timedelta | None:
     return timedelta(seconds=seconds) if seconds else None
 
 
-_remote = remote_addr
+@dataclass
+class Call:
+    """What a handler's work needs of its request, read on the loop, used in a worker thread."""
+
+    auth: AuthServer
+    info: ProxyInfo
+    cert_der: bytes | None
+    remote: str
+    match: dict[str, str]
+    query: MultiDict[str]
+    headers: dict[str, str]
+
+    def me(self) -> Identity:
+        """The verified caller (blocking: may read storage)."""
+        return caller_from_der(self.cert_der, self.auth)
 
 
-async def _body(request: web.Request, model: type[Any]) -> Any:
-    raw = await request.read()
-    return model.model_validate_json(raw or b"{}")
+Work = Callable[[Call, Any], Any]
 
 
-def _auth(request: web.Request) -> AuthServer:
-    return request.app[AUTH]
+def route(model: type[Any] | None = None) -> Callable[[Work], Callable[[web.Request], Any]]:
+    """A handler from ``work(call, body)``: ``body`` is ``model`` parsed from the request (or None)."""
 
+    def wrap(work: Work) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.Response:
+            raw = await request.read() if model is not None else b""
+            call = Call(
+                request.app[AUTH],
+                request.app[INFO],
+                peer_der(request),
+                remote_addr(request),
+                dict(request.match_info),
+                MultiDict(request.query),
+                {"If-None-Match": request.headers.get("If-None-Match", "")},
+            )
 
-def _me(request: web.Request) -> Identity:
-    return caller(request, _auth(request))
+            def job() -> tuple[bytes | None, int, dict[str, str]]:
+                body = model.model_validate_json(raw or b"{}") if model is not None else None
+                return offload.encode(work(call, body))
+
+            return offload.response(await offload.run(request, job))
+
+        handle.__name__ = work.__name__
+        handle.__doc__ = work.__doc__
+        return handle
+
+    return wrap
 
 
 # --- public -------------------------------------------------------------------------------
 async def ping(request: web.Request) -> web.Response:
-    auth = _auth(request)
+    """Readiness and discovery: memory only, answered on the loop."""
+    auth = request.app[AUTH]
     info = request.app[INFO]
     return web.json_response(
         {
@@ -82,138 +121,130 @@ async def ping(request: web.Request) -> web.Response:
     )
 
 
-async def cas(request: web.Request) -> web.Response:
-    auth = _auth(request)
-    return web.json_response({"cluster_name": auth.cluster_name, "cas": auth.public_cas()})
+@route()
+def cas(c: Call, _: None) -> Any:
+    return {"cluster_name": c.auth.cluster_name, "cas": c.auth.public_cas()}
 
 
-async def login(request: web.Request) -> web.Response:
-    req = await _body(request, models.LoginRequest)
-    auth = _auth(request)
-    cert, identity = await auth.login.login(
-        req.user, req.password, req.otp_token, req.public_key, _ttl(req.ttl_seconds), _remote(request)
+@route(models.LoginRequest)
+def login(c: Call, req: models.LoginRequest) -> Any:
+    auth = c.auth
+    cert, identity = auth.login.login(
+        req.user, req.password, req.otp_token, req.public_key, _ttl(req.ttl_seconds), c.remote
     )
-    return web.json_response(
-        {
-            "cert": cert.decode(),
-            "cluster_name": auth.cluster_name,
-            "cas": auth.public_cas(),
-            "username": identity.username,
-        }
-    )
+    return {
+        "cert": cert.decode(),
+        "cluster_name": auth.cluster_name,
+        "cas": auth.public_cas(),
+        "username": identity.username,
+    }
 
 
-async def invite_get(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).users.invite_details(request.match_info["token"], _remote(request)))
+@route()
+def invite_get(c: Call, _: None) -> Any:
+    return c.auth.users.invite_details(c.match["token"], c.remote)
 
 
-async def invite_post(request: web.Request) -> web.Response:
-    req = await _body(request, models.InviteRequest)
-    user = _auth(request).users.complete_invite(
-        request.match_info["token"], req.password, req.otp_token, _remote(request)
-    )
-    return web.json_response({"user": user})
+@route(models.InviteRequest)
+def invite_post(c: Call, req: models.InviteRequest) -> Any:
+    user = c.auth.users.complete_invite(c.match["token"], req.password, req.otp_token, c.remote)
+    return {"user": user}
 
 
-async def join(request: web.Request) -> web.Response:
-    req = await _body(request, models.JoinRequest)
-    auth = _auth(request)
-    cert, host_id = auth.tokens.join(
-        req.token, req.role, req.host_id or None, req.hostname, req.public_key, _remote(request)
-    )
-    return web.json_response(
-        {"cert": cert.decode(), "host_id": host_id, "cluster_name": auth.cluster_name, "cas": auth.public_cas()}
-    )
+@route(models.JoinRequest)
+def join(c: Call, req: models.JoinRequest) -> Any:
+    auth = c.auth
+    cert, host_id = auth.tokens.join(req.token, req.role, req.host_id or None, req.hostname, req.public_key, c.remote)
+    return {"cert": cert.decode(), "host_id": host_id, "cluster_name": auth.cluster_name, "cas": auth.public_cas()}
 
 
 # --- authenticated ------------------------------------------------------------------------------
-async def whoami(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).whoami(_me(request)))
+@route()
+def whoami(c: Call, _: None) -> Any:
+    return c.auth.whoami(c.me())
 
 
-async def status(request: web.Request) -> web.Response:
-    me = _me(request)
-    auth = _auth(request)
-    auth.ctx.authorize(me, "cluster", "read")
-    return web.json_response(auth.status())
+@route()
+def status(c: Call, _: None) -> Any:
+    c.auth.ctx.authorize(c.me(), "cluster", "read")
+    return c.auth.status()
 
 
-async def tokens_add(request: web.Request) -> web.Response:
-    req = await _body(request, models.TokenRequest)
-    auth = _auth(request)
-    doc = auth.tokens.add(_me(request), req.types, _ttl(req.ttl_seconds), req.value, req.labels, req.db_names)
-    return web.json_response(
-        {
-            "token": doc,  # metadata.name is the value: the one answer that shows it
-            "id": token_id(doc["metadata"]["name"]),
-            "ca_pin": auth.status()["ca_pin"],
-            "proxy": request.app[INFO].public_addr,
-        }
-    )
+@route(models.TokenRequest)
+def tokens_add(c: Call, req: models.TokenRequest) -> Any:
+    auth = c.auth
+    doc = auth.tokens.add(c.me(), req.types, _ttl(req.ttl_seconds), req.value, req.labels, req.db_names)
+    return {
+        "token": doc,  # metadata.name is the value: the one answer that shows it
+        "id": token_id(doc["metadata"]["name"]),
+        "ca_pin": auth.status()["ca_pin"],
+        "proxy": c.info.public_addr,
+    }
 
 
-async def tokens_list(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).tokens.list(_me(request)))
+@route()
+def tokens_list(c: Call, _: None) -> Any:
+    return c.auth.tokens.list(c.me())
 
 
-async def tokens_remove(request: web.Request) -> web.Response:
-    _auth(request).tokens.remove(_me(request), request.match_info["token"])
-    return web.json_response({"deleted": True})
+@route()
+def tokens_remove(c: Call, _: None) -> Any:
+    c.auth.tokens.remove(c.me(), c.match["token"])
+    return {"deleted": True}
 
 
-async def resources_create(request: web.Request) -> web.Response:
-    req = await _body(request, models.ResourcesRequest)
-    messages = _auth(request).resources.create(_me(request), req.documents, req.force)
-    return web.json_response({"messages": messages})
+@route(models.ResourcesRequest)
+def resources_create(c: Call, req: models.ResourcesRequest) -> Any:
+    return {"messages": c.auth.resources.create(c.me(), req.documents, req.force)}
 
 
-async def resources_get(request: web.Request) -> web.Response:
-    docs = _auth(request).resources.get(_me(request), request.match_info["kind"], request.match_info.get("name"))
-    return web.json_response(docs)
+@route()
+def resources_get(c: Call, _: None) -> Any:
+    return c.auth.resources.get(c.me(), c.match["kind"], c.match.get("name"))
 
 
-async def resources_remove(request: web.Request) -> web.Response:
-    message = _auth(request).resources.remove(_me(request), request.match_info["kind"], request.match_info["name"])
-    return web.json_response({"message": message})
+@route()
+def resources_remove(c: Call, _: None) -> Any:
+    return {"message": c.auth.resources.remove(c.me(), c.match["kind"], c.match["name"])}
 
 
-async def users_add(request: web.Request) -> web.Response:
-    req = await _body(request, models.UserAddRequest)
-    doc = _auth(request).users.add(_me(request), req.name, req.roles, req.traits, _ttl(req.ttl_seconds))
-    return web.json_response(doc)
+@route(models.UserAddRequest)
+def users_add(c: Call, req: models.UserAddRequest) -> Any:
+    return c.auth.users.add(c.me(), req.name, req.roles, req.traits, _ttl(req.ttl_seconds))
 
 
-async def users_list(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).users.list(_me(request)))
+@route()
+def users_list(c: Call, _: None) -> Any:
+    return c.auth.users.list(c.me())
 
 
-async def users_update(request: web.Request) -> web.Response:
-    req = await _body(request, models.UserUpdateRequest)
-    doc = _auth(request).users.update(_me(request), request.match_info["name"], req.roles, req.traits)
-    return web.json_response(doc)
+@route(models.UserUpdateRequest)
+def users_update(c: Call, req: models.UserUpdateRequest) -> Any:
+    return c.auth.users.update(c.me(), c.match["name"], req.roles, req.traits)
 
 
-async def users_remove(request: web.Request) -> web.Response:
-    _auth(request).users.remove(_me(request), request.match_info["name"])
-    return web.json_response({"deleted": True})
+@route()
+def users_remove(c: Call, _: None) -> Any:
+    c.auth.users.remove(c.me(), c.match["name"])
+    return {"deleted": True}
 
 
-async def users_reset(request: web.Request) -> web.Response:
-    req = await _body(request, models.ResetRequest)
-    doc = _auth(request).users.reset(_me(request), request.match_info["name"], _ttl(req.ttl_seconds))
-    return web.json_response(doc)
+@route(models.ResetRequest)
+def users_reset(c: Call, req: models.ResetRequest) -> Any:
+    return c.auth.users.reset(c.me(), c.match["name"], _ttl(req.ttl_seconds))
 
 
-async def databases_list(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).databases.list_for(_me(request)))
+@route()
+def databases_list(c: Call, _: None) -> Any:
+    return c.auth.databases.list_for(c.me())
 
 
-async def database_cert(request: web.Request) -> web.Response:
-    req = await _body(request, models.DatabaseCertRequest)
-    auth = _auth(request)
-    me = _me(request)
+@route(models.DatabaseCertRequest)
+def database_cert(c: Call, req: models.DatabaseCertRequest) -> Any:
+    auth = c.auth
+    me = c.me()
     try:
-        cert, route = auth.certs.db_cert(
+        cert, route_ = auth.certs.db_cert(
             me, req.public_key, req.database, req.db_user, req.db_name, _ttl(req.ttl_seconds), auth.databases
         )
     except AccessDenied as exc:
@@ -228,23 +259,21 @@ async def database_cert(request: web.Request) -> web.Response:
             error=exc.message,
         )
         raise
-    return web.json_response(
-        {
-            "cert": cert.decode(),
-            "db_user": route.username,
-            "db_name": route.database,
-            "database": route.service_name,
-            "protocol": route.protocol,
-        }
-    )
+    return {
+        "cert": cert.decode(),
+        "db_user": route_.username,
+        "db_name": route_.database,
+        "database": route_.service_name,
+        "protocol": route_.protocol,
+    }
 
 
-async def user_cert(request: web.Request) -> web.Response:
+@route(models.UserCertRequest)
+def user_cert(c: Call, req: models.UserCertRequest) -> Any:
     """`pctl auth sign --user`: the admin, the user themself, or an impersonator signs (auth/bots.py)."""
-    req = await _body(request, models.UserCertRequest)
-    auth = _auth(request)
+    auth = c.auth
     cert, identity = auth.bots.sign_for(
-        _me(request),
+        c.me(),
         req.user,
         req.public_key,
         _ttl(req.ttl_seconds),
@@ -253,29 +282,27 @@ async def user_cert(request: web.Request) -> web.Response:
         req.db_name,
         auth.databases,
     )
-    return web.json_response(
-        {
-            "cert": cert.decode(),
-            "cas": auth.public_cas(),
-            "cluster_name": auth.cluster_name,
-            "username": identity.username,
-            "expires": identity.expires.isoformat() if identity.expires else None,
-        }
-    )
+    return {
+        "cert": cert.decode(),
+        "cas": auth.public_cas(),
+        "cluster_name": auth.cluster_name,
+        "username": identity.username,
+        "expires": identity.expires.isoformat() if identity.expires else None,
+    }
 
 
-async def db_server_cert(request: web.Request) -> web.Response:
-    req = await _body(request, models.DbServerCertRequest)
-    auth = _auth(request)
-    auth.ctx.authorize(_me(request), "db_server_cert", "create")
+@route(models.DbServerCertRequest)
+def db_server_cert(c: Call, req: models.DbServerCertRequest) -> Any:
+    auth = c.auth
+    auth.ctx.authorize(c.me(), "db_server_cert", "create")
     cert = auth.certs.db_server_cert(req.hosts, req.public_key, timedelta(seconds=req.ttl_seconds))
-    return web.json_response({"cert": cert.decode(), "ca": auth.public_cas()["db"]})
+    return {"cert": cert.decode(), "ca": auth.public_cas()["db"]}
 
 
-async def db_client_cert(request: web.Request) -> web.Response:
-    req = await _body(request, models.DbClientCertRequest)
-    auth = _auth(request)
-    me = _me(request)
+@route(models.DbClientCertRequest)
+def db_client_cert(c: Call, req: models.DbClientCertRequest) -> Any:
+    auth = c.auth
+    me = c.me()
     auth.ctx.authorize(me, "db_client_cert", "create")
     if me.is_host and me.username not in auth.databases.registrations.hosts_for(req.database):
         raise AccessDenied(
@@ -283,131 +310,123 @@ async def db_client_cert(request: web.Request) -> web.Response:
             "it gets client certificates only for the databases it serves"
         )
     cert = auth.certs.db_client_cert(req.db_user, req.public_key, req.database, me.username)
-    return web.json_response({"cert": cert.decode(), "ca": auth.public_cas()["db"]})
+    return {"cert": cert.decode(), "ca": auth.public_cas()["db"]}
 
 
-async def heartbeat(request: web.Request) -> web.Response:
-    req = await _body(request, models.HeartbeatRequest)
-    refused = _auth(request).databases.heartbeat(_me(request), req.databases, req.hostname)
-    return web.json_response({"ok": True, "refused": refused})
+@route(models.HeartbeatRequest)
+def heartbeat(c: Call, req: models.HeartbeatRequest) -> Any:
+    refused = c.auth.databases.heartbeat(c.me(), req.databases, req.hostname)
+    return {"ok": True, "refused": refused}
 
 
 # --- locks and the access snapshot -------------------------------------------------------
-async def locks_add(request: web.Request) -> web.Response:
-    req = await _body(request, models.LockRequest)
-    doc = _auth(request).locks.create(_me(request), req.user, req.role, req.message, _ttl(req.ttl_seconds))
-    return web.json_response(doc)
+@route(models.LockRequest)
+def locks_add(c: Call, req: models.LockRequest) -> Any:
+    return c.auth.locks.create(c.me(), req.user, req.role, req.message, _ttl(req.ttl_seconds))
 
 
-async def locks_list(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).locks.list(_me(request)))
+@route()
+def locks_list(c: Call, _: None) -> Any:
+    return c.auth.locks.list(c.me())
 
 
-async def locks_remove(request: web.Request) -> web.Response:
-    _auth(request).locks.remove(_me(request), request.match_info["name"])
-    return web.json_response({"deleted": True})
+@route()
+def locks_remove(c: Call, _: None) -> Any:
+    c.auth.locks.remove(c.me(), c.match["name"])
+    return {"deleted": True}
 
 
-async def access_state(request: web.Request) -> web.Response:
+@route()
+def access_state(c: Call, _: None) -> Any:
     """For database services: locks and users' current roles (304 when ``If-None-Match`` is current)."""
-    me = _me(request)
-    auth = _auth(request)
+    me = c.me()
     if not (me.is_host and me.system_role == "Db"):
         raise AccessDenied("only database services read the access snapshot")
-    state = auth.access.current()
+    state = c.auth.access.current()
     etag = f'"{state.version}"'
-    if request.headers.get("If-None-Match") == etag:
-        return web.Response(status=304, headers={"ETag": etag})
-    return web.json_response(state.to_dict(), headers={"ETag": etag})
+    if c.headers.get("If-None-Match") == etag:
+        return Reply(None, 304, {"ETag": etag})
+    return Reply(state.to_dict(), 200, {"ETag": etag})
 
 
-async def events_emit(request: web.Request) -> web.Response:
-    req = await _body(request, models.EventsRequest)
-    auth = _auth(request)
-    auth.ctx.authorize(_me(request), "event", "create")
-    # Stored in a worker thread: the same event loop relays database sessions.
-    await asyncio.to_thread(auth.ctx.audit.emit_batch, req.events)
-    return web.json_response({"accepted": len(req.events)})
+@route(models.EventsRequest)
+def events_emit(c: Call, req: models.EventsRequest) -> Any:
+    auth = c.auth
+    auth.ctx.authorize(c.me(), "event", "create")
+    auth.ctx.audit.emit_batch(req.events)
+    return {"accepted": len(req.events)}
 
 
-async def events_search(request: web.Request) -> web.Response:
+def _when(q: MultiDict[str], name: str) -> datetime | None:
+    if not q.get(name):
+        return None
+    try:
+        when = datetime.fromisoformat(q[name].replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParameter(f"{name} must be an RFC 3339 time, e.g. 2026-11-24T13:00:00Z") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@route()
+def events_search(c: Call, _: None) -> Any:
     """One page of events and the cursor of the next (``{"events": [...], "next": ...}``)."""
-    q = request.query
-
-    def when(name: str) -> datetime | None:
-        if not q.get(name):
-            return None
-        try:
-            when = datetime.fromisoformat(q[name].replace("Z", "+00:00"))
-        except ValueError:
-            raise BadParameter(f"{name} must be an RFC 3339 time, e.g. 2026-11-24T13:00:00Z") from None
-        return when if when.tzinfo else when.replace(tzinfo=UTC)
-
+    q = c.query
     try:
         limit = int(q.get("limit", "500"))
     except ValueError:
         raise BadParameter("limit must be a number") from None
-    audit, actor = _auth(request).audit, _me(request)
-    query = {
-        "from_time": when("from"),
-        "to_time": when("to"),
-        "event_types": q.getall("type") if "type" in q else None,
-        "user": q.get("user"),
-        "sid": q.get("sid"),
-        "limit": limit,
-        "order": q.get("order", "asc"),
-        "after_id": q.get("after") or None,
-        "cursor": q.get("cursor") or None,
-    }
-    # A big read and its JSON run in a worker thread: this loop also relays database sessions.
-    body = await asyncio.to_thread(lambda: _page_json(audit.search(actor, **query)))
-    return web.Response(text=body, content_type="application/json")
+    page = c.auth.audit.search(
+        c.me(),
+        from_time=_when(q, "from"),
+        to_time=_when(q, "to"),
+        event_types=q.getall("type") if "type" in q else None,
+        user=q.get("user"),
+        sid=q.get("sid"),
+        limit=limit,
+        order=q.get("order", "asc"),
+        after_id=q.get("after") or None,
+        cursor=q.get("cursor") or None,
+    )
+    return {"events": page.events, "next": page.next}
 
 
-async def session_events(request: web.Request) -> web.Response:
-    """One page of a session's events (``{"events": [...], "next": ...}``), in a worker thread."""
-    audit, actor, sid = _auth(request).audit, _me(request), request.match_info["sid"]
-    cursor = request.query.get("cursor") or None
-    body = await asyncio.to_thread(lambda: _page_json(audit.session_events(actor, sid, cursor)))
-    return web.Response(text=body, content_type="application/json")
-
-
-def _page_json(page: Any) -> str:
-    import json
-
-    return json.dumps({"events": page.events, "next": page.next})
+@route()
+def session_events(c: Call, _: None) -> Any:
+    """One page of a session's events (``{"events": [...], "next": ...}``)."""
+    page = c.auth.audit.session_events(c.me(), c.match["sid"], c.query.get("cursor") or None)
+    return {"events": page.events, "next": page.next}
 
 
 # --- bots (machine users) ----------------------------------------------------------------
-async def bots_add(request: web.Request) -> web.Response:
-    req = await _body(request, models.BotAddRequest)
-    doc = _auth(request).bots.add(_me(request), req.name, req.roles, req.traits, _ttl(req.token_ttl_seconds))
-    return web.json_response({**doc, "proxy": request.app[INFO].public_addr})
+@route(models.BotAddRequest)
+def bots_add(c: Call, req: models.BotAddRequest) -> Any:
+    doc = c.auth.bots.add(c.me(), req.name, req.roles, req.traits, _ttl(req.token_ttl_seconds))
+    return {**doc, "proxy": c.info.public_addr}
 
 
-async def bots_list(request: web.Request) -> web.Response:
-    return web.json_response(_auth(request).bots.list(_me(request)))
+@route()
+def bots_list(c: Call, _: None) -> Any:
+    return c.auth.bots.list(c.me())
 
 
-async def bots_remove(request: web.Request) -> web.Response:
-    _auth(request).bots.remove(_me(request), request.match_info["name"])
-    return web.json_response({"deleted": True})
+@route()
+def bots_remove(c: Call, _: None) -> Any:
+    c.auth.bots.remove(c.me(), c.match["name"])
+    return {"deleted": True}
 
 
-async def bots_join(request: web.Request) -> web.Response:
+@route(models.BotJoinRequest)
+def bots_join(c: Call, req: models.BotJoinRequest) -> Any:
     """`ptsh login --bot`: no certificate yet; the single-use token is the credential."""
-    req = await _body(request, models.BotJoinRequest)
-    auth = _auth(request)
-    cert, identity = auth.bots.join(req.token, req.public_key, _ttl(req.ttl_seconds), _remote(request))
-    return web.json_response(
-        {
-            "cert": cert.decode(),
-            "cas": auth.public_cas(),
-            "cluster_name": auth.cluster_name,
-            "username": identity.username,
-            "expires": identity.expires.isoformat() if identity.expires else None,
-        }
-    )
+    auth = c.auth
+    cert, identity = auth.bots.join(req.token, req.public_key, _ttl(req.ttl_seconds), c.remote)
+    return {
+        "cert": cert.decode(),
+        "cas": auth.public_cas(),
+        "cluster_name": auth.cluster_name,
+        "username": identity.username,
+        "expires": identity.expires.isoformat() if identity.expires else None,
+    }
 
 
 def _flush(auth: AuthServer, log_filter: httplog.MalformedRequestFilter, force: bool) -> None:
@@ -422,25 +441,31 @@ def _flush(auth: AuthServer, log_filter: httplog.MalformedRequestFilter, force: 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     auth = app[AUTH]
+    pool = app[offload.POOL]
     log_filter = httplog.install()
+    loop = asyncio.get_running_loop()
 
     async def every() -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            _flush(auth, log_filter, force=False)
+            await loop.run_in_executor(pool, _flush, auth, log_filter, False)
 
-    task = asyncio.get_running_loop().create_task(every())
+    task = loop.create_task(every())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    _flush(auth, log_filter, force=True)  # a short burst before shutdown is not lost
+    # A short burst before shutdown is not lost; then the workers finish what they hold.
+    await loop.run_in_executor(pool, _flush, auth, log_filter, True)
+    await loop.run_in_executor(None, pool.shutdown)
 
 
-def build_app(auth: AuthServer, info: ProxyInfo) -> web.Application:
+def build_app(auth: AuthServer, info: ProxyInfo, workers: ThreadPoolExecutor | None = None) -> web.Application:
+    """The API over ``auth``; its work runs in ``workers`` (a new pool of its own if None)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
     app[AUTH] = auth
     app[INFO] = info
+    app[offload.POOL] = workers or offload.new_pool()
     app.cleanup_ctx.append(_housekeeping)
     r = app.router
     r.add_get("/webapi/ping", ping)

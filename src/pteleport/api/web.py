@@ -2,9 +2,10 @@
 sets a password and enrols a TOTP authenticator in a browser.
 
 The token in an invite page's path is the credential; lookups are limited per address by
-the auth service (a refusal is a 429 page with ``Retry-After``). Every page carries the
-same security headers (no caching, no referrer, a CSP that allows nothing but its own
-inline style, a QR code image and posting the form to itself).
+the auth service (a refusal is a 429 page with ``Retry-After``). Lookups, the password hash
+and the page itself are made in the auth worker threads (``api.offload``), off the event
+loop. Every page carries the same security headers (no caching, no referrer, a CSP that
+allows nothing but its own inline style, a QR code image and posting the form to itself).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from common.errors import BadParameter, LimitExceeded, NotFound, PteleportError, http_status_for
+from pteleport.api import offload
 from pteleport.api.errors import error_headers
 from pteleport.api.identity import remote_addr
 
@@ -127,16 +129,23 @@ def add_web_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) -> N
     async def front(request: web.Request) -> web.Response:
         return _front(auth, info)
 
-    async def show(request: web.Request) -> web.Response:
+    def show_page(token: str, remote: str) -> web.Response:
         try:
-            return _form(auth, request.match_info["token"], remote_addr(request))
+            return _form(auth, token, remote)
         except PteleportError as err:
             return _unusable(err)
+
+    async def show(request: web.Request) -> web.Response:
+        return await offload.run(request, show_page, request.match_info["token"], remote_addr(request))
 
     async def submit(request: web.Request) -> web.Response:
         token = request.match_info["token"]
         remote = remote_addr(request)
         form = await request.post()
+        fields = {k: str(form.get(k, "")) for k in set(form.keys())}
+        return await offload.run(request, submit_page, token, remote, fields)
+
+    def submit_page(token: str, remote: str, form: dict[str, str]) -> web.Response:
         password = str(form.get("password", ""))
         try:
             if password != str(form.get("confirm", "")):

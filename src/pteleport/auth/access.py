@@ -48,6 +48,8 @@ class AccessStateSource:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[AccessState], None]] = []
+        # Called (in the writer's thread) after every change made here, once the snapshot is rebuilt.
+        self.after_change: list[Callable[[], None]] = []
 
     # --- building ---------------------------------------------------------------------------
     def build(self) -> AccessState:
@@ -94,6 +96,17 @@ class AccessStateSource:
             return reason
         return user_refusal(UserAccess(frozenset(doc["spec"].get("roles") or []), user_created(doc)), identity)
 
+    async def refusal_async(self, identity: Identity) -> Refusal | None:
+        """``refusal`` for the event loop: the snapshot in memory, and the storage read that
+        confirms a refusal resting on the user's record in a worker thread."""
+        state = self.current() if self._state is not None else await asyncio.to_thread(self.current)
+        reason = lock_refusal(state, identity, self.clock())
+        if reason is not None:
+            return reason
+        if user_refusal(state.users.get(identity.username), identity) is None:
+            return None
+        return await asyncio.to_thread(self.refusal, identity)
+
     def check(self, identity: Identity) -> None:
         """The refusal as an error: NotLoggedIn when logging in again helps (or the user is gone), else AccessDenied."""
         reason = self.refusal(identity)
@@ -105,7 +118,6 @@ class AccessStateSource:
         reason = lock_refusal(self.current(), identity, self.clock())
         if reason is not None:
             raise as_error(reason)
-
 
     # --- keeping it fresh ------------------------------------------------------------------
     def on_change(self, listener: Callable[[AccessState], None]) -> None:
@@ -119,6 +131,8 @@ class AccessStateSource:
         self.build()
         if self._wake is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+        for hook in list(self.after_change):
+            hook()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

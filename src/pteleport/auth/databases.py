@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -97,12 +99,16 @@ class RegistrationIndex:
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
         self._hosts: dict[str, list[tuple[str, datetime | None]]] = {}
+        # Builds run in worker threads (after a heartbeat, and every second): one at a time,
+        # so an older read never replaces a newer one. Readers take the dict as it is.
+        self._build_lock = threading.Lock()
 
     def build(self) -> None:
-        index: dict[str, list[tuple[str, datetime | None]]] = {}
-        for _key, doc, item in self.ctx.db_servers.items():
-            index.setdefault(doc["metadata"]["name"], []).append((doc["spec"]["host_id"], item.expires))
-        self._hosts = index
+        with self._build_lock:
+            index: dict[str, list[tuple[str, datetime | None]]] = {}
+            for _key, doc, item in self.ctx.db_servers.items():
+                index.setdefault(doc["metadata"]["name"], []).append((doc["spec"]["host_id"], item.expires))
+            self._hosts = index
 
     def hosts_for(self, name: str) -> list[str]:
         now = self.ctx.clock()
@@ -126,6 +132,9 @@ class DatabaseService:
         self.hosts = hosts
         self.registrations = RegistrationIndex(ctx)
         self._refusals_seen: set[tuple[str, str, str]] = set()
+        self._seen_lock = threading.Lock()
+        # Called after a heartbeat changed what is registered (the proxy's index is rebuilt).
+        self.on_registered: Callable[[], None] | None = None
 
     # --- dynamic resources ---------------------------------------------------------------
     def put_resource(self, actor: Identity, doc: dict, force: bool) -> str:
@@ -216,6 +225,8 @@ class DatabaseService:
             if doc["spec"]["host_id"] == actor.username and doc["metadata"]["name"] not in served:
                 self.ctx.db_servers.delete(key)
         self.registrations.build()
+        if self.on_registered is not None:
+            self.on_registered()
         return refused
 
     def _as_registered(self, db: dict) -> tuple[dict, str | None]:
@@ -236,11 +247,12 @@ class DatabaseService:
     def _audit_refusal(self, actor: Identity, name: str, reason: str) -> None:
         """Once per host, database and reason (a refused agent heartbeats every few seconds)."""
         key = (actor.username, name, reason)
-        if key in self._refusals_seen:
-            return
-        if len(self._refusals_seen) > 10_000:
-            self._refusals_seen.clear()
-        self._refusals_seen.add(key)
+        with self._seen_lock:
+            if key in self._refusals_seen:
+                return
+            if len(self._refusals_seen) > 10_000:
+                self._refusals_seen.clear()
+            self._refusals_seen.add(key)
         self.ctx.emit(
             DB_SERVER_CREATE,
             DB_SERVER_CREATE_FAILURE_CODE,

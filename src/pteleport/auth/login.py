@@ -17,7 +17,6 @@ several auth processes on one backend) neither lose a failure nor accept one cod
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from datetime import datetime, timedelta
@@ -59,10 +58,12 @@ class LoginService:
         self.ctx = ctx
         self.certs = certs
         self._ip_failures: dict[str, list[datetime]] = {}
+        self._ip_lock = threading.Lock()  # logins run in the API's worker threads
 
     def _check_address(self, ip: str, now: datetime) -> None:
-        recent = [t for t in self._ip_failures.get(ip, []) if now - t < IP_WINDOW]
-        self._ip_failures[ip] = recent
+        with self._ip_lock:
+            recent = [t for t in self._ip_failures.get(ip, []) if now - t < IP_WINDOW]
+            self._ip_failures[ip] = recent
         if len(recent) >= IP_FAILURES:
             raise LimitExceeded(
                 "too many failed logins from this address; wait a minute and try again",
@@ -70,9 +71,10 @@ class LoginService:
             )
 
     def _note_address_failure(self, ip: str, now: datetime) -> None:
-        self._ip_failures.setdefault(ip, []).append(now)
-        if len(self._ip_failures) > 10_000:  # bounded memory under a spray from many addresses
-            self._ip_failures = {k: v for k, v in self._ip_failures.items() if v and now - v[-1] < IP_WINDOW}
+        with self._ip_lock:
+            self._ip_failures.setdefault(ip, []).append(now)
+            if len(self._ip_failures) > 10_000:  # bounded memory under a spray from many addresses
+                self._ip_failures = {k: v for k, v in self._ip_failures.items() if v and now - v[-1] < IP_WINDOW}
 
     # --- lock-out state (user_login_state/<user>) ---------------------------------------
     def _locked_until(self, user: str, now: datetime) -> datetime | None:
@@ -173,7 +175,7 @@ class LoginService:
         )
         return AccessDenied(refused.message, detail=refused.reason)
 
-    async def login(
+    def login(
         self,
         user: str,
         password: str,
@@ -192,7 +194,7 @@ class LoginService:
         record = json.loads(item.value) if item is not None else None
         phc = record.get("password_hash") if record else None
         # Always hash (a dummy hash for an unknown user), so the time taken says nothing.
-        ok = await asyncio.to_thread(_verify_limited, password, phc)
+        ok = _verify_limited(password, phc)
         try:
             if doc is not None and self._locked_until(user, now) is not None:
                 raise _Refused("user is locked", locks_out=False)

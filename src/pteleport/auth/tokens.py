@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, NotFound
+from common.errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, NotFound, NotLoggedIn
 from common.identity import HostScope, Identity
 from common.tls import load_public_key
 from pteleport.auth.certs import CertService
@@ -29,6 +29,10 @@ MIN_TOKEN_LENGTH = 16
 ID_LENGTH = 16
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 INVALID_TOKEN = 'the join token is invalid or has expired; create a new one with "pctl tokens add --type=db"'  # noqa: S105
+EXPIRED_TOKEN = 'the join token expired at {when} UTC; create a new one with "pctl tokens add --type=db"'  # noqa: S105
+# An expired token is kept this long (hashed, as ever), so that a join with it can be told
+# "expired" rather than "invalid"; listings leave it out.
+EXPIRED_KEPT = timedelta(days=7)
 
 
 def token_id(value: str) -> str:
@@ -90,6 +94,19 @@ def token_scope(doc: dict) -> HostScope:
     return HostScope.from_dict((doc.get("spec") or {}).get("db_scope"))
 
 
+def token_expires(doc: dict) -> datetime | None:
+    when = (doc.get("metadata") or {}).get("expires")
+    try:
+        return datetime.fromisoformat(when) if when else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _kept_until(expires: datetime | None) -> datetime | None:
+    """The storage expiry of a token: a while after the token itself expires."""
+    return None if expires is None else expires + EXPIRED_KEPT
+
+
 def _stored(doc: dict, key: str) -> dict:
     """The document to store or list: named by the id, whatever the name was."""
     meta = {**doc.get("metadata", {}), "name": key[:ID_LENGTH]}
@@ -129,7 +146,7 @@ class TokenService:
         key = secret_key(token)
         doc = token_doc(token_id(token), roles, expires, labels, scope)
         try:
-            self.ctx.tokens.create(key, doc, expires=expires)
+            self.ctx.tokens.create(key, doc, expires=_kept_until(expires))
         except AlreadyExists:
             raise AlreadyExists("a token with this value already exists") from None
         self.ctx.emit("join_token.create", "TJT00I", user=actor.username, roles=roles, join_method="token")
@@ -147,14 +164,19 @@ class TokenService:
             raise AlreadyExists("this token already exists; pass -f/--force to overwrite it")
         self.ctx.authorize(actor, "token", "update" if exists else "create")
         normalize_roles([r.lower() for r in doc["spec"]["roles"]])
-        self.ctx.tokens.put(key, _stored(doc, key), expires=expires)
+        self.ctx.tokens.put(key, _stored(doc, key), expires=_kept_until(expires))
         self.ctx.emit("join_token.create", "TJT00I", user=actor.username, roles=doc["spec"]["roles"])
         return "updated" if exists else "created"
 
     def list(self, actor: Identity) -> list[dict]:
         """Every token by id (never by value): stored ones, then the config file's static ones."""
         self.ctx.authorize(actor, "token", "list")
-        docs = [_stored(doc, key) for key, doc, _item in self.ctx.tokens.items()]
+        now = self.ctx.clock()
+        docs = [
+            _stored(doc, key)
+            for key, doc, _item in self.ctx.tokens.items()
+            if (token_expires(doc) or now) >= now
+        ]
         for static in self.ctx.settings.static_tokens:
             roles, value = parse_static(static)
             docs.append(token_doc(token_id(value), roles, None))
@@ -199,9 +221,14 @@ class TokenService:
             if secrets.compare_digest(secret_key(value), wanted):  # equal lengths: nothing leaks by timing
                 return token_doc(token_id(value), roles, None)
         try:
-            return self.ctx.tokens.get(secret_key(token))
+            doc = self.ctx.tokens.get(secret_key(token))
         except NotFound:
             raise AccessDenied(INVALID_TOKEN) from None
+        expires = token_expires(doc)
+        if expires is not None and expires <= self.ctx.clock():
+            # A credential that ran out: 401, so a joining agent can say "expired", not "refused".
+            raise NotLoggedIn(EXPIRED_TOKEN.format(when=f"{expires.astimezone(UTC):%Y-%m-%d %H:%M:%S}"))
+        return doc
 
     def join(
         self, token: str, role: str, claimed_host_id: str | None, hostname: str, public_key_pem: str, remote: str
@@ -217,7 +244,7 @@ class TokenService:
         self.guard.check(remote, failure)
         try:
             doc = self._find(token)
-        except AccessDenied as exc:
+        except (AccessDenied, NotLoggedIn) as exc:
             self.guard.failed(remote, {**failure, "error": str(exc)})
             raise
 

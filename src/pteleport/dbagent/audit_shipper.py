@@ -107,6 +107,7 @@ class AuditShipper:
         self._sending_offset = 0  # bytes of the .sending file already delivered
         self._strikes: dict[str, int] = {}  # first uid of a batch -> HTTP 500s in a row
         self._context: dict[str, Any] = {}  # cluster/server fields for our own events
+        self._spool_unreadable = False
 
     # --- the relay side: never blocks, never writes a file --------------------------------
     def emit(self, event: dict) -> None:
@@ -234,6 +235,18 @@ class AuditShipper:
 
     # --- the spool --------------------------------------------------------------------------
     async def _deliver_spool(self) -> None:
+        """Send the spooled events; a spool that cannot be read does not hold up the queue."""
+        try:
+            await self._deliver_spool_files()
+        except OSError as exc:
+            if not self._spool_unreadable:
+                log.warning("audit: cannot read the audit spool %s (%s); its events stay there, new events are sent",
+                            self.spool, exc.strerror or exc)
+            self._spool_unreadable = True
+        else:
+            self._spool_unreadable = False
+
+    async def _deliver_spool_files(self) -> None:
         if self.spool is None or self.sending is None:
             return
         while True:

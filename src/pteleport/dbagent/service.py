@@ -9,6 +9,12 @@ It keeps auth's access snapshot (locks, users' current roles; ``/v1/access-state
 proxy says on the tunnel's control link when it changed (``access`` line), and the agent
 also asks every ``ACCESS_POLL`` seconds. Roles are re-read when the snapshot says they
 changed. After each change every open session is checked again (``engine.recheck``).
+
+The first join is retried with a backoff while the proxy cannot be reached (an agent may
+start before its proxy); a join that waiting cannot fix (CA pin mismatch, untrusted
+certificate, token refused or expired) stops the agent with its own sentence and exit
+code (``join.JoinError``). ``reload`` applies a new config's databases, resource matchers
+and audit settings; ``drain`` ends the service gently (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from common.backoff import Backoff
 from common.client import AsyncClusterClient, ClusterCredentials
-from common.errors import BadParameter, ConnectionProblem
+from common.errors import BadParameter
 from common.identity import identity_from_pem
 from common.relay import Connection
 from common.tls import ALPN_TUNNEL, client_context, load_certs
@@ -31,7 +38,7 @@ from pteleport.config import Config, DatabaseConfig
 from pteleport.dbagent.audit_shipper import AuditShipper
 from pteleport.dbagent.credentials import Credentials, LocalSettings
 from pteleport.dbagent.engine import EngineDeps, PostgresEngine, ServedDatabase
-from pteleport.dbagent.join import join
+from pteleport.dbagent.join import JoinError, Unreachable, join
 from pteleport.rbac.matchers import match_labels
 from pteleport.rbac.revocation import AccessState
 from pteleport.rbac.role import parse_role
@@ -42,6 +49,11 @@ log = logging.getLogger("pteleport.dbagent")
 REFRESH_EVERY = 5.0  # resources re-read and heartbeat sent (auth keeps them 30 s)
 ROLE_CACHE_SECONDS = 30.0  # also re-read at once when the access snapshot says roles changed
 ACCESS_POLL = 5.0  # the proxy also pushes a notice on every change
+JOIN_FIRST_RETRY = 0.5
+JOIN_MAX_RETRY = 15.0
+END_WAIT = 10.0  # after end_all, how long sessions get to close and emit their last events
+FLUSH_WAIT = 10.0  # how long the last audit events get to reach auth before they are spooled
+SHUTTING_DOWN = "this database service is shutting down; connect again in a moment"
 
 
 def static_resource(db: DatabaseConfig) -> ServedDatabase:
@@ -79,6 +91,11 @@ class DatabaseAgent:
         self._access_wake = asyncio.Event()
         self._refused: dict[str, str] = {}
         self.engine: PostgresEngine | None = None
+        self.closing: str | None = None  # while set, new sessions are refused with it
+        self._beat_now = asyncio.Event()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._proxy_sessions: dict[Any, str] = {}  # data link transport -> the proxy's session token
+        self.ready = asyncio.Event()  # joined, and serving
 
     def databases(self) -> dict[str, ServedDatabase]:
         return {**self.dynamic, **self.static}
@@ -88,9 +105,7 @@ class DatabaseAgent:
         proxy = cfg.teleport.proxy_server or cfg.teleport.auth_server
         if not proxy:
             raise BadParameter("teleport.proxy_server is required for the database service (the proxy HOST:PORT)")
-        ident = await asyncio.to_thread(
-            join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename
-        )
+        ident = await self._join(proxy)
         cas = load_certs(ident.cas)
         self.host_ca_pem = ident.cas.split(b"-----END CERTIFICATE-----", 1)[0] + b"-----END CERTIFICATE-----\n"
         self.user_cas = [c for c in cas if "user CA" in c.subject.rfc4514_string()]
@@ -112,7 +127,7 @@ class DatabaseAgent:
                 emit=self.shipper.emit,
                 clock=self.clock,
                 access=lambda: self.access,
-                audit_refusal=self.shipper.refusal,
+                audit_refusal=lambda: self.closing or self.shipper.refusal(),
             )
         )
         self.engine = engine
@@ -120,7 +135,13 @@ class DatabaseAgent:
         async def on_session(conn: Connection) -> None:
             header = await asyncio.wait_for(read_message(conn), 30)
             if header.get("type") == "session":
-                await engine.handle(conn, header)
+                token = header.get("proxy_session")
+                if token:
+                    self._proxy_sessions[conn.transport] = str(token)
+                try:
+                    await engine.handle(conn, header)
+                finally:
+                    self._proxy_sessions.pop(conn.transport, None)
 
         host, _, port = proxy.rpartition(":")
         ctx = client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
@@ -137,28 +158,103 @@ class DatabaseAgent:
         with contextlib.suppress(Exception):
             await self._fetch_access()
         loop = asyncio.get_running_loop()
+        self._heartbeat_task = loop.create_task(self._heartbeats())
         self._tasks = [
             loop.create_task(self.tunnel.run()),
             loop.create_task(self.shipper.run()),
-            loop.create_task(self._heartbeats()),
+            self._heartbeat_task,
             loop.create_task(self._watch_access()),
         ]
         log.info("database service %s serving %s", self.server_id, sorted(self.databases()) or "nothing yet")
+        self.ready.set()
         await asyncio.gather(*self._tasks)
 
-    async def _join(self, proxy: str) -> Any:
-        """Join (or load the identity); while the proxy cannot be reached, retry with backoff."""
+    async def _join(self, proxy: str, backoff: Backoff | None = None) -> Any:
+        """Join (or load the identity); try again, with a backoff, for as long as waiting may help.
+
+        Every failed try logs its cause; a cause that waiting cannot fix raises JoinError.
+        """
         cfg = self.config
-        delay = 0.5
+        backoff = backoff or Backoff(JOIN_FIRST_RETRY, JOIN_MAX_RETRY)
         while True:
             try:
-                return await asyncio.to_thread(
+                ident = await asyncio.to_thread(
                     join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename
                 )
-            except ConnectionProblem as exc:
-                log.warning("%s; retrying in %.1fs", exc.message, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            except Unreachable as exc:
+                delay = backoff.next_delay()
+                if exc.retry_after:
+                    delay = max(delay, float(exc.retry_after))
+                log.warning("could not join the cluster (try %d): %s; trying again in %.1fs",
+                            backoff.attempts, exc.message, delay)
+                await backoff.sleep(delay)
+                continue
+            except JoinError as exc:
+                log.error("could not join the cluster: %s", exc.message)
+                raise
+            if backoff.attempts:
+                log.info("joined after %d failed tries", backoff.attempts)
+            return ident
+
+    # --- ending ---------------------------------------------------------------------------------
+    async def drain(self, timeout: float, message: str) -> None:
+        """Refuse new sessions, give open ones ``timeout`` seconds, end the rest with ``message``
+        (FATAL 57P01), and deliver (or spool) every audit event before returning."""
+        self.closing = SHUTTING_DOWN
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()  # no more registrations: the proxies stop routing here
+        if self.client is not None:
+            try:
+                await asyncio.wait_for(
+                    self.client.post("/v1/agents/heartbeat", {"hostname": self.config.teleport.nodename,
+                                                              "databases": []}),
+                    5,
+                )
+            except Exception as exc:
+                log.warning("could not withdraw this service's registrations: %s", exc)
+        engine = self.engine
+        if engine is None:
+            return
+        open_now = len(engine.deps.live)
+        if open_now:
+            log.info("draining: %d open session(s) get up to %.0fs to finish", open_now, timeout)
+            await _until(lambda: not engine.deps.live, timeout)
+        if engine.deps.live:
+            log.info("ending %d open session(s): %s", len(engine.deps.live), message)
+            await engine.end_all(message)
+            await _until(lambda: not engine.deps.live, END_WAIT)
+        await self._deliver_audit()
+
+    async def _deliver_audit(self) -> None:
+        if self.client is None:
+            return
+        try:
+            await asyncio.wait_for(self.shipper.flush(), FLUSH_WAIT)
+        except Exception as exc:
+            log.warning("the last audit events could not reach auth (%s); they wait in the spool", exc)
+            self.shipper.spill()  # delivered at the next start
+
+    def end_proxy_sessions(self, tokens: set[str], message: str) -> None:
+        """End the sessions that came through a proxy that is shutting down (its ``end_sessions`` line)."""
+        if self.engine is None:
+            return
+        for live in list(self.engine.deps.live.values()):
+            if self._proxy_sessions.get(live.splice.ta) in tokens:
+                self.engine.spawn(live.end(message))
+
+    def reload(self, config: Config) -> None:
+        """Apply a config whose db_service databases, resource matchers or audit settings changed.
+
+        Open sessions of a database no longer served keep running; new ones are refused.
+        """
+        self.config = config
+        self.static = {db.name: static_resource(db) for db in config.db_service.databases}
+        if getattr(self, "shipper", None) is not None:
+            self.shipper.spool_max_bytes = config.db_service.audit.spool_max_bytes
+            self.shipper.refuse_unaudited = config.db_service.audit.unaudited_sessions == "refuse"
+        if self.tunnel is not None:
+            self.tunnel.announce()
+        self._beat_now.set()  # register the new set of databases now
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -180,6 +276,9 @@ class DatabaseAgent:
     def _on_control(self, message: dict) -> None:
         if message.get("type") == "access" and message.get("version") != (self.access and self.access.version):
             self._access_wake.set()
+        elif message.get("type") == "end_sessions":
+            tokens = {str(t) for t in message.get("sessions") or []}
+            self.end_proxy_sessions(tokens, str(message.get("message") or "the server is shutting down"))
 
     async def _fetch_access(self) -> bool:
         """Fetch the snapshot if it changed; True when it did."""
@@ -255,7 +354,9 @@ class DatabaseAgent:
                 log.warning("heartbeat to auth failed: %s", exc)
             else:
                 self._note_refusals(answer.get("refused") or [])
-            await asyncio.sleep(REFRESH_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), REFRESH_EVERY)
+            self._beat_now.clear()
 
     def _note_refusals(self, refused: list[dict]) -> None:
         """Log each database auth refuses to register, once per reason."""
@@ -266,3 +367,14 @@ class DatabaseAgent:
         for name in set(self._refused) - set(now):
             log.info("database %s is registered now", name)
         self._refused = now
+
+
+async def _until(done: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
+    """Poll ``done`` until it is true (True) or ``timeout`` seconds passed (False)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(every)
+    return True

@@ -17,17 +17,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import secrets
 import ssl
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 
-from common.errors import AccessDenied, BadParameter, NotLoggedIn, PteleportError, sqlstate_for
+from common.errors import AccessDenied, BadParameter, ConnectionProblem, NotLoggedIn, PteleportError, sqlstate_for
 from common.identity import Identity, identity_from_cert
-from common.relay import Connection, splice
+from common.relay import Connection, Splice
 from common.tls import verify_issued_by
 from pteleport.audit.events import DB_SESSION_START, DB_SESSION_START_FAILURE_CODE
 from pteleport.auth.access import as_error
@@ -50,7 +51,7 @@ class ClusterView:
     """What the proxy asks the cluster (auth, in the same process) per connection; all in memory."""
 
     ca_cert: Callable[[str], x509.Certificate]
-    refusal: Callable[[Identity], Refusal | None]
+    refusal: Callable[[Identity], Awaitable[Refusal | None]]
     registered_hosts: Callable[[str], list[str]]
     emit: Callable[..., None]
 
@@ -61,6 +62,10 @@ class ProxyServer:
         self.cluster = cluster
         self.clock = clock
         self.active_sessions = 0
+        # Drain hooks (proxy/drain.py): a sentence to refuse new sessions with, and the open
+        # relays by the token their agent knows them by.
+        self.closing: str | None = None
+        self.sessions: dict[str, Splice] = {}
 
     def _identity(self, conn: Connection, ca_type: str) -> Identity:
         der = conn.peer_cert_der()
@@ -127,7 +132,7 @@ class ProxyServer:
         except Exception as exc:
             self._refuse(conn, NotLoggedIn(f"the client certificate cannot be used ({exc}); log in again"), None)
             return
-        reason = self.cluster.refusal(identity)
+        reason = await self.cluster.refusal(identity)
         if reason is not None:
             self._refuse(conn, as_error(reason), identity)
             return
@@ -138,8 +143,10 @@ class ProxyServer:
             length = startup_packet_length(head)
             packet = head + await asyncio.wait_for(conn.read_exactly(length - 8), 30)
             if _is_cancel(packet):
-                await self._cancel(conn, packet, hosts)
+                await self._cancel(conn, packet, hosts)  # a cancel still goes through while draining
                 return
+            if self.closing is not None:
+                raise ConnectionProblem(self.closing)
             agent = await self.tunnel.dial(route.service_name, hosts)
         except PteleportError as err:
             self._refuse(conn, err, identity)
@@ -150,17 +157,25 @@ class ProxyServer:
         except ConnectionError:
             conn.close()
             return
-        agent.write(self._session_line(conn))
+        token = secrets.token_hex(8)
+        agent.write(self._session_line(conn, token))
         agent.write(packet)
+        relay = Splice(conn, agent)
+        self.sessions[token] = relay
         self.active_sessions += 1
         try:
-            await splice(conn, agent)
+            await relay.run()
         finally:
             self.active_sessions -= 1
+            self.sessions.pop(token, None)
 
-    def _session_line(self, conn: Connection) -> bytes:
+    def _session_line(self, conn: Connection, token: str | None = None) -> bytes:
+        """The ``session`` line; ``token`` names the relay for the agent's drain notices."""
         der = conn.peer_cert_der() or b""
-        return encode({"type": "session", "client_cert": base64.b64encode(der).decode(), "remote": conn.peername()})
+        line = {"type": "session", "client_cert": base64.b64encode(der).decode(), "remote": conn.peername()}
+        if token is not None:
+            line["proxy_session"] = token
+        return encode(line)
 
     async def _cancel(self, conn: Connection, packet: bytes, hosts: list[str]) -> None:
         """A CancelRequest goes to every agent serving the database; only the one holding the session acts.

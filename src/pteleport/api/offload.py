@@ -1,0 +1,73 @@
+"""The auth worker threads: where every API handler does its storage and CPU work.
+
+The API runs on the event loop that also relays database sessions (proxy and tunnel), so a
+handler never touches storage, hashes a password or encodes a big answer there. It reads
+the request on the loop, then hands one function to ``run`` (a pool of ``WORKERS``
+threads, ``auth-N``): the body is validated, the caller's certificate checked, the auth
+service called and the answer encoded as JSON in that thread; the loop only writes the
+bytes back. docs/design-notes.md has the measurements behind this choice.
+
+JSON is encoded one list item (or one top-level value) at a time: each ``json.dumps`` call
+holds the GIL for as long as it runs, so encoding a 2,000-event page in one call would
+hold up the relays for milliseconds; item by item, the loop gets the GIL between items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+
+WORKERS = 8
+POOL = web.AppKey("auth_workers", ThreadPoolExecutor)
+
+
+def new_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="auth")
+
+
+async def run(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the app's auth worker threads."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[POOL], functools.partial(fn, *args))
+
+
+@dataclass
+class Reply:
+    """An answer other than 200 + JSON body: a status, headers, or no body (``body=None``)."""
+
+    body: Any = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def dumps(value: Any) -> str:
+    """``json.dumps(value)``, encoded piece by piece (lists by item, dicts by value)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(json.dumps(item) for item in value) + "]"
+    if isinstance(value, dict) and any(isinstance(v, list | dict) for v in value.values()):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def encode(result: Any) -> tuple[bytes | None, int, dict[str, str]]:
+    """A handler's result as (body, status, headers), encoded in the worker thread."""
+    if isinstance(result, Reply):
+        body = None if result.body is None else dumps(result.body).encode()
+        return body, result.status, result.headers
+    return dumps(result).encode(), 200, {}
+
+
+def response(encoded: tuple[bytes | None, int, dict[str, str]]) -> web.Response:
+    body, status, headers = encoded
+    if body is None:
+        return web.Response(status=status, headers=headers)
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
