@@ -72,7 +72,7 @@ class Cluster:
         """Environment for pctl acting as admin on this cluster's host."""
         return base_env(PTELEPORT_DATA_DIR=self.data_dir, **extra)
 
-    def start(self, timeout: float = 20.0) -> Cluster:
+    def start(self, timeout: float = 60.0) -> Cluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         cmd = [PTELEPORT, "start", "--data-dir", str(self.data_dir), "--listen", self.addr, *self.extra_args]
