@@ -261,8 +261,10 @@ class LocalTunnel:
         """Open a session with ``params`` now; raise what stops it (exit codes from its SQLSTATE).
 
         Unreachable proxy, no agent for the database, a database the agent cannot reach: a
-        ConnectionProblem (exit 5); refusals keep their kind (access denied: exit 4). The
-        session is kept for the first client that sends the same startup parameters.
+        ConnectionProblem (exit 5); pteleport's refusals keep their kind (access denied: exit
+        4). A refusal by PostgreSQL itself (no such database, pg_hba.conf) is left to psql,
+        which then reports it as it would connected directly. The session is kept for the
+        first client that sends the same startup parameters.
         """
         upstream = await self._dial(await self.certs.current())
         upstream.write(startup_packet(params))
@@ -276,7 +278,13 @@ class LocalTunnel:
                 payload = await asyncio.wait_for(upstream.read_exactly(length - 4), GREETING_TIMEOUT)
                 if kind == b"E":
                     fields = _error_fields(payload)
-                    raise from_sqlstate(fields.get("C", ""), fields.get("M", "the database refused the connection"))
+                    code = fields.get("C", "")
+                    if "R" in fields and not code.startswith(("08", "57P")):
+                        # PostgreSQL's own refusal (only the server names its routine): psql
+                        # shows it and exits as it would connected directly.
+                        upstream.close()
+                        return
+                    raise from_sqlstate(code, fields.get("M", "the database refused the connection"))
                 greeting += head + payload
                 if kind == b"Z":
                     break
