@@ -12,8 +12,9 @@ expiry, so the backend drops it when the certificate ends; a lookup by hash leak
 timing, and the stored record holds no secret a reader of the backend could replay as a
 cookie. Each session has its own CSRF token, compared in constant time. A session ends at
 logout, at expiry, and when a lock, a deletion or a role change refuses its certificate
-(``end_refused`` runs after every such change made by this process; a refused request ends
-its session too, which covers changes made by other auth processes).
+(``end_refused`` runs after every such change made by this process and leaves only the
+reason, which the next page shows; a refused request ends its session too, which covers
+changes made by other auth processes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from common.errors import NotFound, NotLoggedIn
+from common.errors import AccessDenied, CompareFailed, NotFound, NotLoggedIn
 from common.identity import identity_from_cert
 from common.tls import generate_private_key, load_cert, public_key_pem
 from pteleport.auth.context import AuthContext, secret_key
@@ -89,6 +90,9 @@ class WebSessionService:
             doc = self.store.get(secret_key(cookie))
         except NotFound:
             raise NotLoggedIn(SESSION_ENDED) from None
+        if "ended" in doc:  # ended by a lock or a user change: say why, once
+            self.end(cookie)
+            raise (AccessDenied if doc.get("kind") == "lock" else NotLoggedIn)(str(doc["ended"]))
         expires = datetime.fromisoformat(doc["expires"])
         if expires <= self.ctx.clock():
             self.end(cookie)
@@ -105,21 +109,26 @@ class WebSessionService:
             pass
 
     def end_refused(self) -> int:
-        """Delete every session whose certificate the access snapshot now refuses (locks,
-        deleted users, roles taken away); how many ended."""
+        """End every session whose certificate the access snapshot now refuses (locks,
+        deleted users, roles taken away); how many ended. What is left of an ended session is
+        the reason, kept until it would have expired, so its next page says why."""
         ended = 0
-        for name, doc, _item in list(self.store.items()):
+        for name, doc, item in list(self.store.items()):
+            if "ended" in doc:
+                continue
             try:
                 identity = identity_from_cert(load_cert(doc["cert"].encode()))
-                refused = self.ctx.access.refusal(identity) is not None
+                reason = self.ctx.access.refusal(identity)
+                gone = {"ended": reason.message, "kind": reason.kind} if reason is not None else None
             except Exception:  # an unreadable record is no session
-                refused = True
-            if refused:
-                try:
-                    self.store.delete(name)
-                    ended += 1
-                except NotFound:
-                    pass
+                gone = {"ended": SESSION_ENDED, "kind": "damaged"}
+            if gone is None:
+                continue
+            try:
+                self.store.swap(item, gone, expires=item.expires)
+                ended += 1
+            except (NotFound, CompareFailed):
+                pass  # logged out (or ended) meanwhile
         if ended:
             log.info("ended %d web session(s) that a lock or a user change refuses", ended)
         return ended
