@@ -48,4 +48,8 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     for (const hide of box.querySelectorAll(".js-hide")) { hide.hidden = true; }
   }
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") { return; }
+    for (const open of document.querySelectorAll("details.dialog[open]")) { open.open = false; }
+  });
 });
