@@ -114,7 +114,7 @@ def test_sign_in_connect_run_a_query_and_find_it_in_activity(env: DbEnv, browser
         return marker in b.text("#events")
 
     b.wait_for(found, timeout=5.0, every=0.5)
-    b.shot("activity")
+    b.shot("activity-queries")
     row = next(r for r in b.find_all("#events tbody tr") if marker in r.text)
     row.find_element("css selector", "details summary").click()
     event_json = row.find_element("css selector", "details pre")
@@ -136,6 +136,10 @@ def test_sign_in_connect_run_a_query_and_find_it_in_activity(env: DbEnv, browser
     assert f"postgres=> select '{marker}' as m;" in transcript
     assert transcript.startswith('Session started to database "aurora"')
     b.shot("session")
+
+    b.open("/web/activity")
+    assert marker in b.text("#events")  # newest first: the session is on the first page
+    b.shot("activity")
 
     # Filters: another user's name finds nothing of erin's.
     b.open("/web/activity?type=db.session.query&user=dave")
@@ -173,6 +177,7 @@ def test_a_wrong_code_is_refused_and_a_db_only_user_sees_no_activity(env: DbEnv,
     b.wait_for(lambda: b.path() == "/web/databases")
     nav = b.text("header nav")
     assert "Databases" in nav and "Activity" not in nav and "Users" not in nav
+    b.shot("databases-db-only")
     b.open("/web/activity")
     assert b.find("#error").text.startswith("you may not read the audit log; ask an admin for the auditor role")
 

@@ -11,6 +11,7 @@ matches within ``SCAN_LIMIT`` events says so and offers to go on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +20,7 @@ from common.errors import BadParameter
 from common.transcript import session_time, transcript
 from pteleport.api.webui.handler import WebCall
 from pteleport.api.webui.render import Html
+from pteleport.audit.records import Page
 
 PAGE_SIZE = 50
 SCAN_LIMIT = 5_000
@@ -93,6 +95,30 @@ def _summary(event: dict[str, Any]) -> str:
     return ""
 
 
+def walk(
+    search: Callable[[int, str | None], Page],
+    keep: Callable[[dict[str, Any]], bool],
+    cursor: str | None,
+    size: int = PAGE_SIZE,
+    scan_limit: int = SCAN_LIMIT,
+) -> tuple[list[dict[str, Any]], str | None, int]:
+    """Up to ``size`` events that ``keep`` keeps, from ``search(limit, cursor)`` pages; with
+    the cursor to go on from (None: no more) and how many events were read.
+
+    Each search asks for only as many events as are still missing, so the cursor returned is
+    exactly after the last event read: the next page starts where this one stopped.
+    """
+    found: list[dict[str, Any]] = []
+    scanned = 0
+    while True:
+        page = search(size - len(found), cursor)
+        scanned += len(page.events)
+        found.extend(e for e in page.events if keep(e))
+        cursor = page.next
+        if cursor is None or len(found) >= size or scanned >= scan_limit:
+            return found, cursor, scanned
+
+
 def activity(call: WebCall) -> Html:
     q = call.query
     filters = {
@@ -106,30 +132,26 @@ def activity(call: WebCall) -> Html:
     if filters["success"] not in ("", "yes", "no"):
         raise BadParameter("success must be yes, no or empty")
     from_time, to_time = _when(filters["from"], "from"), _when(filters["to"], "to")
-    cursor = q.get("cursor") or None
-    rows: list[dict[str, Any]] = []
-    scanned = 0
-    while True:
-        page = call.auth.audit.search(
+
+    def search(limit: int, cursor: str | None) -> Page:
+        return call.auth.audit.search(
             call.me(),
             from_time=from_time,
             to_time=to_time,
             event_types=[filters["type"]] if filters["type"] else None,
             user=filters["user"] or None,
-            limit=PAGE_SIZE - len(rows),
+            limit=limit,
             order="desc",
             cursor=cursor,
         )
-        scanned += len(page.events)
-        for event in page.events:
-            if filters["database"] and event.get("db_service") != filters["database"]:
-                continue
-            if filters["success"] and _success(event) != (filters["success"] == "yes"):
-                continue
-            rows.append(_row(event))
-        cursor = page.next
-        if cursor is None or len(rows) >= PAGE_SIZE or scanned >= SCAN_LIMIT:
-            break
+
+    def keep(event: dict[str, Any]) -> bool:
+        if filters["database"] and event.get("db_service") != filters["database"]:
+            return False
+        return not filters["success"] or _success(event) == (filters["success"] == "yes")
+
+    events, cursor, scanned = walk(search, keep, q.get("cursor") or None)
+    rows = [_row(e) for e in events]
     kept = {k: v for k, v in filters.items() if v}
     older = "/web/activity?" + urlencode({**kept, "cursor": cursor}) if cursor else ""
     return call.page(
