@@ -19,6 +19,7 @@ from tests.harness import PCTL, Cluster, TotpDevice, find_url, run, signup
 
 pytestmark = pytest.mark.slow
 PASSWORD = "correct horse battery"
+GENERIC = "invalid user name, password or second factor"
 SHORT_ROLE = """kind: role
 version: v7
 metadata:
@@ -203,3 +204,24 @@ def test_the_backend_holds_no_cookie_value(cluster: Cluster) -> None:
         stored = b"".join(p.read_bytes() for p in cluster.data_dir.rglob("*") if p.is_file())
         assert cookie not in stored
         assert form_token(client.get("/web/databases")).encode() in stored  # the CSRF token is no credential alone
+
+
+def test_lock_out_and_the_address_limit_apply_to_the_web_sign_in(tmp_path: Path) -> None:
+    """The rules of ptsh login, since it is the same code: five failures lock the user out
+    (same sentence, even with the right code), twenty from one address are rate-limited."""
+    with Cluster(tmp_path / "data") as c:
+        created = run([PCTL, "create"], c.env(), input=DB_ONLY_ROLE)
+        assert created.returncode == 0, created.stderr
+        device = add_user(c, "lena", "dbonly")
+        with browser(c) as client:
+            for _ in range(5):
+                assert error_of(sign_in(client, "lena", device, code="000000")) == GENERIC
+            locked = sign_in(client, "lena", device)
+            assert locked.status_code == 403 and error_of(locked) == GENERIC
+            for i in range(14):
+                assert error_of(sign_in(client, f"nobody{i}", device, code="000000")) == GENERIC
+            limited = sign_in(client, "lena", device)
+            assert limited.status_code == 429 and limited.headers["retry-after"] == "60"
+            assert error_of(limited) == "too many failed logins from this address; wait a minute and try again"
+        events = run([PCTL, "audit", "events", "--type=user.login", "--format=json"], c.env())
+        assert '"user is locked"' in events.stdout
