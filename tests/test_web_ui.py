@@ -225,3 +225,16 @@ def test_lock_out_and_the_address_limit_apply_to_the_web_sign_in(tmp_path: Path)
             assert error_of(limited) == "too many failed logins from this address; wait a minute and try again"
         events = run([PCTL, "audit", "events", "--type=user.login", "--format=json"], c.env())
         assert '"user is locked"' in events.stdout
+
+
+def test_an_unknown_page_is_an_html_404_and_static_files_are_cached(cluster: Cluster) -> None:
+    with browser(cluster) as client:
+        page = client.get("/web/no/such/page")
+        script = client.get("/web/static/app.js")
+        again = client.get("/web/static/app.js", headers={"If-None-Match": script.headers["etag"]})
+        missing = client.get("/web/static/../../etc/passwd")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert error_of(page) == "there is no page /web/no/such/page; the console starts at /web/databases"
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert again.status_code == 304
+    assert missing.status_code == 404

@@ -20,7 +20,7 @@ from common.errors import BadParameter, LimitExceeded, NotFound, PteleportError,
 from pteleport.api import offload
 from pteleport.api.errors import error_headers
 from pteleport.api.identity import remote_addr
-from pteleport.api.webui import add_webui_routes
+from pteleport.api.webui import add_not_found_route, add_webui_routes
 from pteleport.api.webui.render import SECURITY_HEADERS, render
 
 if TYPE_CHECKING:
@@ -134,3 +134,4 @@ def add_web_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) -> N
     for kind in ("invite", "reset"):
         app.router.add_get(f"/web/{kind}/{{token}}", show)
         app.router.add_post(f"/web/{kind}/{{token}}", submit)
+    add_not_found_route(app, auth, info)

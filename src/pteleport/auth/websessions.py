@@ -55,11 +55,12 @@ class WebSession:
 
 
 class WebSessionService:
-    def __init__(self, ctx: AuthContext, login: LoginService) -> None:
+    def __init__(self, ctx: AuthContext, login: LoginService, *, watch: bool = True) -> None:
         self.ctx = ctx
         self.login = login
         self.store = JsonStore(ctx.backend, "web_sessions")
-        ctx.access.after_change.append(self.end_refused)
+        if watch:  # end sessions right after a lock or a user change made in this process
+            ctx.access.after_change.append(self.end_refused)
 
     def sign_in(self, user: str, password: str, otp_code: str, remote: str) -> tuple[str, WebSession]:
         """Password + code checked by ``ptsh login``'s code; the new cookie value and its session."""
@@ -113,7 +114,7 @@ class WebSessionService:
         deleted users, roles taken away); how many ended. What is left of an ended session is
         the reason, kept until it would have expired, so its next page says why."""
         ended = 0
-        for name, doc, item in list(self.store.items()):
+        for _name, doc, item in list(self.store.items()):
             if "ended" in doc:
                 continue
             try:

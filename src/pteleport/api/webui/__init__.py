@@ -37,6 +37,7 @@ async def _static(request: web.Request) -> web.Response:
 def add_webui_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) -> WebSessionService:
     """Register the web UI's pages on ``app``; the web session service they share."""
     sessions = WebSessionService(auth.ctx, auth.login)
+    static_files()  # read once, now, not on the loop's first request
 
     def on(work: Work, signed_in: bool = True) -> Any:
         return page(auth, info, sessions, work, signed_in=signed_in)
@@ -56,3 +57,11 @@ def add_webui_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) ->
     r.add_get("/web/roles", on(pages.roles))
     r.add_get("/web/account", on(pages.account))
     return sessions
+
+
+def add_not_found_route(app: web.Application, auth: AuthServer, info: ProxyInfo) -> None:
+    """``/web/...`` that no page serves: an HTML 404 (register it after every other ``/web/`` route)."""
+    app.router.add_get(
+        "/web/{tail:.*}",
+        page(auth, info, WebSessionService(auth.ctx, auth.login, watch=False), pages.not_found, signed_in=False),
+    )

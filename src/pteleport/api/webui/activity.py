@@ -87,8 +87,14 @@ def _row(event: dict[str, Any]) -> dict[str, Any]:
 
 def _summary(event: dict[str, Any]) -> str:
     """One line of what happened, for the table (the whole event is in its JSON)."""
-    for key in ("db_query", "query", "error", "name"):
-        value = event.get(key)
+    identity = event.get("identity") if isinstance(event.get("identity"), dict) else {}
+    for value in (
+        event.get("db_query"),
+        event.get("query"),
+        event.get("error"),
+        event.get("name"),
+        f"{event.get('cert_type', '')} certificate for {identity['user']}" if identity.get("user") else "",
+    ):
         if value:
             text = " ".join(str(value).split())
             return text if len(text) <= 120 else text[:117] + "..."

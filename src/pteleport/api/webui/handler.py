@@ -121,6 +121,7 @@ def sign_in_page(call: WebCall, error: str = "", status: int = 200, headers: dic
         notice=notice,
         next_path=next_path,
         user=call.form.get("user", ""),
+        second_factor=call.auth.ctx.settings.second_factor != "off",
     )
 
 

@@ -47,6 +47,10 @@ def logout(call: WebCall) -> Html | Redirect:
     return Redirect("/web/login?signed_out=1", {SESSION_COOKIE: None})
 
 
+def not_found(call: WebCall) -> Html | Redirect:
+    raise NotFound(f"there is no page {call.path}; the console starts at /web/databases")
+
+
 def home(call: WebCall) -> Html | Redirect:
     return Redirect("/web/databases")
 
@@ -150,7 +154,7 @@ def account(call: WebCall) -> Html:
         "account.html",
         who=call.auth.whoami(me),
         max_ttl=_duration(checker.max_session_ttl().total_seconds()),
-        expires=session.expires.isoformat(timespec="seconds") if session else "",
+        expires=session.expires.strftime("%Y-%m-%d %H:%M:%S UTC") if session else "",
         left=_duration(left.total_seconds()) if left else "",
     )
 
