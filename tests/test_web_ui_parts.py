@@ -235,3 +235,66 @@ def test_pages_escape_what_comes_from_the_audit_log() -> None:
     )
     assert hostile not in page.body and "&lt;script&gt;" in page.body
     assert "unsafe-inline" not in CSP and "script-src 'self'" in CSP
+
+
+# --- the Activity page itself, over a real auth service in memory ---------------------------------
+def activity_page(auth: AuthServer, sessions: WebSessionService, who: Identity, query: dict[str, str]) -> str:
+    from multidict import MultiDict
+
+    from pteleport.api.app import ProxyInfo
+    from pteleport.api.webui.handler import Viewer, WebCall
+    from pteleport.auth.websessions import WebSession
+
+    call = WebCall(
+        auth, ProxyInfo("127.0.0.1:3080"), sessions, "GET", "/web/activity", "/web/activity", "10.0.0.1:1",
+        {}, MultiDict(query), {}, {}, None, "127.0.0.1:3080",
+    )
+    call.viewer = Viewer(who, WebSession(who.username, b"", "csrf", datetime.now(UTC)), nav.entries(auth, who))
+    return activity.activity(call).body
+
+
+def test_the_activity_page_filters_by_database_success_and_time_and_pages_on(cluster) -> None:
+    import re
+    from html import unescape
+
+    auth, clock, sessions = cluster
+    start = clock.now
+    for i in range(70):
+        clock.now = start + timedelta(minutes=i)
+        auth.ctx.emit("db.session.query", "TDB02I", user="alice", db_service="ab"[i % 2], db_query=f"select {i}",
+                      success=i % 5 != 0)
+    auditor = Identity(username="ann", roles=("auditor",))
+
+    def queries(body: str) -> list[int]:
+        return [int(n) for n in re.findall(r"select (\d+)</summary>", body)]
+
+    first = activity_page(auth, sessions, auditor, {"database": "a"})
+    assert queries(first) == list(range(68, -1, -2))  # 35 matches, newest first, on one page
+    failed = activity_page(auth, sessions, auditor, {"database": "a", "success": "no"})
+    assert queries(failed) == [60, 50, 40, 30, 20, 10, 0]
+    window = activity_page(
+        auth, sessions, auditor,
+        {"from": (start + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M"),
+         "to": (start + timedelta(minutes=14)).strftime("%Y-%m-%dT%H:%M")},
+    )
+    assert queries(window) == [13, 12, 11, 10]
+    page_one = activity_page(auth, sessions, auditor, {"type": "db.session.query"})
+    older = unescape(re.search(r'href="(/web/activity\?[^"]*cursor=[^"]*)" id="older"', page_one).group(1))
+    from urllib.parse import parse_qsl, urlsplit
+
+    page_two = activity_page(auth, sessions, auditor, dict(parse_qsl(urlsplit(older).query)))
+    assert queries(page_one) == list(range(69, 19, -1)) and queries(page_two) == list(range(19, -1, -1))
+    assert 'id="older"' not in page_two and 'id="newest"' in page_two
+    with pytest.raises(AccessDenied, match="you may not read the audit log"):
+        activity_page(auth, sessions, Identity(username="dora", roles=("dbonly",)), {})
+
+
+def test_without_chromium_the_browser_tests_skip_with_a_warning(monkeypatch) -> None:
+    import tests.browser as chromium
+
+    monkeypatch.setattr(chromium, "CHROMIUM", "/nonexistent/chromium")
+    with (
+        pytest.warns(pytest.PytestWarning, match="BROWSER TESTS SKIPPED: /nonexistent/chromium not found"),
+        pytest.raises(pytest.skip.Exception, match="install Debian's chromium"),
+    ):
+        chromium.require_chromium()
