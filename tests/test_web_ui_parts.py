@@ -200,6 +200,7 @@ def test_a_page_that_finds_little_stops_after_the_scan_limit() -> None:
         ("https://evil.example/web/", "/web/databases"),
         ("/web/\\\\evil.example", "/web/databases"),
         ("/v1/users", "/web/databases"),
+        ("/web/x\r\nSet-Cookie: a=b", "/web/databases"),
         ("", "/web/databases"),
     ],
 )

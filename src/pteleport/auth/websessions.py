@@ -60,7 +60,7 @@ class WebSessionService:
         self.login = login
         self.store = JsonStore(ctx.backend, "web_sessions")
         if watch:  # end sessions right after a lock or a user change made in this process
-            ctx.access.after_change.append(self.end_refused)
+            ctx.access.after_change.append(self._after_change)
 
     def sign_in(self, user: str, password: str, otp_code: str, remote: str) -> tuple[str, WebSession]:
         """Password + code checked by ``ptsh login``'s code; the new cookie value and its session."""
@@ -108,6 +108,14 @@ class WebSessionService:
             self.store.delete(secret_key(cookie))
         except NotFound:
             pass
+
+    def _after_change(self) -> None:
+        """``end_refused`` for the access source's hook: never fails the change that called it
+        (a session it misses is still refused, and ended, at its next request)."""
+        try:
+            self.end_refused()
+        except Exception:
+            log.exception("could not end the web sessions a change refuses; they end at their next request")
 
     def end_refused(self) -> int:
         """End every session whose certificate the access snapshot now refuses (locks,

@@ -127,7 +127,8 @@ def sign_in_page(call: WebCall, error: str = "", status: int = 200, headers: dic
 
 def safe_next(path: str) -> str:
     """Where to go after signing in: a page of this site only (never another host)."""
-    if path.startswith("/web/") and not path.startswith("//") and "\\" not in path and "://" not in path:
+    plain = all(0x20 < ord(ch) < 0x7F for ch in path)  # no spaces, controls (header splitting) or non-ASCII
+    if plain and path.startswith("/web/") and "\\" not in path and "://" not in path:
         return path
     return "/web/databases"
 
