@@ -156,14 +156,15 @@ def _signed_in(call: WebCall) -> Html | Redirect | None:
     return None
 
 
-def _csrf_refusal(call: WebCall, token_expected: str) -> Html | None:
+def _csrf_ok(call: WebCall, token_expected: str) -> bool:
+    """Whether a POST carries the expected token and, if the browser says, comes from this origin."""
     if call.origin is not None and call.origin != f"https://{call.host}":
-        log.info("refused a web form posted from another origin (%s)", call.origin[:100])
-        return render_error(call, AccessDenied(CSRF_REFUSED))
+        log.info("refused a web form posted from another origin (%s) to %s", call.origin[:100], call.path)
+        return False
     if not _same(call.form.get("csrf", ""), token_expected):
         log.info("refused a web form without a valid CSRF token on %s", call.path)
-        return render_error(call, AccessDenied(CSRF_REFUSED))
-    return None
+        return False
+    return True
 
 
 def render_error(call: WebCall, err: PteleportError) -> Html:
@@ -177,15 +178,11 @@ def run_work(call: WebCall, work: Work, signed_in: bool) -> Html | Redirect:
             refused = _signed_in(call)
             if refused is not None:
                 return refused
-            if call.method == "POST":
-                assert call.viewer is not None
-                refused = _csrf_refusal(call, call.viewer.session.csrf)
-                if refused is not None:
-                    return refused
-        elif call.method == "POST":
-            refused = _csrf_refusal(call, call.cookies.get(LOGIN_COOKIE, ""))
-            if refused is not None:
-                return refused
+            assert call.viewer is not None
+            if call.method == "POST" and not _csrf_ok(call, call.viewer.session.csrf):
+                return render_error(call, AccessDenied(CSRF_REFUSED))
+        elif call.method == "POST" and not _csrf_ok(call, call.cookies.get(LOGIN_COOKIE, "")):
+            return sign_in_page(call, CSRF_REFUSED, 403)  # with a fresh token: signing in again works
         return work(call)
     except PteleportError as err:
         if err.detail:
