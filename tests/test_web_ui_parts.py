@@ -299,3 +299,19 @@ def test_without_chromium_the_browser_tests_skip_with_a_warning(monkeypatch) -> 
         pytest.raises(pytest.skip.Exception, match="install Debian's chromium"),
     ):
         chromium.require_chromium()
+
+
+def test_no_template_has_inline_script_style_or_event_handlers() -> None:
+    """What the CSP would block in a browser, found before one runs: every page must work under it."""
+    import re
+    from importlib import resources
+
+    templates = resources.files("pteleport.api.webui").joinpath("templates")
+    names = sorted(t.name for t in templates.iterdir() if t.name.endswith(".html"))
+    assert "base.html" in names and "login.html" in names
+    for name in names:
+        text = templates.joinpath(name).read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)", text), name
+        assert "<style" not in text and not re.search(r"\sstyle=", text), name
+        assert not re.search(r"\son[a-z]+=", text), name
+        assert "javascript:" not in text, name
