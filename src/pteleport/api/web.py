@@ -1,18 +1,18 @@
-"""The proxy's web pages: the front page (``/``) and the invite and reset pages, where a user
-sets a password and enrols a TOTP authenticator in a browser.
+"""The proxy's web pages: the front page (``/``), the invite and reset pages, where a user
+sets a password and enrols a TOTP authenticator in a browser, and the web console
+(``api.webui``, registered here).
 
 The token in an invite page's path is the credential; lookups are limited per address by
 the auth service (a refusal is a 429 page with ``Retry-After``). Lookups, the password hash
 and the page itself are made in the auth worker threads (``api.offload``), off the event
-loop. Every page carries the same security headers (no caching, no referrer, a CSP that
-allows nothing but its own inline style, a QR code image and posting the form to itself).
+loop. Every page carries the web console's security headers (``webui.render``: no caching,
+no framing, a CSP that allows scripts and styles only from ``/web/static/``).
 """
 
 from __future__ import annotations
 
-import html
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,45 +20,33 @@ from common.errors import BadParameter, LimitExceeded, NotFound, PteleportError,
 from pteleport.api import offload
 from pteleport.api.errors import error_headers
 from pteleport.api.identity import remote_addr
+from pteleport.api.webui import add_not_found_route, add_webui_routes
+from pteleport.api.webui.render import SECURITY_HEADERS, render
 
 if TYPE_CHECKING:
     from pteleport.api.app import ProxyInfo
     from pteleport.auth.server import AuthServer
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pteleport: {title}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 32rem; margin: 3rem auto; padding: 0 1rem; color: #1b1f24; }}
-h1 {{ font-size: 1.4rem; }} label {{ display: block; margin: .8rem 0 .2rem; }}
-input {{ width: 100%; padding: .5rem; font-size: 1rem; box-sizing: border-box; }}
-button {{ margin-top: 1.2rem; padding: .6rem 1.2rem; font-size: 1rem; }}
-code {{ word-break: break-all; font-size: .8rem; }} .error {{ color: #b42318; }} .ok {{ color: #067647; }}
-</style></head><body>{body}</body></html>"""
 
-
-def _page(title: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def _page(template: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> web.Response:
+    """A page of the web UI's templates, with its security headers (``webui.render``)."""
+    page = render(template, status, headers, me=None, nav=[], csrf="", path="", **context)
     return web.Response(
-        text=_PAGE.format(title=html.escape(title), body=body),
-        content_type="text/html",
-        status=status,
-        headers={
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
-            **(headers or {}),
-        },
+        text=page.body, content_type="text/html", status=page.status, headers={**SECURITY_HEADERS, **page.headers}
     )
 
 
-def _unusable(err: PteleportError) -> web.Response:
+def _unusable(cluster: str, err: PteleportError) -> web.Response:
     """The link is unknown (404) or this address guessed too often (429, with Retry-After)."""
     status = http_status_for(err) if isinstance(err, NotFound | LimitExceeded) else 404
     return _page(
-        "Invite",
-        f'<h1>This link cannot be used</h1><p class="error">{html.escape(err.message)}</p>',
+        "message.html",
         status,
         error_headers(err),
+        cluster=cluster,
+        title="Invite",
+        heading="This link cannot be used",
+        error=err.message,
     )
 
 
@@ -72,31 +60,16 @@ def _qr_svg(uri: str) -> str:
 
 def _form(auth: AuthServer, token: str, remote: str, error: str = "") -> web.Response:
     details = auth.users.invite_details(token, remote)
-    user = html.escape(details["user"])
-    action = "Welcome" if details["kind"] == "invite" else "Reset your password"
-    parts = [f"<h1>{action}, {user}</h1>"]
-    if error:
-        parts.append(f'<p class="error">{html.escape(error)}</p>')
-    if "otpauth_uri" in details:
-        parts.append("<p>Scan this code with your authenticator app (or enter the link below by hand):</p>")
-        parts.append(_qr_svg(details["otpauth_uri"]))
-        parts.append(f"<p><code>{html.escape(details['otpauth_uri'])}</code></p>")
-    parts.append('<form method="post">')
-    parts.append(
-        '<label for="password">New password</label>'
-        '<input id="password" name="password" type="password" autocomplete="new-password" required minlength="8">'
+    uri = details.get("otpauth_uri", "")
+    return _page(
+        "invite.html",
+        cluster=auth.cluster_name,
+        action="Welcome" if details["kind"] == "invite" else "Reset your password",
+        user=details["user"],
+        error=error,
+        otpauth_uri=uri,
+        qr_svg=_qr_svg(uri) if uri else "",
     )
-    parts.append(
-        '<label for="confirm">Confirm password</label>'
-        '<input id="confirm" name="confirm" type="password" autocomplete="new-password" required minlength="8">'
-    )
-    if "otpauth_uri" in details:
-        parts.append(
-            '<label for="otp">Authenticator code</label>'
-            '<input id="otp" name="otp" inputmode="numeric" autocomplete="one-time-code" required pattern="[0-9]{6}">'
-        )
-    parts.append('<button type="submit">Set password</button></form>')
-    return _page(action, "".join(parts))
 
 
 def _login_command(auth: AuthServer, info: ProxyInfo, user: str) -> str:
@@ -106,34 +79,24 @@ def _login_command(auth: AuthServer, info: ProxyInfo, user: str) -> str:
 
 
 def _front(auth: AuthServer, info: ProxyInfo) -> web.Response:
-    """``/``: what this is and where to go next (the web UI's front door, once there is one)."""
-    name = html.escape(auth.cluster_name)
-    proxy = html.escape(auth.ctx.settings.public_addr)
-    insecure = " --insecure" if info.web_cert_self_signed else ""
-    body = (
-        f"<h1>pteleport cluster {name}</h1>"
-        "<p>This is the proxy of a pteleport cluster: short-lived certificates and an audit log "
-        "of every query for access to PostgreSQL. It has no web console yet; you use it from a terminal.</p>"
-        "<p>Got an invite link? Open it here to set your password, or run "
-        f"<code>ptsh signup{insecure} LINK</code>. Then:</p>"
-        f"<p><code>ptsh login --proxy={proxy} --user=NAME{insecure}</code><br>"
-        "<code>ptsh db ls</code><br><code>ptsh db connect DATABASE</code></p>"
-        "<p>Documentation: <code>ptsh help</code>, <code>pctl help</code>, and in the pteleport sources "
-        "<code>docs/getting-started.md</code> (from a fresh clone to a database in one command), "
-        "<code>docs/cli.md</code> (every command) and <code>docs/security.md</code>.</p>"
+    """``/``: what this is and where to go next (the web console's sign-in, or a terminal)."""
+    return _page(
+        "front.html",
+        cluster=auth.cluster_name,
+        proxy=auth.ctx.settings.public_addr,
+        insecure=" --insecure" if info.web_cert_self_signed else "",
     )
-    return _page(f"cluster {auth.cluster_name}", body)
 
 
 def add_web_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) -> None:
     async def front(request: web.Request) -> web.Response:
-        return _front(auth, info)
+        return await offload.run(request, _front, auth, info)
 
     def show_page(token: str, remote: str) -> web.Response:
         try:
             return _form(auth, token, remote)
         except PteleportError as err:
-            return _unusable(err)
+            return _unusable(auth.cluster_name, err)
 
     async def show(request: web.Request) -> web.Response:
         return await offload.run(request, show_page, request.match_info["token"], remote_addr(request))
@@ -152,21 +115,23 @@ def add_web_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) -> N
                 raise BadParameter("the two passwords do not match")
             user = auth.users.complete_invite(token, password, str(form.get("otp", "")), remote)
         except (NotFound, LimitExceeded) as err:
-            return _unusable(err)  # no second lookup of a link that failed once
+            return _unusable(auth.cluster_name, err)  # no second lookup of a link that failed once
         except PteleportError as err:
             try:
                 return _form(auth, token, remote, err.message)
             except (NotFound, LimitExceeded) as again:
-                return _unusable(again)
+                return _unusable(auth.cluster_name, again)
             except PteleportError:
-                return _page("Invite", f'<p class="error">{html.escape(err.message)}</p>', 400)
+                return _page(
+                    "message.html", 400, cluster=auth.cluster_name, title="Invite", heading="", error=err.message
+                )
         return _page(
-            "Done",
-            f'<h1 class="ok">Password set for {html.escape(user)}</h1>'
-            f"<p>Log in from a terminal:</p><p><code>{html.escape(_login_command(auth, info, user))}</code></p>",
+            "invite_done.html", cluster=auth.cluster_name, user=user, login_command=_login_command(auth, info, user)
         )
 
+    add_webui_routes(app, auth, info)
     app.router.add_get("/", front)
     for kind in ("invite", "reset"):
         app.router.add_get(f"/web/{kind}/{{token}}", show)
         app.router.add_post(f"/web/{kind}/{{token}}", submit)
+    add_not_found_route(app, auth, info)

@@ -36,6 +36,14 @@ class AuditService:
             f"you may not read the audit log; ask an admin for the auditor role (your roles: {', '.join(actor.roles)})"
         )
 
+    def may_search(self, actor: Identity) -> bool:
+        """Whether ``search`` lets ``actor`` read any events (the web UI shows Activity then)."""
+        try:
+            self._scope(actor, "event")
+        except AccessDenied:
+            return False
+        return True
+
     def search(
         self,
         actor: Identity,
