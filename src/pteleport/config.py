@@ -169,6 +169,11 @@ class DatabaseAWS(_Strict):
     rds: dict[str, Any] | None = None
 
 
+class DatabaseAdminUser(_Strict):
+    name: str = Field(min_length=1)
+    default_database: str | None = None
+
+
 class DatabaseConfig(_Strict):
     name: str
     description: str = ""
@@ -178,6 +183,7 @@ class DatabaseConfig(_Strict):
     tls: DatabaseTLS = Field(default_factory=DatabaseTLS)
     aws: DatabaseAWS = Field(default_factory=DatabaseAWS)
     password_file: str | None = None
+    admin_user: DatabaseAdminUser | None = None
 
 
 class ResourceMatcher(_Strict):
