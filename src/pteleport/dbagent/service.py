@@ -183,8 +183,9 @@ class DatabaseAgent:
         backoff = backoff or Backoff(JOIN_FIRST_RETRY, JOIN_MAX_RETRY)
         while True:
             try:
+                method = cfg.teleport.join_params.join_method if cfg.teleport.join_params else "token"
                 ident = await asyncio.to_thread(
-                    join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename
+                    join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename, method
                 )
             except Unreachable as exc:
                 delay = backoff.next_delay()
