@@ -248,3 +248,58 @@ def test_sessions_starting_together_share_one_user_and_the_last_one_disables_it(
     log = env.agents[0].log()
     assert log.count("database user hank in autodb ready") == 6
     assert log.count("database user hank in autodb disabled") >= 1
+
+
+class _SuperuserSession:
+    """``AdminSession.query`` over psycopg as the superuser: the provisioning SQL run directly."""
+
+    def __init__(self, pg: PgServer) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(pg.superuser_dsn(), autocommit=True)
+
+    async def query(self, sql: str) -> list[list[str | None]]:
+        import psycopg
+
+        from pteleport.dbagent.adminsql import SqlError
+        from pteleport.pgwire import ServerError
+
+        try:
+            cur = self.conn.execute(sql.encode())
+        except psycopg.Error as exc:
+            raise SqlError(ServerError("ERROR", exc.sqlstate or "XX000", str(exc))) from None
+        if cur.description is None:
+            return []
+        return [["t" if v is True else "f" if v is False else None if v is None else str(v) for v in row]
+                for row in cur.fetchall()]
+
+    async def value(self, sql: str) -> str | None:
+        rows = await self.query(sql)
+        return rows[0][0] if rows and rows[0] else None
+
+
+def test_on_rds_the_user_also_gets_rds_iam_and_missing_db_roles_are_named(pg: PgServer) -> None:
+    import asyncio
+
+    from common.errors import NotFound
+    from pteleport.auth.db_users import AutoUserPlan
+    from pteleport.dbagent.autousers import AutoUsers
+
+    pg.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')"
+               " THEN CREATE ROLE rds_iam NOLOGIN; END IF; END $$;"
+               " DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'au_reader')"
+               " THEN CREATE ROLE au_reader NOLOGIN; END IF; END $$;")
+    rds = {"metadata": {"name": "aurora"}, "spec": {"uri": "x:5432", "aws": {"region": "us-west-1"}}}
+    session = _SuperuserSession(pg)
+    users = AutoUsers(None)  # type: ignore[arg-type]  # _provision needs no credentials
+    plan = AutoUserPlan("rds-user", "keep", ("au_reader",), "postgres", None)
+    granted = asyncio.run(users._provision(session, plan, rds))  # type: ignore[arg-type]
+    assert granted == ["au_reader", "rds_iam"]
+    assert role_state(pg, "rds-user") == (True, ["au_reader", "rds_iam", MARKER])
+    missing = AutoUserPlan("rds-user", "keep", ("au_reader", "au_missing"), "postgres", None)
+    with pytest.raises(NotFound, match="has no role 'au_missing' to grant your database user"):
+        asyncio.run(users._provision(session, missing, rds))  # type: ignore[arg-type]
+    assert role_state(pg, "rds-user") == (True, ["au_reader", "rds_iam", MARKER])  # rolled back, unchanged
+    asyncio.run(users._retire(session, plan, "aurora"))  # type: ignore[arg-type]
+    assert role_state(pg, "rds-user") == (False, [MARKER])
+    pg.execute('DROP ROLE "rds-user"')
