@@ -32,13 +32,15 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from common.errors import AccessDenied, BadParameter, ConnectionProblem, NotFound, NotLoggedIn
+from common.errors import AccessDenied, BadParameter, ConnectionProblem, LimitExceeded, NotFound, NotLoggedIn
 from common.tls import load_public_key
 from pteleport.auth.context import AuthContext
+from pteleport.auth.throttle import FailureLimiter, client_ip
 from pteleport.auth.tokens import TokenService, is_iam
 from pteleport.services.store import JsonStore
 
 CHALLENGE_TTL = timedelta(minutes=1)
+CHALLENGES_PER_MINUTE = 30  # per address: each challenge is a stored item, so a flood is bounded
 CHALLENGE_HEADER = "x-teleport-challenge"
 STS_BODY = {"Action": "GetCallerIdentity", "Version": "2011-06-15"}
 STS_HOST = re.compile(r"^sts(-fips)?(\.[a-z]{2}(-gov)?-[a-z]+-\d)?\.amazonaws\.com(\.cn)?$")
@@ -72,10 +74,18 @@ class IamJoinService:
         self.tokens = tokens
         self.sts_override = sts_override
         self.challenges = JsonStore(ctx.backend, "iam_join_challenges")
+        self.issued = FailureLimiter(ctx.clock, max_failures=CHALLENGES_PER_MINUTE)
 
     def challenge(self, remote: str) -> str:
         """A fresh single-use challenge (throttled like a join: guessers get nothing here either)."""
         self.tokens.guard.check(remote, {"role": "Db", "success": False, "addr.remote": remote, "method": "iam"})
+        ip = client_ip(remote)
+        wait = self.issued.retry_after(ip)
+        if wait:
+            raise LimitExceeded(
+                f"too many IAM join challenges from this address; try again in {wait} s", retry_after=wait
+            )
+        self.issued.failed(ip)  # counted like a failure: at most CHALLENGES_PER_MINUTE a minute
         value = base64.b64encode(secrets.token_bytes(32)).decode()
         expires = self.ctx.clock() + CHALLENGE_TTL
         self.challenges.create(_key(value), {"expires": expires.isoformat()}, expires=expires)
