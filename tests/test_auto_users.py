@@ -119,3 +119,20 @@ def test_identifiers_and_literals_are_quoted_so_names_cannot_escape() -> None:
 def test_data_rows_decode_text_and_nulls() -> None:
     payload = b"\x00\x02" + b"\x00\x00\x00\x01t" + b"\xff\xff\xff\xff"
     assert _data_row(payload) == ["t", None]
+
+
+def test_an_agents_static_database_carries_its_admin_user_to_the_cluster() -> None:
+    from pteleport.auth.databases import parse_db
+    from pteleport.config import parse_config
+    from pteleport.dbagent.service import static_resource
+
+    config = parse_config(
+        {"db_service": {"enabled": True, "databases": [
+            {"name": "aurora", "uri": "db:5432", "admin_user": {"name": "teleport_admin", "default_database": "app"}},
+        ]}}
+    )
+    resource = static_resource(config.db_service.databases[0]).resource
+    assert resource["spec"]["admin_user"] == {"name": "teleport_admin", "default_database": "app"}
+    assert parse_db(resource)["spec"]["admin_user"] == {"name": "teleport_admin", "default_database": "app"}
+    with pytest.raises(BadParameter, match=r"spec\.admin_user\.name"):
+        parse_db({**resource, "spec": {**resource["spec"], "admin_user": {}}})
