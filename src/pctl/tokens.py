@@ -83,6 +83,36 @@ Please note:
 """
 
 
+IAM_TEMPLATE = """The IAM join token: {token}
+This token will expire in {minutes} minutes. Its name is not a secret: agents on AWS join by
+signing a challenge with their own IAM identity, which must match {rules}.
+
+In the database service's config file:
+
+  teleport:
+    join_params:
+      join_method: iam
+      token_name: {token}
+"""
+
+
+def _allow_rules(join_method: str, accounts: list[str], arns: list[str]) -> list[dict[str, str]]:
+    """--allow-aws-account/--allow-aws-arn as allow rules: one per account (each with every ARN), or one per ARN."""
+    from common.errors import UsageError
+
+    if join_method not in ("token", "iam"):
+        raise UsageError(f'--join-method must be token or iam (got "{join_method}")')
+    if join_method == "token":
+        if accounts or arns:
+            raise UsageError("--allow-aws-account and --allow-aws-arn are for IAM tokens: add --join-method=iam")
+        return []
+    if not accounts and not arns:
+        raise UsageError("an IAM token needs --allow-aws-account=ACCOUNT (12 digits), and optionally --allow-aws-arn")
+    if not accounts:
+        return [{"aws_arn": arn} for arn in arns]
+    return [{"aws_account": a, **({"aws_arn": arn} if arn else {})} for a in accounts for arn in (arns or [""])]
+
+
 @tokens_app.command("add")
 def add(
     type_: Annotated[str, typer.Option("--type", help="Token type(s), e.g. db (comma-separated).")],
@@ -99,6 +129,16 @@ def add(
     ] = None,
     db_protocol: Annotated[str | None, typer.Option("--db-protocol", help="Database protocol (postgres).")] = None,
     db_uri: Annotated[str | None, typer.Option("--db-uri", help="Database address HOST:PORT.")] = None,
+    join_method: Annotated[
+        str, typer.Option("--join-method", help="token (a secret, default) or iam (agents on AWS prove their IAM identity).")
+    ] = "token",
+    allow_aws_account: Annotated[
+        list[str] | None, typer.Option("--allow-aws-account", help="IAM tokens: an AWS account (12 digits) that may join.")
+    ] = None,
+    allow_aws_arn: Annotated[
+        list[str] | None,
+        typer.Option("--allow-aws-arn", help="IAM tokens: an ARN glob that may join (with * and ?), e.g. a role's sessions."),
+    ] = None,
     fmt: OptionalFormatOpt = None,
 ) -> None:
     """Create a join token and print its value, the only time it is shown (--format=text prints only the token)."""
@@ -108,12 +148,15 @@ def add(
     delta = flag_duration(ttl, "--ttl", example="30m")
     types = split_list(type_)
     db_names = split_list(db_name)
+    allow = _allow_rules(join_method, allow_aws_account or [], allow_aws_arn or [])
     body = {
         "types": types,
         "ttl_seconds": int(delta.total_seconds()),
         "value": value,
         "labels": parse_labels(labels) or None,
         "db_names": db_names or None,
+        "join_method": join_method,
+        "allow": allow or None,
     }
     with client() as api:
         answer = api.post("/v1/tokens", body)
@@ -136,6 +179,12 @@ def add(
         )
         return
     minutes = f"{delta.total_seconds() / 60:g}"
+    if join_method == "iam":
+        rules = ", ".join(
+            " ".join(f"{k}={v}" for k, v in rule.items()) for rule in doc["spec"].get("allow") or []
+        )
+        print(IAM_TEMPLATE.format(token=token, minutes=minutes, rules=rules), end="")
+        return
     pins = "".join(f"   --ca-pin={pin} \\\n" for pin in answer.get("ca_pins") or [answer.get("ca_pin", "")])
     roles = [r.lower() for r in doc["spec"]["roles"]]
     if "db" in roles:

@@ -109,6 +109,7 @@ def auth_settings(config: Config, public_addr: str):  # type: ignore[no-untyped-
         lockout=parse_duration(auth.lockout.lockout_duration),
         audit_retention=parse_duration(auth.audit.retention),
         static_tokens=list(auth.tokens),
+        iam_sts_override=auth.iam_join.sts_endpoint_override,
     )
 
 

@@ -6,6 +6,7 @@ A bad file is refused with one line naming the key and what is wrong
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,7 @@ class StorageConfig(_Strict):
 
 
 class JoinParams(_Strict):
-    join_method: Literal["token"] = "token"
+    join_method: Literal["token", "iam"] = "token"
     token_name: str
 
 
@@ -120,6 +121,11 @@ class LockoutConfig(_Strict):
     _d = field_validator("lockout_duration", mode="before")(lambda cls, v: _duration(v))
 
 
+class IamJoinConfig(_Strict):
+    # Tests only: send IAM join requests here instead of AWS STS (refused outside test mode).
+    sts_endpoint_override: str | None = None
+
+
 class AuthService(_Strict):
     enabled: bool = True
     cluster_name: str | None = None
@@ -128,6 +134,7 @@ class AuthService(_Strict):
     tokens: list[str] = Field(default_factory=list)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     lockout: LockoutConfig = Field(default_factory=LockoutConfig)
+    iam_join: IamJoinConfig = Field(default_factory=IamJoinConfig)
 
     _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
 
@@ -169,6 +176,11 @@ class DatabaseAWS(_Strict):
     rds: dict[str, Any] | None = None
 
 
+class DatabaseAdminUser(_Strict):
+    name: str = Field(min_length=1)
+    default_database: str | None = None
+
+
 class DatabaseConfig(_Strict):
     name: str
     description: str = ""
@@ -178,6 +190,7 @@ class DatabaseConfig(_Strict):
     tls: DatabaseTLS = Field(default_factory=DatabaseTLS)
     aws: DatabaseAWS = Field(default_factory=DatabaseAWS)
     password_file: str | None = None
+    admin_user: DatabaseAdminUser | None = None
 
 
 class ResourceMatcher(_Strict):
@@ -251,7 +264,21 @@ def parse_config(data: Any, source: str = "config") -> Config:
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
     _check_static_tokens(config.auth_service.tokens, source)
+    _check_test_only(config, source)
     return config
+
+
+INSECURE_TEST_MODE = "PTELEPORT_INSECURE_TEST_MODE"
+
+
+def _check_test_only(config: Config, source: str) -> None:
+    """The STS endpoint override turns off IAM join's one check of who signed: tests only."""
+    override = config.auth_service.iam_join.sts_endpoint_override
+    if override and os.environ.get(INSECURE_TEST_MODE) != "yes":
+        raise ConfigError(
+            f"{source}: auth_service.iam_join.sts_endpoint_override sends IAM join requests to {override} instead of"
+            f" AWS STS, which is for tests only; remove it (or, in a test, set {INSECURE_TEST_MODE}=yes)"
+        )
 
 
 def _check_static_tokens(tokens: list[str], source: str) -> None:

@@ -158,6 +158,20 @@ def join(c: Call, req: models.JoinRequest) -> Any:
     return {"cert": cert.decode(), "host_id": host_id, "cluster_name": auth.cluster_name, "cas": auth.public_cas()}
 
 
+@route()
+def join_iam_challenge(c: Call, _: None) -> Any:
+    return {"challenge": c.auth.iam_join.challenge(c.remote)}
+
+
+@route(models.IamJoinRequest)
+def join_iam(c: Call, req: models.IamJoinRequest) -> Any:
+    auth = c.auth
+    cert, host_id = auth.iam_join.join(
+        req.token, req.role, req.hostname, req.public_key, req.challenge, req.request, c.remote
+    )
+    return {"cert": cert.decode(), "host_id": host_id, "cluster_name": auth.cluster_name, "cas": auth.public_cas()}
+
+
 # --- authenticated ------------------------------------------------------------------------------
 @route()
 def whoami(c: Call, _: None) -> Any:
@@ -173,10 +187,12 @@ def status(c: Call, _: None) -> Any:
 @route(models.TokenRequest)
 def tokens_add(c: Call, req: models.TokenRequest) -> Any:
     auth = c.auth
-    doc = auth.tokens.add(c.me(), req.types, _ttl(req.ttl_seconds), req.value, req.labels, req.db_names)
+    doc = auth.tokens.add(
+        c.me(), req.types, _ttl(req.ttl_seconds), req.value, req.labels, req.db_names, req.join_method, req.allow
+    )
     return {
         "token": doc,  # metadata.name is the value: the one answer that shows it
-        "id": token_id(doc["metadata"]["name"]),
+        "id": doc["metadata"]["name"] if doc["spec"].get("join_method") == "iam" else token_id(doc["metadata"]["name"]),
         "ca_pin": auth.status()["ca_pin"],
         "proxy": c.info.public_addr,
     }
@@ -475,6 +491,8 @@ def build_app(auth: AuthServer, info: ProxyInfo, workers: ThreadPoolExecutor | N
     r.add_get("/v1/invites/{token}", invite_get)
     r.add_post("/v1/invites/{token}", invite_post)
     r.add_post("/v1/join", join)
+    r.add_post("/v1/join/iam/challenge", join_iam_challenge)
+    r.add_post("/v1/join/iam", join_iam)
     r.add_get("/v1/whoami", whoami)
     r.add_get("/v1/status", status)
     r.add_post("/v1/tokens", tokens_add)

@@ -32,12 +32,23 @@ class JoinRequest(_Req):
     public_key: str = Field(max_length=4096)
 
 
+class IamJoinRequest(_Req):
+    token: str = Field(min_length=1, max_length=512)  # the IAM token's name (not a secret)
+    role: str = "Db"
+    hostname: str = Field(default="", max_length=253)
+    public_key: str = Field(max_length=4096)
+    challenge: str = Field(min_length=1, max_length=128)
+    request: dict[str, Any]  # the signed sts:GetCallerIdentity: method, url, headers, body
+
+
 class TokenRequest(_Req):
     types: list[str]
     ttl_seconds: int | None = Field(default=None, gt=0)
     value: str | None = None
     labels: dict[str, str] | None = None
     db_names: list[str] | None = None
+    join_method: str = "token"
+    allow: list[dict[str, str]] | None = None  # IAM tokens: [{aws_account, aws_arn}]
 
 
 class LockRequest(_Req):

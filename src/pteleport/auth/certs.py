@@ -10,6 +10,7 @@ from common.errors import AccessDenied, BadParameter, NotFound
 from common.identity import KIND_HOST, DatabaseRoute, HostScope, Identity
 from common.tls import INTERNAL_SNI, load_public_key
 from pteleport.auth.context import AuthContext
+from pteleport.auth.db_users import auto_user_plan
 from pteleport.ca.authority import sign_identity, sign_plain
 
 DEFAULT_TTL = timedelta(hours=12)
@@ -86,8 +87,11 @@ class CertService:
                 raise NotFound(
                     f'database "{service_name}" not found; run "ptsh db ls" to see the databases you can use'
                 )
+            plan = auto_user_plan(checker, db, actor.username, db_user)
+            if plan is not None:
+                db_user = plan.db_user
             db_user, db_name = _pick_defaults(checker, labels, db_user, db_name, service_name)
-            checker.check_db_access(service_name, labels, db_user, db_name)
+            checker.check_db_access(service_name, labels, db_user, db_name, auto_user=plan is not None)
         elif not db_user:
             raise BadParameter("pass --db-user: the admin identity has no default db user")
         route = DatabaseRoute(service_name, db["spec"].get("protocol", "postgres"), db_user, db_name)

@@ -32,6 +32,7 @@ class AuthSettings:
     lockout: timedelta = timedelta(minutes=20)
     audit_retention: timedelta = timedelta(days=90)
     static_tokens: list[str] = field(default_factory=list)
+    iam_sts_override: str | None = None  # tests only: where IAM join requests go instead of AWS STS
 
 
 def secret_key(secret: str) -> str:

@@ -52,6 +52,13 @@ class DbAWS(_Strict):
     rds: dict[str, Any] | None = None
 
 
+class DbAdminUser(_Strict):
+    """``spec.admin_user``: the database role the agent connects as to create users (docs/auto-users.md)."""
+
+    name: str = Field(min_length=1)
+    default_database: str | None = None
+
+
 class DbSpec(_Strict):
     protocol: Literal["postgres"] = "postgres"
     uri: str
@@ -59,7 +66,7 @@ class DbSpec(_Strict):
     aws: DbAWS | None = None
     ca_cert: str | None = None
     dynamic_labels: dict[str, Any] | None = None
-    admin_user: dict[str, Any] | None = None
+    admin_user: DbAdminUser | None = None
 
 
 class DbResource(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from common.errors import AlreadyExists, BadParameter, NotFound
@@ -10,7 +11,7 @@ from common.kinds import KIND_ALIASES
 from pteleport.auth.context import AuthContext, secret_key
 from pteleport.auth.databases import DatabaseService
 from pteleport.auth.locks import LockService
-from pteleport.auth.tokens import TokenService, check_token_value, token_id
+from pteleport.auth.tokens import TokenService, check_allow_rules, check_token_value, token_id
 from pteleport.auth.users import UserService, check_name
 from pteleport.rbac.presets import PRESET_ROLE_NAMES
 from pteleport.rbac.role import parse_role, role_to_dict
@@ -52,6 +53,9 @@ def check_user_resource(doc: dict) -> dict:
     return {"kind": "user", "version": "v2", "metadata": {"name": name}, "spec": {"roles": roles, "traits": traits}}
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
 def check_token_resource(doc: dict) -> dict:
     meta = doc.get("metadata") or {}
     spec = doc.get("spec") or {}
@@ -62,12 +66,22 @@ def check_token_resource(doc: dict) -> dict:
         raise BadParameter(f"token: unknown field {sorted(unknown)[0]}")
     if not isinstance(meta.get("name"), str):
         raise BadParameter("token: metadata.name (the token value) is required")
-    check_token_value(meta["name"], "token: metadata.name (the secret value)")
+    method = spec.get("join_method", "token")
+    if method not in ("token", "iam"):
+        raise BadParameter(f'token: spec.join_method "{method}" is not supported (use token or iam)')
+    if method == "iam":
+        if not NAME_RE.fullmatch(meta["name"]):
+            raise BadParameter("token: metadata.name of an IAM token is a name of letters, digits, '.', '_' and '-'")
+        spec["allow"] = check_allow_rules(spec.get("allow"), "spec.allow[].aws_account")
+    else:
+        check_token_value(meta["name"], "token: metadata.name (the secret value)")
+        if "allow" in spec:
+            raise BadParameter("token: spec.allow is for IAM tokens; add spec.join_method: iam")
     roles = spec.get("roles")
     if not isinstance(roles, list) or not roles:
         raise BadParameter("token: spec.roles must be a non-empty list, e.g. [Db]")
     for key in spec:
-        if key not in ("roles", "join_method", "suggested_labels", "bot_name", "db_scope"):
+        if key not in ("roles", "join_method", "suggested_labels", "bot_name", "db_scope", "allow"):
             raise BadParameter(f"token: unknown field spec.{key}")
     scope = spec.get("db_scope")
     if scope is not None:

@@ -17,6 +17,7 @@ from pteleport.auth.certs import CertService
 from pteleport.auth.context import AuthContext, AuthSettings, Clock
 from pteleport.auth.databases import DatabaseService
 from pteleport.auth.hosts import HostService
+from pteleport.auth.join_iam import IamJoinService
 from pteleport.auth.locks import LockService
 from pteleport.auth.login import LoginService
 from pteleport.auth.resources import ResourceService
@@ -40,6 +41,7 @@ class AuthServer:
         self.login = LoginService(self.ctx, self.certs)
         self.hosts = HostService(self.ctx)
         self.tokens = TokenService(self.ctx, self.certs, self.hosts)
+        self.iam_join = IamJoinService(self.ctx, self.tokens, settings.iam_sts_override)
         self.databases = DatabaseService(self.ctx, self.hosts)
         self.resources = ResourceService(self.ctx, self.users, self.tokens, self.databases, self.locks)
         self.audit = AuditService(self.ctx)

@@ -74,14 +74,22 @@ def normalize_roles(types: list[str]) -> list[str]:
 
 
 def token_doc(
-    name: str, roles: list[str], expires: datetime | None, labels: dict | None = None, scope: HostScope | None = None
+    name: str,
+    roles: list[str],
+    expires: datetime | None,
+    labels: dict | None = None,
+    scope: HostScope | None = None,
+    allow: list[dict] | None = None,
 ) -> dict:
     """A token resource; ``name`` is the token's id in storage and listings, its value only
-    in the answer to ``pctl tokens add``. ``spec.db_scope`` limits what its agents may serve."""
+    in the answer to ``pctl tokens add``. ``spec.db_scope`` limits what its agents may serve.
+    With ``allow`` it is an IAM join token (``join_method: iam``), whose name is no secret."""
     meta: dict[str, Any] = {"name": name}
     if expires is not None:
         meta["expires"] = expires.isoformat()
-    spec: dict[str, Any] = {"roles": roles, "join_method": "token"}
+    spec: dict[str, Any] = {"roles": roles, "join_method": "iam" if allow else "token"}
+    if allow:
+        spec["allow"] = allow
     if labels:
         spec["suggested_labels"] = labels
     if scope is not None and not scope.unscoped:
@@ -107,10 +115,35 @@ def _kept_until(expires: datetime | None) -> datetime | None:
     return None if expires is None else expires + EXPIRED_KEPT
 
 
+def is_iam(doc: dict) -> bool:
+    return (doc.get("spec") or {}).get("join_method") == "iam"
+
+
 def _stored(doc: dict, key: str) -> dict:
-    """The document to store or list: named by the id, whatever the name was."""
+    """The document to store or list: named by the id, whatever the name was (an IAM token keeps its name)."""
+    if is_iam(doc):
+        return doc
     meta = {**doc.get("metadata", {}), "name": key[:ID_LENGTH]}
     return {**doc, "metadata": meta}
+
+
+def check_allow_rules(allow: Any, what: str = "spec.allow") -> list[dict]:
+    """IAM token rules: a non-empty list of {aws_account, aws_arn}, each with at least one of them."""
+    if not isinstance(allow, list) or not allow:
+        raise BadParameter(f"an IAM join token needs at least one allow rule; pass {what}=ACCOUNT (12 digits)")
+    rules = []
+    for rule in allow:
+        if not isinstance(rule, dict) or set(rule) - {"aws_account", "aws_arn"}:
+            raise BadParameter("each allow rule of an IAM token is {aws_account: ACCOUNT, aws_arn: ARN-GLOB}")
+        account, arn = rule.get("aws_account") or "", rule.get("aws_arn") or ""
+        if not isinstance(account, str) or not isinstance(arn, str) or not (account or arn):
+            raise BadParameter("an allow rule of an IAM token needs aws_account or aws_arn (or both)")
+        if account and not re.fullmatch(r"\d{12}", account):
+            raise BadParameter(f'aws_account "{account}" is not an AWS account id; use its 12 digits')
+        if arn and not arn.startswith("arn:"):
+            raise BadParameter(f'aws_arn "{arn}" is not an ARN; use e.g. arn:aws:sts::123456789012:assumed-role/db-agent/*')
+        rules.append({k: v for k, v in (("aws_account", account), ("aws_arn", arn)) if v})
+    return rules
 
 
 class TokenService:
@@ -128,15 +161,23 @@ class TokenService:
         value: str | None,
         labels: dict | None = None,
         db_names: list[str] | None = None,
+        join_method: str = "token",
+        allow: list[dict] | None = None,
     ) -> dict:
         self.ctx.authorize(actor, "token", "create")
         roles = normalize_roles(types)
+        if join_method not in ("token", "iam"):
+            raise BadParameter(f'unknown join method "{join_method}"; use token or iam')
+        if join_method == "iam":
+            allow = check_allow_rules(allow, "--allow-aws-account")
+        elif allow:
+            raise BadParameter("--allow-aws-account and --allow-aws-arn are for IAM tokens; add --join-method=iam")
         ttl = ttl or DEFAULT_TTL
         if ttl <= timedelta(0):
             raise BadParameter("--ttl must be positive")
-        if value is not None:
+        if value is not None and join_method == "token":
             check_token_value(value, "--value")
-        token = value or secrets.token_hex(16)
+        token = value or (f"iam-{secrets.token_hex(8)}" if join_method == "iam" else secrets.token_hex(16))
         expires = self.ctx.clock() + ttl
         scope = None
         if db_names or labels:
@@ -144,19 +185,21 @@ class TokenService:
                 raise BadParameter("--db-name and --labels scope a token for database services; use them with --type=db only")
             scope = HostScope.of(db_names or [], {k: v if isinstance(v, list) else [v] for k, v in (labels or {}).items()})
         key = secret_key(token)
-        doc = token_doc(token_id(token), roles, expires, labels, scope)
+        name = token if join_method == "iam" else token_id(token)
+        doc = token_doc(name, roles, expires, labels, scope, allow if join_method == "iam" else None)
         try:
             self.ctx.tokens.create(key, doc, expires=_kept_until(expires))
         except AlreadyExists:
             raise AlreadyExists("a token with this value already exists") from None
-        self.ctx.emit("join_token.create", "TJT00I", user=actor.username, roles=roles, join_method="token")
+        self.ctx.emit("join_token.create", "TJT00I", user=actor.username, roles=roles, join_method=join_method)
         # The one place the value is ever shown: the answer to the admin who made it.
         return {**doc, "metadata": {**doc["metadata"], "name": token}}
 
     def put_resource(self, actor: Identity, doc: dict, force: bool) -> str:
         """`pctl create` of a token resource: ``metadata.name`` is the secret; only its hash is kept."""
         token = doc["metadata"]["name"]
-        check_token_value(token, "a token's metadata.name (its secret value)")
+        if not is_iam(doc):
+            check_token_value(token, "a token's metadata.name (its secret value)")
         expires = datetime.fromisoformat(doc["metadata"]["expires"]) if doc["metadata"].get("expires") else None
         key = secret_key(token)
         exists = self.ctx.tokens.exists(key)
@@ -205,7 +248,7 @@ class TokenService:
         """Start-up: drop token values that older versions kept in the stored documents."""
         scrubbed = 0
         for key, doc, item in list(self.ctx.tokens.items()):
-            if doc.get("metadata", {}).get("name") == key[:ID_LENGTH]:
+            if doc.get("metadata", {}).get("name") == key[:ID_LENGTH] or is_iam(doc):
                 continue
             try:
                 self.ctx.tokens.swap(item, _stored(doc, key), expires=item.expires)
@@ -213,6 +256,10 @@ class TokenService:
             except (CompareFailed, NotFound):
                 continue  # changed or removed meanwhile (another auth process)
         return scrubbed
+
+    def find(self, token: str) -> dict:
+        """The token document for a value (or an IAM token's name); AccessDenied / NotLoggedIn when unusable."""
+        return self._find(token)
 
     def _find(self, token: str) -> dict:
         wanted = secret_key(token)
@@ -248,8 +295,31 @@ class TokenService:
             self.guard.failed(remote, {**failure, "error": str(exc)})
             raise
 
+        if is_iam(doc):
+            message = (
+                f'token "{doc["metadata"]["name"]}" joins by AWS IAM only; set join_params.join_method: iam'
+                " on the database service (its name is not a secret)"
+            )
+            self.guard.failed(remote, {**failure, "error": message})
+            raise AccessDenied(message)
+        return self.admit(doc, role, claimed_host_id, hostname, key, remote, "token")
+
+    def admit(
+        self,
+        doc: dict,
+        role: str,
+        claimed_host_id: str | None,
+        hostname: str,
+        key: Any,
+        remote: str,
+        method: str,
+        **fields: Any,
+    ) -> tuple[bytes, str]:
+        """A joiner that proved its token (``method``): the host-id, role and scope rules, then the certificate."""
+        failure = {"role": role, "host_id": claimed_host_id or None, "success": False, "addr.remote": remote}
+
         def refuse(message: str) -> AccessDenied:
-            self.ctx.emit("instance.join", "TJ002E", nodename=hostname or None, error=message, **failure)
+            self.ctx.emit("instance.join", "TJ002E", nodename=hostname or None, error=message, method=method, **failure)
             return AccessDenied(message)
 
         if claimed_host_id:
@@ -272,7 +342,8 @@ class TokenService:
             host_id=host_id,
             nodename=hostname,
             success=True,
-            method="token",
+            method=method,
+            **fields,
             db_scope=None if scope.unscoped else scope.to_dict(),
             **{"addr.remote": remote},
         )

@@ -6,11 +6,18 @@ instance profile, ECS task role, IRSA). With ``assume_role_arn`` the agent first
 role through STS (with the external ID when set) and signs with the temporary credentials, so
 the token carries ``X-Amz-Security-Token``.
 
+Role chaining: when the db user is an IAM role ARN (``arn:aws:iam::ACCOUNT:role/NAME``), the
+chain is the agent's own credentials, then ``assume_role_arn`` (if set), then that role; each
+AssumeRole is signed with the previous link's credentials, the token with the last link's,
+for the PostgreSQL user NAME. STS's endpoint is botocore's usual one (``AWS_ENDPOINT_URL_STS``
+overrides it, as for any AWS SDK).
+
 Failures become one-sentence errors that name the fix:
 
 * no usable credentials -> ``AccessDenied`` ("no AWS credentials available to the database
   service: ...");
-* STS refuses AssumeRole -> ``AccessDenied`` naming the role and its trust relationship;
+* STS refuses AssumeRole -> ``AccessDenied`` naming which identity could not assume which role
+  and the trust policy statement to add (``trust_statement``);
 * any other STS or botocore failure -> ``ConnectionProblem`` naming what failed.
 
 boto3/botocore are imported inside the functions: they cost ~150 ms at start-up and only
@@ -19,6 +26,8 @@ agents serving RDS/Aurora need them.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +50,40 @@ SessionFactory = Callable[..., Any]
 _STS_CONFIG = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 3, "mode": "standard"}}
 
 _ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException"})
+_ROLE_ARN = re.compile(r"^arn:(aws[a-z-]*):iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]+)$")
+_ASSUMED_ROLE_ARN = re.compile(r"^arn:(aws[a-z-]*):sts::(\d{12}):assumed-role/([\w+=,.@-]+)/[^/]+$")
+_CALLER_IN_MESSAGE = re.compile(r"User: (arn:\S+) is not authorized")
+OWN_IDENTITY = "the database service's own IAM identity"
+
+
+def role_chain(db_user: str, assume_role_arn: str | None, external_id: str | None) -> list[tuple[str, str | None]]:
+    """The roles to assume in order, each with its external ID: ``assume_role_arn``, then the db user's role."""
+    chain: list[tuple[str, str | None]] = []
+    if assume_role_arn:
+        chain.append((assume_role_arn, external_id or None))
+    if _ROLE_ARN.match(db_user):
+        chain.append((db_user, None))
+    return chain
+
+
+def postgres_user(db_user: str) -> str:
+    """The PostgreSQL user a db user names: an IAM role ARN's role name, else the db user itself."""
+    found = _ROLE_ARN.match(db_user)
+    return found.group(3) if found else db_user
+
+
+def principal_role(arn: str) -> str:
+    """The role ARN for a trust policy Principal (an assumed-role session ARN becomes its role's ARN)."""
+    found = _ASSUMED_ROLE_ARN.match(arn)
+    return f"arn:{found.group(1)}:iam::{found.group(2)}:role/{found.group(3)}" if found else arn
+
+
+def trust_statement(principal: str, external_id: bool) -> str:
+    """The trust policy statement that lets ``principal`` assume a role (with the external ID condition)."""
+    statement: dict[str, Any] = {"Effect": "Allow", "Principal": {"AWS": principal}, "Action": "sts:AssumeRole"}
+    if external_id:
+        statement["Condition"] = {"StringEquals": {"sts:ExternalId": "<aws.external_id of this database>"}}
+    return json.dumps(statement)
 
 
 def rds_auth_token(
@@ -65,10 +108,14 @@ def rds_auth_token(
         session_factory = boto3.session.Session
     try:
         session = session_factory(region_name=region)
-        if assume_role_arn:
-            session = _assume_role(session, session_factory, region, assume_role_arn, external_id)
+        caller: str | None = None  # the previous link's role; None: the service's own identity
+        for role_arn, role_external_id in role_chain(db_user, assume_role_arn, external_id):
+            session = _assume_role(session, session_factory, region, role_arn, role_external_id, caller)
+            caller = role_arn
         client = session.client("rds", region_name=region)
-        return client.generate_db_auth_token(DBHostname=host, Port=port, DBUsername=db_user, Region=region)
+        return client.generate_db_auth_token(
+            DBHostname=host, Port=port, DBUsername=postgres_user(db_user), Region=region
+        )
     except _credential_errors() as exc:
         raise _no_credentials(exc) from None
     except BotoCoreError as exc:
@@ -79,9 +126,18 @@ def rds_auth_token(
 
 
 def _assume_role(
-    session: Any, session_factory: SessionFactory, region: str, role_arn: str, external_id: str | None
+    session: Any,
+    session_factory: SessionFactory,
+    region: str,
+    role_arn: str,
+    external_id: str | None,
+    caller: str | None = None,
 ) -> Any:
-    """A session holding the temporary credentials of ``role_arn``, assumed with ``session``."""
+    """A session holding the temporary credentials of ``role_arn``, assumed with ``session``.
+
+    ``caller`` is the role ``session`` holds (None: the service's own identity), for the advice
+    when STS refuses.
+    """
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -95,12 +151,7 @@ def _assume_role(
         error = exc.response.get("Error", {})
         code, message = error.get("Code", "Unknown"), error.get("Message", "")
         if code in _ACCESS_DENIED_CODES:
-            with_external_id = " with the external ID configured for this database" if external_id else ""
-            raise AccessDenied(
-                f"the database service may not assume IAM role {role_arn}: check that role's trust relationship "
-                f"allows the service's own IAM identity to assume it{with_external_id}",
-                detail=f"{code}: {message}",
-            ) from None
+            raise _refused(role_arn, caller, message, external_id is not None, code) from None
         raise ConnectionProblem(
             f"assuming IAM role {role_arn} through AWS STS in {region} failed ({code}: {message})",
             detail=str(exc),
@@ -116,6 +167,23 @@ def _assume_role(
         aws_secret_access_key=creds["SecretAccessKey"],
         aws_session_token=creds["SessionToken"],
         region_name=region,
+    )
+
+
+def _refused(role_arn: str, caller: str | None, message: str, external_id: bool, code: str) -> AccessDenied:
+    """STS refused AssumeRole: who could not assume what, and the trust policy statement to add."""
+    seen = _CALLER_IN_MESSAGE.search(message)
+    if caller is not None:
+        who, principal = f"IAM role {caller}", principal_role(caller)
+    elif seen:
+        who, principal = f"{OWN_IDENTITY} ({seen.group(1)})", principal_role(seen.group(1))
+    else:
+        who, principal = OWN_IDENTITY, "<the database service's IAM role ARN>"
+    with_external_id = " with the external ID configured for this database" if external_id else ""
+    return AccessDenied(
+        f"{who} may not assume IAM role {role_arn}{with_external_id}: add this statement to the trust"
+        f" relationship (trust policy) of {role_arn}: {trust_statement(principal, external_id)}",
+        detail=f"{code}: {message}",
     )
 
 

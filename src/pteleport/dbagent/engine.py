@@ -58,6 +58,8 @@ from common.relay import Connection, Splice, attach_stream
 from common.tls import verify_issued_by
 from pteleport.audit import events as ev
 from pteleport.auth.access import as_error
+from pteleport.auth.db_users import AutoUserPlan, auto_user_plan
+from pteleport.dbagent.autousers import AutoUsers
 from pteleport.dbagent.credentials import Credentials, LocalSettings, split_uri
 from pteleport.dbagent.upstream import FromServer, UpstreamTLS, connect_upstream, send_cancel
 from pteleport.pgwire import (
@@ -134,6 +136,7 @@ class EngineDeps:
     clock: Callable[[], datetime]
     access: Callable[[], AccessState | None] = lambda: None
     audit_refusal: Callable[[], str | None] = lambda: None  # a sentence while events cannot be kept
+    auto_users: AutoUsers | None = None  # creates db users for roles with create_db_user_mode
     sessions: dict[tuple[str, int, bytes], _Session] = field(default_factory=dict)
     live: dict[str, LiveSession] = field(default_factory=dict)
 
@@ -383,8 +386,8 @@ class PostgresEngine:
             if unaudited is not None:
                 raise ConnectionProblem(unaudited)
             _check_startup(packet)
-            await self._authorize(identity, served.resource)
-            upstream = await self._connect(identity, served, packet)
+            plan = await self._authorize(identity, served.resource)
+            upstream = await self._connect(identity, served, packet, plan)
         except PteleportError as err:
             self._refuse(conn, auditor, err)
             return
@@ -398,7 +401,8 @@ class PostgresEngine:
         hello += [backend_key_data(pid, secret), ready_for_query(b"I")]
         greeting = b"".join(hello)
         conn.write(greeting)
-        auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True, db_roles=list(identity.roles))
+        db_roles = list(plan.db_roles) if plan is not None else None  # the auto user's database roles
+        auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True, db_roles=db_roles)
         server_conn, leftover = attach_stream(upstream.conn.reader, upstream.conn.writer)
         splice = Splice(conn, server_conn, b_leftover=leftover, sent_to_a=greeting)
         live = LiveSession(self, session, auditor, splice, served.resource, route)
@@ -416,6 +420,8 @@ class PostgresEngine:
             if self.deps.sessions.get(key) is session:
                 del self.deps.sessions[key]
             auditor.emit(ev.DB_SESSION_END, ev.DB_SESSION_END_CODE)
+            if plan is not None and self.deps.auto_users is not None:
+                self.spawn(self.deps.auto_users.release(plan, served.resource, served.local, route.database))
 
     @staticmethod
     def _session_identity(identity: Identity, startup: StartupMessage) -> Identity:
@@ -475,16 +481,22 @@ class PostgresEngine:
         else:
             conn.write(error_response(err.message, sqlstate_for(err)))
 
-    async def _authorize(self, identity: Identity, db: dict) -> None:
+    async def _authorize(self, identity: Identity, db: dict) -> AutoUserPlan | None:
+        """RBAC for this session; the automatic-user plan when the roles create the db user."""
         roles = await self.deps.roles(list(identity.roles))
         checker = AccessChecker(roles, identity.traits)
         route = identity.route
         assert route is not None
+        plan = auto_user_plan(checker, db, identity.username, route.username)
         checker.check_db_access(
-            db["metadata"]["name"], db["metadata"].get("labels", {}), route.username, route.database
+            db["metadata"]["name"], db["metadata"].get("labels", {}), route.username, route.database,
+            auto_user=plan is not None,
         )
+        return plan
 
-    async def _connect(self, identity: Identity, served: ServedDatabase, startup: StartupMessage) -> Any:
+    async def _connect(
+        self, identity: Identity, served: ServedDatabase, startup: StartupMessage, plan: AutoUserPlan | None = None
+    ) -> Any:
         route = identity.route
         assert route is not None
         host, port = split_uri(served.resource["spec"]["uri"])
@@ -492,9 +504,17 @@ class PostgresEngine:
         tls = await creds.tls_for(served.resource, served.local)
         tls, password = await creds.secret_for(served.resource, served.local, route.username, tls)
         params = {k: v for k, v in startup.params.items() if k not in ("user", "database")}
-        conn = await connect_upstream(
-            host, port, route.username, route.database, tls, password=password, startup_params=params
-        )
+
+        async def connect() -> Any:
+            return await connect_upstream(
+                host, port, route.username, route.database, tls, password=password, startup_params=params
+            )
+
+        if plan is None:
+            return _Upstream(await connect(), tls)
+        if self.deps.auto_users is None:
+            raise Unsupported("this database service does not create database users; connect as an existing db user")
+        conn = await self.deps.auto_users.activate(plan, served.resource, served.local, route.database, connect)
         return _Upstream(conn, tls)
 
     async def _cancel(self, identity: Identity, request: CancelRequest) -> None:

@@ -106,8 +106,13 @@ def fetch_cas(proxy: str, pins: list[str]) -> dict[str, str]:
         return client.get("/v1/cas")["cas"]
 
 
-def join(data_dir: Path, proxy: str, token: str | None, pins: list[str], nodename: str) -> IdentityFile:
+def join(
+    data_dir: Path, proxy: str, token: str | None, pins: list[str], nodename: str, method: str = "token"
+) -> IdentityFile:
     """Load the host identity from the data dir, or join with the token to get one.
+
+    ``method`` ``iam``: ``token`` is an IAM join token's name, and the proof is this host's
+    AWS identity (``join_iam.signed_identity_request``) instead of a secret.
 
     Raises ``Unreachable`` (try again later), ``JoinError`` (give up) or BadParameter.
     """
@@ -121,17 +126,22 @@ def join(data_dir: Path, proxy: str, token: str | None, pins: list[str], nodenam
         host_cas = cas["host"].encode()
         key = generate_private_key()
         creds = ClusterCredentials(None, None, host_cas)
+        request = {
+            "token": token,
+            "role": "Db",
+            "hostname": nodename or socket.gethostname(),
+            "public_key": public_key_pem(key).decode(),
+        }
         with ClusterClient(proxy, creds=creds) as client:
             # The cluster assigns the host id and binds the token's scope to it.
-            body = client.post(
-                "/v1/join",
-                {
-                    "token": token,
-                    "role": "Db",
-                    "hostname": nodename or socket.gethostname(),
-                    "public_key": public_key_pem(key).decode(),
-                },
-            )
+            if method == "iam":
+                from pteleport.dbagent.join_iam import signed_identity_request
+
+                challenge = client.post("/v1/join/iam/challenge", {})["challenge"]
+                request.update(challenge=challenge, request=signed_identity_request(challenge))
+                body = client.post("/v1/join/iam", request)
+            else:
+                body = client.post("/v1/join", request)
     except PteleportError as err:
         raise classify(proxy, err, bool(pins)) from None
     host_id = body["host_id"]

@@ -36,6 +36,7 @@ from common.relay import Connection
 from common.tls import ALPN_TUNNEL, client_context, load_certs
 from pteleport.config import Config, DatabaseConfig
 from pteleport.dbagent.audit_shipper import AuditShipper
+from pteleport.dbagent.autousers import AutoUsers
 from pteleport.dbagent.credentials import Credentials, LocalSettings
 from pteleport.dbagent.engine import EngineDeps, PostgresEngine, ServedDatabase
 from pteleport.dbagent.join import JoinError, Unreachable, join
@@ -67,6 +68,8 @@ def static_resource(db: DatabaseConfig) -> ServedDatabase:
     aws = {k: v for k, v in db.aws.model_dump().items() if v}
     if aws:
         spec["aws"] = aws
+    if db.admin_user is not None:
+        spec["admin_user"] = db.admin_user.model_dump(exclude_none=True)
     resource = {
         "kind": "db",
         "version": "v3",
@@ -115,6 +118,7 @@ class DatabaseAgent:
         creds = ClusterCredentials(ident.cert, ident.key, self.host_ca_pem)
         self.client = AsyncClusterClient(proxy, creds)
         self.shipper = AuditShipper(self.client, cfg.data_dir, settings=cfg.db_service.audit)
+        creds_for_db = Credentials(self.client, cfg.data_dir)
         engine = PostgresEngine(
             EngineDeps(
                 cluster_name=lambda: self.cluster,
@@ -123,11 +127,12 @@ class DatabaseAgent:
                 user_ca=lambda: self.user_cas,
                 database=lambda name: self.databases().get(name),
                 roles=self.roles,
-                credentials=Credentials(self.client, cfg.data_dir),
+                credentials=creds_for_db,
                 emit=self.shipper.emit,
                 clock=self.clock,
                 access=lambda: self.access,
                 audit_refusal=lambda: self.closing or self.shipper.refusal(),
+                auto_users=AutoUsers(creds_for_db),
             )
         )
         self.engine = engine
@@ -178,8 +183,9 @@ class DatabaseAgent:
         backoff = backoff or Backoff(JOIN_FIRST_RETRY, JOIN_MAX_RETRY)
         while True:
             try:
+                method = cfg.teleport.join_params.join_method if cfg.teleport.join_params else "token"
                 ident = await asyncio.to_thread(
-                    join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename
+                    join, cfg.data_dir, proxy, cfg.teleport.token, cfg.teleport.ca_pins, cfg.teleport.nodename, method
                 )
             except Unreachable as exc:
                 delay = backoff.next_delay()

@@ -16,6 +16,13 @@ grants no database; in deny it blocks every database (fail closed).
 Visibility (``can_see_db``): a database is listed when some allow role's labels match it,
 no deny role's labels match it, and no role denies every db user or every db name ("*").
 
+Automatic database users (``db_user_mode``, ``db_roles``): among the roles whose allow
+labels match the database, the most permissive ``create_db_user_mode`` wins
+(``best_effort_drop`` > ``keep`` > ``off``; the legacy ``create_db_user: true`` reads as
+``keep``); the database roles are their allow ``db_roles`` minus any role's deny
+``db_roles``. With the mode on, ``check_db_access(..., auto_user=True)`` does not match
+``db_users`` (the db user is the pteleport user name), as in Teleport.
+
 Rules (``check_rule``): deny rules first, then allow; resources and verbs match exactly or
 by "*", and "read" also grants "readnosecrets". A rule with ``where`` matches only when a
 context is given and the predicate holds for it.
@@ -24,7 +31,7 @@ context is given and the predicate holds for it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -45,6 +52,7 @@ class _Side:
     expression: str | None
     users: list[str]
     names: list[str]
+    db_roles: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,13 @@ class AccessChecker:
 
     # --- databases -------------------------------------------------------------------------
 
-    def check_db_access(self, db_name: str, db_labels: Mapping[str, str], db_user: str, database: str) -> None:
-        """Raise ``AccessDenied`` (saying what would be needed) unless the roles allow this connection."""
+    def check_db_access(
+        self, db_name: str, db_labels: Mapping[str, str], db_user: str, database: str, auto_user: bool = False
+    ) -> None:
+        """Raise ``AccessDenied`` (saying what would be needed) unless the roles allow this connection.
+
+        ``auto_user``: the database user is provisioned automatically, so ``db_users`` is not matched.
+        """
         if not db_user:
             raise BadParameter(f'choose a database user to connect to "{db_name}" (--db-user)')
         if not database:
@@ -96,7 +109,7 @@ class AccessChecker:
         labels_text = matchers.format_labels(db_labels)
         self._check_deny_labels(db_name, db_labels)
         for exp in self._expanded:
-            if matchers.match_entry(exp.deny.users, db_user):
+            if not auto_user and matchers.match_entry(exp.deny.users, db_user):
                 raise AccessDenied(
                     f'{prefix}: your roles forbid db user "{db_user}"'
                     + _alternatives("db users", self.allowed_db_users(db_labels)[0]),
@@ -121,10 +134,11 @@ class AccessChecker:
                 detail=detail,
             )
         for exp in candidates:
-            if matchers.match_entry(exp.allow.users, db_user) and matchers.match_entry(exp.allow.names, database):
+            user_ok = auto_user or matchers.match_entry(exp.allow.users, db_user)
+            if user_ok and matchers.match_entry(exp.allow.names, database):
                 return
 
-        user_somewhere = any(matchers.match_entry(exp.allow.users, db_user) for exp in candidates)
+        user_somewhere = auto_user or any(matchers.match_entry(exp.allow.users, db_user) for exp in candidates)
         name_somewhere = any(matchers.match_entry(exp.allow.names, database) for exp in candidates)
         detail = "roles matching the labels: " + ", ".join(
             f'"{exp.role.name}" (db_users {_fmt(exp.allow.users)}, db_names {_fmt(exp.allow.names)})'
@@ -211,6 +225,32 @@ class AccessChecker:
             detail=f'role "{exp.role.name}" denies db_labels {exp.deny.labels}',
         )
 
+    # --- automatic database users ---------------------------------------------------------
+
+    def db_user_mode(self, db_labels: Mapping[str, str]) -> str:
+        """``off``, ``keep`` or ``best_effort_drop``: the most permissive among the roles that allow this database."""
+        best = "off"
+        for exp in self._expanded:
+            if not _allow_labels_match(exp.allow, db_labels):
+                continue
+            options = exp.role.spec.options
+            mode = options.create_db_user_mode
+            if mode is None:
+                mode = "keep" if _truthy(options.create_db_user) else "off"
+            if _MODE_RANK[mode] > _MODE_RANK[best]:
+                best = mode
+        return best
+
+    def db_roles(self, db_labels: Mapping[str, str]) -> list[str]:
+        """The database roles an automatically created user gets here (allowed by matching roles, not denied)."""
+        if self._deny_labels_role(db_labels) is not None:
+            return []
+        denied = _dedupe(v for exp in self._expanded for v in exp.deny.db_roles)
+        allowed = _dedupe(
+            v for exp in self._expanded if _allow_labels_match(exp.allow, db_labels) for v in exp.allow.db_roles
+        )
+        return [v for v in allowed if matchers.is_concrete(v) and not matchers.match_entry(denied, v)]
+
     # --- rules -----------------------------------------------------------------------------
 
     def rule_allows(self, resource: str, verb: str, context: Mapping[str, Any] | None = None) -> bool:
@@ -261,12 +301,22 @@ class AccessChecker:
         return min(ttls, default=DEFAULT_MAX_SESSION_TTL)
 
 
+_MODE_RANK = {"off": 0, "keep": 1, "best_effort_drop": 2}
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("yes", "true", "on")
+    return value is True
+
+
 def _expand_side(cond: Conditions, traits: Mapping[str, Sequence[str]], *, deny: bool) -> _Side:
     return _Side(
         labels=_expand_labels(cond, traits, deny=deny),
         expression=cond.db_labels_expression or None,
         users=templates.expand_all(cond.db_users or [], traits),
         names=templates.expand_all(cond.db_names or [], traits),
+        db_roles=templates.expand_all(cond.db_roles or [], traits),
     )
 
 
