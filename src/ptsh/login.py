@@ -130,6 +130,9 @@ def login(
         bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin (scripts).")
     ] = False,
     otp: Annotated[str | None, typer.Option("--otp", help="The second-factor code, for --password-stdin.")] = None,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", help="Assume this approved access request (ptsh request ls).")
+    ] = None,
 ) -> None:
     """Log in to a cluster: a profile for a person, or an identity file (--out) for scripts and bots."""
     from common.client import ClusterClient, normalize_addr
@@ -147,6 +150,8 @@ def login(
             raise UsageError("--bot logs in with its join token; --password-stdin and --otp are for people")
     elif token:
         raise UsageError("--token is for machine users: add --bot")
+    if request_id and (bot or out):
+        raise UsageError("--request-id puts the request's roles into your profile; it does not go with --bot or --out")
     elif IDENTITY_FLAG["path"]:
         raise UsageError("ptsh login makes a new login; drop -i/--identity (commands use the identity file directly)")
     elif identity_file_path() and not out:
@@ -155,6 +160,11 @@ def login(
         )
     store = ProfileStore()
     proxy = proxy_value(proxy)
+    if request_id:
+        from ptsh.requests import login_with_request
+
+        if login_with_request(proxy, request_id):
+            return
     if not proxy:
         current = None if (bot or out) else store.current()
         if current is None:
@@ -220,6 +230,10 @@ def login(
     )
     host_ca = str(answer["cas"]["host"]).encode()
     profile = store.save(profile, cert, private_key_pem(key), host_ca)
+    if request_id:
+        from ptsh.requests import assume_after_login
+
+        assume_after_login(request_id)
     print(profile_text(profile_login(store, profile), active=True), flush=True)
 
 

@@ -201,6 +201,8 @@ class AccessRequestService:
             if not self._may_see(actor, req):
                 raise _not_found(rid)
             now = self.ctx.clock()
+            if req.is_expired(now):
+                self._fresh(rid)  # audits the expiry once
             checker = self.ctx.checker(actor)
             try:
                 request_rules.check_review(
@@ -241,6 +243,7 @@ class AccessRequestService:
                 if not actor.is_admin and actor.username == req.spec.user:
                     raise AccessDenied(f"you cannot {verb} your own access request; another admin has to")
                 if req.is_expired(self.ctx.clock()):
+                    self._fresh(rid)  # audits the expiry once
                     raise BadParameter(f"access request {rid} has expired; it can no longer be {verb}d")
                 target = APPROVED if approve else DENIED
                 if req.state == target:
