@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.dbenv import DbEnv, make_env
@@ -94,8 +95,22 @@ def test_request_wait_approve_assume_and_connect(env: DbEnv) -> None:
     codes = {(e["event"], e["code"]) for e in env.events() if e.get("id") == rid}
     assert {("access_request.create", "T5000I"), ("access_request.review", "T5002I"),
             ("access_request.update", "T5001I")} <= codes
-    # Removing the request stops the certificate that carries it, at once and everywhere.
-    assert env.pctl("requests", "rm", rid).returncode == 0
+    # Removing the request stops the certificate that carries it, at once and everywhere:
+    # an open session ends with the reason, and new ones are refused.
+    with env.tunnel("alice", db_user="alice", db_name="postgres") as port:
+        conn = psycopg.connect(f"postgres://alice@127.0.0.1:{port}/postgres?sslmode=disable", autocommit=True)
+        assert conn.execute("select current_user").fetchone() == ("alice",)
+        assert env.pctl("requests", "rm", rid).returncode == 0
+        ended: Exception | None = None
+        for _ in range(150):
+            try:
+                conn.execute("select 1")
+            except psycopg.Error as exc:
+                ended = exc
+                break
+            time.sleep(0.1)
+        conn.close()
+    assert ended is not None and f"access request {rid} is no longer approved" in str(ended), repr(ended)
     refused = connect(env, "alice")
     assert refused.returncode == 3 and f"access request {rid} is no longer approved" in refused.stderr, refused.stderr
     assert ("access_request.delete", "T5003I") in {(e["event"], e["code"]) for e in env.events() if e.get("id") == rid}
@@ -142,6 +157,10 @@ def test_nobody_approves_their_own_request(env: DbEnv) -> None:
     assert dropped.returncode == 0, dropped.stderr
     status = json_of(env.ptsh("rita", "status", "--format=json"))["active"]
     assert status["active_requests"] == [] and "db" not in status["roles"]
+    # Not logged in: ptsh login --request-id logs in (password, code), then takes the request on.
+    assert env.ptsh("rita", "logout").returncode == 0
+    out = env.login("rita", f"--request-id={rid}")
+    assert re.search(rf"Active requests: +{rid}", out), out
 
 
 def test_an_expired_request_cannot_be_assumed(env: DbEnv) -> None:
