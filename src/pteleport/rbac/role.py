@@ -2,8 +2,8 @@
 
 ``parse_role`` turns a YAML/JSON document into a ``Role`` or raises ``BadParameter`` naming
 the role, the field path and what is wrong. Fields that pteleport enforces are typed
-strictly (``db_labels``, ``db_users``, ``db_names``, ``rules``, ``options.max_session_ttl``
-...); the other common Teleport fields are accepted and kept so that real Teleport role
+strictly (``db_labels``, ``db_users``, ``db_names``, ``rules``, ``options.max_session_ttl``,
+``request`` and ``review_requests`` for access requests ...); the other common Teleport fields are accepted and kept so that real Teleport role
 files load unchanged, but they grant nothing here. Unknown fields are refused.
 
 ``db_labels_expression`` is kept but not evaluated: a role that sets it in ``allow`` grants
