@@ -40,10 +40,10 @@ def env(pg, tmp_path_factory) -> Iterator[DbEnv]:
         e.stop()
 
 
-def waiting_create(env: DbEnv, user: str, *args: str) -> subprocess.Popen[str]:
+def waiting_create(env: DbEnv, user: str, *args: str, poll: str = "") -> subprocess.Popen[str]:
+    environ = {**env.user_env(user), **({"PTSH_REQUEST_WAIT": poll} if poll else {})}
     return subprocess.Popen(
-        [PTSH, "request", "create", *args], env=env.user_env(user), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        [PTSH, "request", "create", *args], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -119,9 +119,12 @@ def test_request_wait_approve_assume_and_connect(env: DbEnv) -> None:
 
 
 def test_a_denial_reaches_a_waiting_create(env: DbEnv) -> None:
-    waiting = waiting_create(env, "alice", "--roles=db", "--reason=late night", "--format=json")
+    # Long polls of 1 s: the denial comes after several of them have ended with "still pending".
+    waiting = waiting_create(env, "alice", "--roles=db", "--reason=late night", "--format=json", poll="1")
     try:
         rid = pending_id(env, "alice", ["db"])
+        time.sleep(3)
+        assert waiting.poll() is None  # still waiting
         denied = env.pctl("requests", "deny", rid, "--reason=not tonight")
         assert denied.returncode == 0, denied.stderr
         assert f"Request {rid} has been set to DENIED." in denied.stdout

@@ -23,7 +23,7 @@ request_app = typer.Typer(help="Request extra roles, review requests, and assume
 
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format: text, json or yaml.")]
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="The request's ID (ptsh request ls).")]
-WAIT_SECONDS = 20
+WAIT_SECONDS = 20  # per long poll; PTSH_REQUEST_WAIT overrides it (tests use short polls)
 
 
 def _path(rid: str) -> str:
@@ -86,6 +86,7 @@ def create(
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Request extra roles; wait for the decision and assume them (unless --nowait)."""
+    import os
     import time
 
     from common.errors import AccessDenied, UsageError
@@ -117,10 +118,15 @@ def create(
                 render(doc, fmt)
             return
         say("Waiting for request approval...")
-        while status_of(doc) == "PENDING":
-            doc = api.get(_path(rid), params={"wait": WAIT_SECONDS})
-            if status_of(doc) == "PENDING":
-                time.sleep(0.1)
+        wait = float(os.environ.get("PTSH_REQUEST_WAIT") or WAIT_SECONDS)
+        try:
+            while status_of(doc) == "PENDING":
+                doc = api.get(_path(rid), params={"wait": wait})
+                if status_of(doc) == "PENDING":
+                    time.sleep(0.1)
+        except KeyboardInterrupt:
+            eprint(f"\nThe request stays pending; once approved, run: ptsh login --request-id={rid}")
+            raise
     state = status_of(doc)
     if state != "APPROVED":
         why = doc["spec"].get("resolve_reason")
