@@ -204,6 +204,19 @@ def test_deleting_or_a_lock_stops_a_certificate_that_carries_the_request(setup) 
         assume(auth, alice, [rid])
 
 
+def test_deleting_the_user_stops_a_certificate_with_an_approved_request(setup) -> None:
+    auth, _ = setup
+    alice, bob = login(auth, "alice"), login(auth, "bob")
+    rid = create(auth, alice)["metadata"]["name"]
+    auth.requests.review(bob, rid, True, "")
+    elevated = assume(auth, alice, [rid])
+    issued = [e for e in events(auth, "cert.create") if e["identity"].get("access_requests") == [rid]]
+    assert issued and "db-admin" in issued[0]["identity"]["roles"]
+    auth.users.remove(ADMIN, "alice")
+    with pytest.raises(AccessDenied, match='user "alice" was deleted'):
+        auth.access.check(elevated)
+
+
 def test_another_users_request_cannot_be_assumed_or_deleted(setup) -> None:
     auth, _ = setup
     alice, bob, carol = login(auth, "alice"), login(auth, "bob"), login(auth, "carol")

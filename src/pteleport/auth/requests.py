@@ -47,6 +47,7 @@ MAX_TTL = timedelta(days=7)
 # Stored documents outlive their use a little, so "expired" can be said instead of "not found".
 KEEP_AFTER = timedelta(hours=24)
 _MAX_SWAPS = 50
+MAX_REASON = 4096
 
 
 def _not_found(rid: str) -> NotFound:
@@ -132,6 +133,8 @@ class AccessRequestService:
         roles = sorted({r.strip() for r in roles if r.strip()})
         if not roles:
             raise BadParameter("name at least one role to request, e.g. --roles=db")
+        if len(reason) > MAX_REASON:
+            raise BadParameter(f"--reason may be at most {MAX_REASON} characters")
         user = self._user(actor.username)
         own = list(user["spec"].get("roles") or [])
         traits = user["spec"].get("traits") or {}
@@ -196,6 +199,8 @@ class AccessRequestService:
         """A reviewer's approval or denial; the thresholds decide the state."""
         if actor.kind != KIND_USER:
             raise AccessDenied('reviews come from users; an admin uses "pctl requests approve|deny"')
+        if len(reason) > MAX_REASON:
+            raise BadParameter(f"--reason may be at most {MAX_REASON} characters")
         for _ in range(_MAX_SWAPS):
             req, item = self._load(rid)
             if not self._may_see(actor, req):
