@@ -123,6 +123,7 @@ def test_deny_by_default_for_requests_and_reviews(setup) -> None:
     dave = login(auth, "dave")
     with pytest.raises(NotFound):  # not a reviewer: cannot even see it
         auth.requests.review(dave, rid, True, "")
+    assert [(e["user"], e["success"]) for e in events(auth, "access_request.review")] == [("dave", False)]
     assert auth.requests.list(dave) == []
     assert [r["metadata"]["name"] for r in auth.requests.list(bob)] == [rid]
     with pytest.raises(AccessDenied, match="not allowed to update access_request"):
@@ -226,4 +227,6 @@ def test_another_users_request_cannot_be_assumed_or_deleted(setup) -> None:
         assume(auth, carol, [rid])
     with pytest.raises(AccessDenied):  # carol may see it (reviewer) but not delete it
         auth.requests.delete(carol, rid)
+    assert [e["success"] for e in events(auth, "access_request.delete")] == [False]
     auth.requests.delete(alice, rid)  # her own
+    assert [e["success"] for e in events(auth, "access_request.delete")] == [False, True]

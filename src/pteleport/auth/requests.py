@@ -204,6 +204,7 @@ class AccessRequestService:
         for _ in range(_MAX_SWAPS):
             req, item = self._load(rid)
             if not self._may_see(actor, req):
+                self._emit_review(actor, req, approve, reason, success=False, error="no such request for this user")
                 raise _not_found(rid)
             now = self.ctx.clock()
             if req.is_expired(now):
@@ -273,14 +274,20 @@ class AccessRequestService:
     def delete(self, actor: Identity, rid: str) -> None:
         req, _item = self._load(rid)
         if not (actor.kind == KIND_USER and actor.username == req.spec.user):
-            if not self._may_see(actor, req):
-                raise _not_found(rid)
-            self.ctx.authorize(actor, "access_request", "delete")
+            try:
+                if not self._may_see(actor, req):
+                    raise _not_found(rid)
+                self.ctx.authorize(actor, "access_request", "delete")
+            except PteleportError as exc:
+                self.ctx.emit(*REQUEST_DELETE, user=actor.username, id=rid, success=False, error=exc.message)
+                raise
         try:
             self.store.delete(rid)
         except NotFound:
             raise _not_found(rid) from None
-        self.ctx.emit(*REQUEST_DELETE, user=actor.username, id=rid, roles=list(req.spec.roles), state=req.state)
+        self.ctx.emit(
+            *REQUEST_DELETE, user=actor.username, id=rid, roles=list(req.spec.roles), state=req.state, success=True
+        )
         self._changed(req)
 
     # --- assuming --------------------------------------------------------------------------
