@@ -76,6 +76,11 @@ def test_request_wait_approve_assume_and_connect(env: DbEnv) -> None:
         rid = pending_id(env, "alice", ["db"])
         # bob sees it and approves it with ptsh; alice cannot see bob's view of others' requests.
         assert rid in [d["metadata"]["name"] for d in json_of(env.ptsh("bob", "request", "ls", "--format=json"))]
+        suggested = json_of(env.ptsh("bob", "request", "ls", "--suggested", "--format=json"))
+        assert [d["metadata"]["name"] for d in suggested] == [rid]
+        assert json_of(env.ptsh("bob", "request", "ls", "--my-requests", "--format=json")) == []
+        assert rid in [d["metadata"]["name"] for d in json_of(env.ptsh("alice", "request", "ls", "--my-requests",
+                                                                                "--format=json"))]
         review = env.ptsh("bob", "request", "review", "--approve", rid, "--reason=go ahead")
         assert review.returncode == 0, review.stderr
         assert "Successfully submitted review.  Request state: APPROVED" in review.stderr

@@ -150,13 +150,33 @@ def create(
 
 
 @request_app.command("ls")
-def ls(fmt: FormatOpt = Format.text) -> None:
+def ls(
+    mine: Annotated[bool, typer.Option("--my-requests", help="Only your own requests.")] = False,
+    reviewable: Annotated[
+        bool, typer.Option("--reviewable", help="Only others' requests you have not reviewed yet.")
+    ] = False,
+    suggested: Annotated[bool, typer.Option("--suggested", help="Only requests that suggest you as a reviewer.")] = False,
+    fmt: FormatOpt = Format.text,
+) -> None:
     """List the access requests you may see: yours, and those you may review."""
     from common.request_text import LOGIN_HINT, requests_table
     from ptsh.login_state import current_login
 
-    with current_login().client() as api:
+    login = current_login()
+    with login.client() as api:
         docs = api.get("/v1/requests")
+    me = login.username
+
+    def reviewed(doc: dict[str, Any]) -> bool:
+        return any(r.get("author") == me for r in doc["spec"].get("reviews") or [])
+
+    if mine:
+        docs = [d for d in docs if d["spec"]["user"] == me]
+    if reviewable:
+        docs = [d for d in docs if d["spec"]["user"] != me and not reviewed(d)]
+    if suggested:
+        docs = [d for d in docs if d["spec"]["user"] != me and not reviewed(d)
+                and me in (d["spec"].get("suggested_reviewers") or [])]
     if fmt != Format.text:
         render(docs, fmt)
         return
