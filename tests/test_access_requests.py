@@ -230,3 +230,35 @@ def test_another_users_request_cannot_be_assumed_or_deleted(setup) -> None:
     assert [e["success"] for e in events(auth, "access_request.delete")] == [False]
     auth.requests.delete(alice, rid)  # her own
     assert [e["success"] for e in events(auth, "access_request.delete")] == [False, True]
+
+
+def test_concurrent_reviews_are_all_counted(setup) -> None:
+    import threading
+
+    import yaml
+
+    auth, _ = setup
+    auth.resources.create(ADMIN, [yaml.safe_load(
+        "kind: role\nversion: v7\nmetadata: {name: many}\nspec:\n  allow:\n    request:\n"
+        "      roles: [db-admin]\n      thresholds: [{approve: 6}]\n")], False)
+    auth.users.update(ADMIN, "alice", ["access", "many"], {})
+    names = [f"rev{i}" for i in range(6)]
+    for name in names:
+        auth.users.add(ADMIN, name, ["access", "reviewer"], {}, None)
+    reviewers = [login(auth, name) for name in names]
+    rid = create(auth, login(auth, "alice"))["metadata"]["name"]
+    start = threading.Barrier(len(reviewers))
+
+    def go(who: Identity) -> None:
+        start.wait()
+        auth.requests.review(who, rid, True, "")
+
+    threads = [threading.Thread(target=go, args=(r,)) for r in reviewers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    doc = auth.requests.get(ADMIN, rid)
+    assert sorted(r["author"] for r in doc["spec"]["reviews"]) == names
+    assert doc["spec"]["state"] == "APPROVED"
+    assert len([e for e in events(auth, "access_request.update") if e["state"] == "APPROVED"]) == 1
