@@ -188,3 +188,15 @@ def test_an_expired_request_cannot_be_assumed(env: DbEnv) -> None:
     assert review.returncode == 1 and "has expired" in review.stderr, review.stderr
     expired = {e["id"] for e in env.events(type="access_request.expire")}
     assert {rid, late} <= expired
+
+
+def test_login_can_create_the_request(env: DbEnv) -> None:
+    assert env.ptsh("alice", "logout").returncode == 0
+    out = env.login("alice", "--request-roles=db", "--request-reason=on call", "--request-nowait")
+    assert "Logged in as:       alice" in out and "Creating request..." in out and "PENDING" in out, out
+    rid = pending_id(env, "alice", ["db"])
+    approved = env.pctl("requests", "approve", rid, "--format=json")
+    assert json.loads(approved.stdout)["spec"]["state"] == "APPROVED", approved.stderr
+    login = env.ptsh("alice", "login", f"--request-id={rid}")
+    assert login.returncode == 0, login.stderr
+    assert connect(env, "alice").stdout.strip() == "as-alice"

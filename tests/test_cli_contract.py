@@ -220,6 +220,8 @@ ROWS = [
     Row("alice", "ptsh request create --roles=db --session-ttl=ever", 2, '--session-ttl "ever" is not a duration'),
     Row("alice", "ptsh request review nosuch", 2, "pass exactly one of --approve or --deny"),
     Row("alice", "ptsh login --request-id=nosuch --out={tmp}/x", 2, "--request-id puts the request's roles into your"),
+    Row("alice", "ptsh login --request-id=nosuch --request-roles=db", 2,
+        "pass --request-id (an existing request) or --request-roles (a new one), not both"),
     Row("alice", "ptsh request create --roles=db", 4,
         'you may not request role "db"; your roles let you request no roles; ask an admin for a role such as '
         '"requester"'),

@@ -133,6 +133,16 @@ def login(
     request_id: Annotated[
         str | None, typer.Option("--request-id", help="Assume this approved access request (ptsh request ls).")
     ] = None,
+    request_roles: Annotated[
+        str | None, typer.Option("--request-roles", help="After logging in, request these roles and wait for them.")
+    ] = None,
+    request_reason: Annotated[str, typer.Option("--request-reason", help="Why (with --request-roles).")] = "",
+    request_reviewers: Annotated[
+        str, typer.Option("--request-reviewers", help="Suggested reviewers (with --request-roles).")
+    ] = "",
+    request_nowait: Annotated[
+        bool, typer.Option("--request-nowait", help="Create the request (--request-roles) but do not wait.")
+    ] = False,
 ) -> None:
     """Log in to a cluster: a profile for a person, or an identity file (--out) for scripts and bots."""
     from common.client import ClusterClient, normalize_addr
@@ -150,8 +160,10 @@ def login(
             raise UsageError("--bot logs in with its join token; --password-stdin and --otp are for people")
     elif token:
         raise UsageError("--token is for machine users: add --bot")
-    if request_id and (bot or out):
+    if (request_id or request_roles) and (bot or out):
         raise UsageError("--request-id puts the request's roles into your profile; it does not go with --bot or --out")
+    if request_id and request_roles:
+        raise UsageError("pass --request-id (an existing request) or --request-roles (a new one), not both")
     elif IDENTITY_FLAG["path"]:
         raise UsageError("ptsh login makes a new login; drop -i/--identity (commands use the identity file directly)")
     elif identity_file_path() and not out:
@@ -234,6 +246,12 @@ def login(
         from ptsh.requests import assume_after_login
 
         assume_after_login(request_id)
+    if request_roles:
+        from ptsh.requests import create
+
+        print(profile_text(profile_login(store, profile), active=True), flush=True)
+        create(roles=request_roles, reason=request_reason, reviewers=request_reviewers, nowait=request_nowait)
+        return
     print(profile_text(profile_login(store, profile), active=True), flush=True)
 
 
