@@ -160,22 +160,22 @@ def login(
             raise UsageError("--bot logs in with its join token; --password-stdin and --otp are for people")
     elif token:
         raise UsageError("--token is for machine users: add --bot")
-    if (request_id or request_roles) and (bot or out):
-        raise UsageError("--request-id puts the request's roles into your profile; it does not go with --bot or --out")
-    if request_id and request_roles:
-        raise UsageError("pass --request-id (an existing request) or --request-roles (a new one), not both")
     elif IDENTITY_FLAG["path"]:
         raise UsageError("ptsh login makes a new login; drop -i/--identity (commands use the identity file directly)")
     elif identity_file_path() and not out:
         eprint(
             f"WARNING: {IDENTITY_ENV} is set, so the other ptsh commands keep using that identity file, not this login"
         )
+    if (request_id or request_roles) and (bot or out):
+        raise UsageError("--request-id puts the request's roles into your profile; it does not go with --bot or --out")
+    if request_id and request_roles:
+        raise UsageError("pass --request-id (an existing request) or --request-roles (a new one), not both")
     store = ProfileStore()
     proxy = proxy_value(proxy)
     if request_id:
         from ptsh.requests import login_with_request
 
-        if login_with_request(proxy, request_id):
+        if login_with_request(proxy, user_value(user), request_id):
             return
     if not proxy:
         current = None if (bot or out) else store.current()

@@ -240,8 +240,9 @@ def drop(
     _print_status()
 
 
-def login_with_request(proxy: str | None, request_id: str) -> bool:
-    """``ptsh login --request-id``: with a valid login for ``proxy``, assume without a password.
+def login_with_request(proxy: str | None, user: str | None, request_id: str) -> bool:
+    """``ptsh login --request-id``: with a valid login for ``proxy`` (as ``user``, if given), assume
+    without a password.
 
     Returns False when there is no such login (the caller logs in first, then assumes)."""
     from common.errors import NotLoggedIn
@@ -251,7 +252,7 @@ def login_with_request(proxy: str | None, request_id: str) -> bool:
         login = current_login(proxy)
     except NotLoggedIn:
         return False
-    if login.profile is None:
+    if login.profile is None or (user and user != login.username):
         return False
     assume(login, [request_id], [])
     _print_status()
