@@ -227,6 +227,25 @@ ROWS = [
         'self-signed); pass --ca-pin with the pin from "pctl status"'),
     Row("bare", "pteleport install systemd --output={tmp}/no/such/dir/unit", 1, "cannot write {tmp}/no/such/dir/unit"),
     Row("bare", "pteleport dev --pg-bindir={tmp} --data-dir={tmp}/dev", 1, "has no initdb or postgres"),
+    # --- access requests (ptsh request, pctl requests, ptsh login --request-id) -------------
+    Row("bare", "ptsh request ls", 3, 'Not logged in; run "ptsh login'),
+    Row("alice", "ptsh request create", 2, "pass --roles=ROLE[,ROLE]: the roles to request"),
+    Row("alice", "ptsh request create --roles=db --session-ttl=ever", 2, '--session-ttl "ever" is not a duration'),
+    Row("alice", "ptsh request review nosuch", 2, "pass exactly one of --approve or --deny"),
+    Row("alice", "ptsh login --request-id=nosuch --out={tmp}/x", 2, "--request-id puts the request's roles into your"),
+    Row("alice", "ptsh login --request-id=nosuch --request-roles=db", 2,
+        "pass --request-id (an existing request) or --request-roles (a new one), not both"),
+    Row("alice", "ptsh request create --roles=db", 4,
+        'you may not request role "db"; your roles let you request no roles; ask an admin for a role such as '
+        '"requester"'),
+    Row("alice", "ptsh request create --roles=nosuch", 1, 'role "nosuch" does not exist'),
+    Row("alice", "ptsh request show nosuch", 1, 'access request nosuch does not exist; "ptsh request ls" lists yours'),
+    Row("alice", "ptsh request review --approve nosuch", 1, "access request nosuch does not exist"),
+    Row("alice", "ptsh login --request-id=nosuch", 1, "access request nosuch does not exist"),
+    Row("admin", "pctl requests approve nosuch", 1, "access request nosuch does not exist"),
+    Row("admin", "pctl requests deny nosuch --reason=no", 1, "access request nosuch does not exist"),
+    Row("admin", "pctl requests rm nosuch", 1, "access request nosuch does not exist"),
+    Row("admin", "pctl requests ls --format=xml", 2, "Invalid value for '--format'"),
 ]
 
 

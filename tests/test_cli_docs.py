@@ -135,7 +135,7 @@ def scenario(pg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]
         assert any(e["event"] == "user.create" for e in s.run("pctl audit events", "--type=user.create").parsed)
         s.run("pctl rm", "role/docs-role")
         # --- ptsh, as alice ---
-        env.add_user("alice", "access,db")
+        env.add_user("alice", "access,db,requester")
         s.run("ptsh version")
         assert "Usage: ptsh db connect" in s.run("ptsh help", "db", "connect").result.stdout
         s.run("ptsh login", f"--proxy={env.cluster.addr}", "--user=alice", "--insecure", "--password-stdin",
@@ -160,6 +160,7 @@ def scenario(pg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]
             tunnel.send_signal(signal.SIGINT)
             tunnel.wait(10)
         s.ran["ptsh proxy db"] = Ran(tunnel.args, subprocess.CompletedProcess(tunnel.args, tunnel.returncode, "", ""))
+        _access_requests(s, env)
         sessions = _wait_for("a recorded session", lambda: s.run("ptsh recordings ls").parsed)
         events = s.run("ptsh play", sessions[0]["sid"]).parsed
         assert events[0]["event"] == "db.session.start"
@@ -168,6 +169,29 @@ def scenario(pg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]
         yield s
     finally:
         env.stop()
+
+
+def _access_requests(s: Scenario, env: DbEnv) -> None:
+    """ptsh request ... as alice (requester) and rev (reviewer); pctl requests ... as the admin."""
+    created = env.pctl("create", input="kind: role\nversion: v7\nmetadata:\n  name: db-extra\nspec: {}\n")
+    assert created.returncode == 0, created.stderr
+    env.add_user("rev", "access,reviewer")
+    rev = env.user_env("rev")
+    s.run("ptsh login", f"--proxy={env.cluster.addr}", "--user=rev", "--insecure", "--password-stdin",
+          "--otp", env.users["rev"].code(), input=PASSWORD + "\n", env=rev)
+    first = s.run("ptsh request create", "--roles=db-extra", "--reason=docs", "--nowait").parsed["metadata"]["name"]
+    assert [d["metadata"]["name"] for d in s.run("ptsh request ls").parsed] == [first]
+    assert s.run("ptsh request show", first).parsed["spec"]["state"] == "PENDING"
+    assert s.run("ptsh request review", "--approve", first, env=rev).parsed["spec"]["state"] == "APPROVED"
+    assumed = run([PTSH, "login", f"--request-id={first}"], env.user_env("alice"))
+    assert assumed.returncode == 0, assumed.stderr
+    assert s.run("ptsh request drop", first).parsed["active_requests"] == []
+    second = s.run("ptsh request create", "--roles=db-extra", "--nowait").parsed["metadata"]["name"]
+    assert s.run("pctl requests approve", second).parsed["spec"]["state"] == "APPROVED"
+    third = s.run("ptsh request create", "--roles=db-extra", "--nowait").parsed["metadata"]["name"]
+    assert s.run("pctl requests deny", third, "--reason=docs").parsed["spec"]["state"] == "DENIED"
+    assert {first, second, third} <= {d["metadata"]["name"] for d in s.run("pctl requests ls").parsed}
+    s.run("pctl requests rm", second)
 
 
 @pytest.mark.parametrize("path", documented_commands())

@@ -305,4 +305,4 @@ def test_max_session_ttl_is_the_smallest_and_defaults_to_30h():
 
 
 def test_role_names():
-    assert AccessChecker(preset_roles()).role_names == ["access", "editor", "auditor"]
+    assert AccessChecker(preset_roles()).role_names == ["access", "editor", "auditor", "requester", "reviewer"]

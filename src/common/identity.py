@@ -18,6 +18,8 @@ OID (under the arc)       meaning                                     value (DER
 ``.8``                    host id / system role of a host identity    text
 ``.9``                    impersonator (who signed for this user)     text
 ``.10``                   scope of a database service (host)         JSON ``{"db_names": [...], "db_labels": {k: [v]}}``
+``.11``                   access requests assumed (their roles are    JSON list of request ids
+                          in O)
 =======================  ==========================================  ====================
 
 Expiry is the certificate's NotAfter; the moment of issue is its NotBefore plus
@@ -45,6 +47,7 @@ OID_LOGIN_IP = x509.ObjectIdentifier(OID_ARC + ".7")
 OID_SYSTEM_ROLE = x509.ObjectIdentifier(OID_ARC + ".8")
 OID_IMPERSONATOR = x509.ObjectIdentifier(OID_ARC + ".9")
 OID_HOST_SCOPE = x509.ObjectIdentifier(OID_ARC + ".10")
+OID_ACTIVE_REQUESTS = x509.ObjectIdentifier(OID_ARC + ".11")
 
 CERT_BACKDATE = timedelta(minutes=1)
 """Certificates start this much before they are issued, so a peer whose clock is a little behind accepts them."""
@@ -115,6 +118,7 @@ class Identity:
     expires: datetime | None = None
     issued: datetime | None = None
     host_scope: HostScope | None = None
+    active_requests: tuple[str, ...] = ()
 
     def with_route(self, route: DatabaseRoute | None) -> Identity:
         return replace(self, route=route)
@@ -181,6 +185,8 @@ def extensions_for(identity: Identity) -> list[x509.UnrecognizedExtension]:
         values.append((OID_IMPERSONATOR, identity.impersonator))
     if identity.host_scope is not None and not identity.host_scope.unscoped:
         values.append((OID_HOST_SCOPE, json.dumps(identity.host_scope.to_dict(), sort_keys=True, separators=(",", ":"))))
+    if identity.active_requests:
+        values.append((OID_ACTIVE_REQUESTS, json.dumps(list(identity.active_requests), separators=(",", ":"))))
     return [x509.UnrecognizedExtension(oid, _der_utf8(value)) for oid, value in values]
 
 
@@ -211,6 +217,8 @@ def identity_from_cert(cert: x509.Certificate) -> Identity:
     traits = {k: list(v) for k, v in json.loads(traits_raw).items()} if traits_raw else {}
     scope_raw = ext.get(OID_HOST_SCOPE.dotted_string)
     host_scope = HostScope.from_dict(json.loads(scope_raw)) if scope_raw else None
+    requests_raw = ext.get(OID_ACTIVE_REQUESTS.dotted_string)
+    active_requests = tuple(str(r) for r in json.loads(requests_raw)) if requests_raw else ()
     return Identity(
         username=str(cn[0].value),
         roles=roles,
@@ -224,6 +232,7 @@ def identity_from_cert(cert: x509.Certificate) -> Identity:
         expires=cert.not_valid_after_utc.astimezone(UTC),
         issued=cert.not_valid_before_utc.astimezone(UTC) + CERT_BACKDATE,
         host_scope=host_scope,
+        active_requests=active_requests,
     )
 
 

@@ -20,6 +20,7 @@ from pctl.bots import bots_app
 from pctl.db import db_app
 from pctl.locks import lock as _lock
 from pctl.locks import locks_app
+from pctl.requests import requests_app
 from pctl.tokens import tokens_app
 from pctl.users import users_app
 
@@ -67,6 +68,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
 app.add_typer(bots_app, name="bots")
 app.add_typer(audit_app, name="audit")
+app.add_typer(requests_app, name="requests")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from ptsh import status as _status
 from ptsh.db import db_app
 from ptsh.options import GLOBALS, CaFileOpt, InsecureOpt, ProxyOpt, UserOpt
 from ptsh.proxy import proxy_app
+from ptsh.requests import request_app
 
 app = typer.Typer(
     help="ptsh: log in to a pteleport cluster and reach its databases.",
@@ -62,6 +63,7 @@ app.command("status")(_status.status)
 app.command("signup")(_signup.signup)
 app.add_typer(db_app, name="db")
 app.add_typer(proxy_app, name="proxy")
+app.add_typer(request_app, name="request")
 _play.register(app)
 
 

@@ -130,6 +130,19 @@ def login(
         bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin (scripts).")
     ] = False,
     otp: Annotated[str | None, typer.Option("--otp", help="The second-factor code, for --password-stdin.")] = None,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", help="Assume this approved access request (ptsh request ls).")
+    ] = None,
+    request_roles: Annotated[
+        str | None, typer.Option("--request-roles", help="After logging in, request these roles and wait for them.")
+    ] = None,
+    request_reason: Annotated[str, typer.Option("--request-reason", help="Why (with --request-roles).")] = "",
+    request_reviewers: Annotated[
+        str, typer.Option("--request-reviewers", help="Suggested reviewers (with --request-roles).")
+    ] = "",
+    request_nowait: Annotated[
+        bool, typer.Option("--request-nowait", help="Create the request (--request-roles) but do not wait.")
+    ] = False,
 ) -> None:
     """Log in to a cluster: a profile for a person, or an identity file (--out) for scripts and bots."""
     from common.client import ClusterClient, normalize_addr
@@ -153,8 +166,17 @@ def login(
         eprint(
             f"WARNING: {IDENTITY_ENV} is set, so the other ptsh commands keep using that identity file, not this login"
         )
+    if (request_id or request_roles) and (bot or out):
+        raise UsageError("--request-id puts the request's roles into your profile; it does not go with --bot or --out")
+    if request_id and request_roles:
+        raise UsageError("pass --request-id (an existing request) or --request-roles (a new one), not both")
     store = ProfileStore()
     proxy = proxy_value(proxy)
+    if request_id:
+        from ptsh.requests import login_with_request
+
+        if login_with_request(proxy, user_value(user), request_id):
+            return
     if not proxy:
         current = None if (bot or out) else store.current()
         if current is None:
@@ -220,6 +242,16 @@ def login(
     )
     host_ca = str(answer["cas"]["host"]).encode()
     profile = store.save(profile, cert, private_key_pem(key), host_ca)
+    if request_id:
+        from ptsh.requests import assume_after_login
+
+        assume_after_login(request_id)
+    if request_roles:
+        from ptsh.requests import create
+
+        print(profile_text(profile_login(store, profile), active=True), flush=True)
+        create(roles=request_roles, reason=request_reason, reviewers=request_reviewers, nowait=request_nowait)
+        return
     print(profile_text(profile_login(store, profile), active=True), flush=True)
 
 

@@ -26,6 +26,7 @@ def profile_view(login: Login, now: datetime | None = None) -> dict[str, Any]:
     return {
         "profile_url": f"https://{login.proxy}",
         "username": ident.username,
+        "active_requests": list(ident.active_requests),
         "cluster": ident.cluster_name or login.cluster,
         "roles": sorted(ident.roles),
         "traits": ident.traits,
@@ -58,6 +59,10 @@ def profile_text(login: Login, active: bool, now: datetime | None = None) -> str
     rows = [
         ("Profile URL:", view["profile_url"]),
         ("Logged in as:", view["username"]),
+    ]
+    if view["active_requests"]:
+        rows.append(("Active requests:", ", ".join(view["active_requests"])))
+    rows += [
         ("Cluster:", view["cluster"]),
         ("Roles:", ", ".join(view["roles"])),
     ]

@@ -524,5 +524,8 @@ def build_app(auth: AuthServer, info: ProxyInfo, workers: ThreadPoolExecutor | N
     r.add_post("/v1/bots", bots_add)
     r.add_get("/v1/bots", bots_list)
     r.add_delete("/v1/bots/{name}", bots_remove)
+    from pteleport.api.requests import add_request_routes
+
+    add_request_routes(r)
     add_web_routes(app, auth, info)
     return app

@@ -21,8 +21,9 @@ from datetime import datetime
 
 from common.errors import AccessDenied, NotFound, NotLoggedIn, PteleportError
 from common.identity import Identity
+from pteleport.rbac.access_request import APPROVED
 from pteleport.rbac.locks import Lock, parse_lock
-from pteleport.rbac.revocation import AccessState, Refusal, UserAccess, lock_refusal, user_refusal
+from pteleport.rbac.revocation import AccessState, Refusal, RequestGrant, UserAccess, lock_refusal, user_refusal
 from pteleport.services.store import JsonStore
 
 log = logging.getLogger("pteleport.auth.access")
@@ -38,10 +39,18 @@ def user_created(doc: dict) -> datetime | None:
 
 
 class AccessStateSource:
-    def __init__(self, users: JsonStore, locks: JsonStore, roles: JsonStore, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        users: JsonStore,
+        locks: JsonStore,
+        roles: JsonStore,
+        clock: Callable[[], datetime],
+        requests: JsonStore | None = None,
+    ) -> None:
         self.users = users
         self.locks = locks
         self.roles = roles
+        self.requests = requests
         self.clock = clock
         self._state: AccessState | None = None
         self._build_lock = threading.Lock()
@@ -68,9 +77,29 @@ class AccessStateSource:
             roles = hashlib.sha256(
                 json.dumps(self.roles.list(), sort_keys=True).encode()
             ).hexdigest()[:32]
-            state = AccessState.build(locks, users, roles)
+            state = AccessState.build(locks, users, roles, self._grants())
             self._state = state
             return state
+
+    def _grants(self, only: tuple[str, ...] | None = None) -> dict[str, RequestGrant]:
+        """Approved access requests (all, or those named in ``only``, read one by one)."""
+        if self.requests is None:
+            return {}
+        if only is None:
+            docs = self.requests.list()
+        else:
+            docs = []
+            for rid in only:
+                try:
+                    docs.append(self.requests.get(rid))
+                except NotFound:
+                    continue
+        grants = {}
+        for doc in docs:
+            spec = doc.get("spec") or {}
+            if spec.get("state") == APPROVED:
+                grants[str(doc["metadata"]["name"])] = RequestGrant(str(spec.get("user")), frozenset(spec.get("roles") or []))
+        return grants
 
     def current(self) -> AccessState:
         """The latest snapshot (built now, blocking, if there is none yet)."""
@@ -87,14 +116,15 @@ class AccessStateSource:
         reason = lock_refusal(state, identity, self.clock())
         if reason is not None:
             return reason
-        reason = user_refusal(state.users.get(identity.username), identity)
+        reason = user_refusal(state.users.get(identity.username), identity, state.requests)
         if reason is None:
             return None
         try:
             doc = self.users.get(identity.username)
         except NotFound:
             return reason
-        return user_refusal(UserAccess(frozenset(doc["spec"].get("roles") or []), user_created(doc)), identity)
+        grants = self._grants(identity.active_requests) if identity.active_requests else {}
+        return user_refusal(UserAccess(frozenset(doc["spec"].get("roles") or []), user_created(doc)), identity, grants)
 
     async def refusal_async(self, identity: Identity) -> Refusal | None:
         """``refusal`` for the event loop: the snapshot in memory, and the storage read that
@@ -103,7 +133,7 @@ class AccessStateSource:
         reason = lock_refusal(state, identity, self.clock())
         if reason is not None:
             return reason
-        if user_refusal(state.users.get(identity.username), identity) is None:
+        if user_refusal(state.users.get(identity.username), identity, state.requests) is None:
             return None
         return await asyncio.to_thread(self.refusal, identity)
 

@@ -45,6 +45,7 @@ class CertService:
                     "roles": list(identity.roles),
                     "expires": (now + ttl).isoformat(),
                     "route_to_database": _route_dict(identity.route),
+                    **({"access_requests": list(identity.active_requests)} if identity.active_requests else {}),
                 },
             )
         return cert

@@ -59,11 +59,12 @@ class AuthContext:
         self.cas_store = JsonStore(backend, "cas")
         self.locks = JsonStore(backend, "locks")
         self.hosts = JsonStore(backend, "hosts")
+        self.access_requests = JsonStore(backend, "access_requests")
         self._cas: dict[str, CertAuthority] = {}
-        # Locks, users and roles feed the snapshot every hop checks certificates against;
+        # Locks, users, roles and access requests feed the snapshot every hop checks certificates against;
         # any write to them rebuilds it at once.
-        self.access = AccessStateSource(self.users, self.locks, self.roles, clock)
-        for store in (self.users, self.locks, self.roles):
+        self.access = AccessStateSource(self.users, self.locks, self.roles, clock, self.access_requests)
+        for store in (self.users, self.locks, self.roles, self.access_requests):
             store.on_write = self.access.changed
 
     @property

@@ -20,6 +20,7 @@ from pteleport.auth.hosts import HostService
 from pteleport.auth.join_iam import IamJoinService
 from pteleport.auth.locks import LockService
 from pteleport.auth.login import LoginService
+from pteleport.auth.requests import AccessRequestService
 from pteleport.auth.resources import ResourceService
 from pteleport.auth.tokens import TokenService
 from pteleport.auth.users import UserService
@@ -46,6 +47,7 @@ class AuthServer:
         self.resources = ResourceService(self.ctx, self.users, self.tokens, self.databases, self.locks)
         self.audit = AuditService(self.ctx)
         self.bots = BotService(self.ctx, self.certs)
+        self.requests = AccessRequestService(self.ctx, self.certs)
 
     @property
     def cluster_name(self) -> str:

@@ -1,10 +1,13 @@
-"""The preset roles every cluster starts with: ``access``, ``editor`` and ``auditor``.
+"""The preset roles every cluster starts with: ``access``, ``editor``, ``auditor``, ``requester``, ``reviewer``.
 
 - ``access``: every database, as the db users / db names / logins in the user's own traits;
   may list and read audit events, and read recordings of sessions the user took part in.
 - ``editor``: manages the cluster's configuration (users, roles, tokens, databases, ...)
   and reads the audit log; no database access itself.
 - ``auditor``: reads the audit log and session recordings; no database access.
+- ``requester``: may request the roles named ``db`` or ``db-*`` (access requests); one
+  approval decides. Teleport ships this one in Enterprise only.
+- ``reviewer``: may approve or deny requests for those roles, and list them.
 
 All are v7 with ``max_session_ttl: 30h``, like Teleport's. Unlike Teleport's auditor, ours
 has no random ``no-login-<uuid>`` login (this package makes no random values).
@@ -16,7 +19,8 @@ from typing import Any
 
 from pteleport.rbac.role import Role, parse_role
 
-PRESET_ROLE_NAMES = ("access", "editor", "auditor")
+PRESET_ROLE_NAMES = ("access", "editor", "auditor", "requester", "reviewer")
+REQUESTABLE = ["db", "db-*"]
 
 READ_ONLY = ["list", "read"]
 READ_WRITE = ["list", "create", "read", "update", "delete"]
@@ -30,6 +34,7 @@ _EDITABLE = [
     "db_server",
     "db_service",
     "lock",
+    "access_request",
     "cluster_auth_preference",
     "cluster_audit_config",
     "cluster_networking_config",
@@ -89,6 +94,19 @@ def preset_role_docs() -> list[dict[str, Any]]:
                 "rules": [
                     {"resources": ["session", "event", "session_tracker"], "verbs": list(READ_ONLY)},
                 ],
+            },
+        ),
+        _role(
+            "requester",
+            "Request access to db roles",
+            {"request": {"roles": list(REQUESTABLE)}},
+        ),
+        _role(
+            "reviewer",
+            "Review access requests for db roles",
+            {
+                "review_requests": {"roles": list(REQUESTABLE)},
+                "rules": [{"resources": ["access_request"], "verbs": list(READ_ONLY)}],
             },
         ),
     ]

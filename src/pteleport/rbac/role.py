@@ -2,8 +2,8 @@
 
 ``parse_role`` turns a YAML/JSON document into a ``Role`` or raises ``BadParameter`` naming
 the role, the field path and what is wrong. Fields that pteleport enforces are typed
-strictly (``db_labels``, ``db_users``, ``db_names``, ``rules``, ``options.max_session_ttl``
-...); the other common Teleport fields are accepted and kept so that real Teleport role
+strictly (``db_labels``, ``db_users``, ``db_names``, ``rules``, ``options.max_session_ttl``,
+``request`` and ``review_requests`` for access requests ...); the other common Teleport fields are accepted and kept so that real Teleport role
 files load unchanged, but they grant nothing here. Unknown fields are refused.
 
 ``db_labels_expression`` is kept but not evaluated: a role that sets it in ``allow`` grants
@@ -135,6 +135,49 @@ class Impersonate(_Model):
     where: Str | None = None
 
 
+def _threshold_count(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _expected("a whole number of at least 1")
+    return value
+
+
+class Threshold(_Model):
+    """``request.thresholds[i]``: how many approvals (or denials) decide a request (default 1 each).
+
+    ``filter`` (a predicate over reviews) is kept but not evaluated: a threshold with one
+    is never reached (fail closed), see ``rbac/request_rules.py``."""
+
+    name: Str | None = None
+    approve: Annotated[int, BeforeValidator(_threshold_count)] = 1
+    deny: Annotated[int, BeforeValidator(_threshold_count)] = 1
+    filter: Str | None = None
+
+
+class RequestConditions(_Model):
+    """``allow.request`` / ``deny.request``: which roles may be requested (names, globs, ``^regex$``, templates)."""
+
+    roles: StrList | None = None
+    thresholds: list[Threshold] | None = None
+    # Accepted and kept so Teleport role files load unchanged; not enforced.
+    search_as_roles: Loose = None
+    suggested_reviewers: Loose = None
+    claims_to_roles: Loose = None
+    annotations: Loose = None
+    max_duration: Loose = None
+    reason: Loose = None
+    kubernetes_resources: Loose = None
+
+
+class ReviewConditions(_Model):
+    """``allow.review_requests`` / ``deny.review_requests``: whose requests for which roles one may review."""
+
+    roles: StrList | None = None
+    # Accepted and kept; not enforced (``where`` in allow grants nothing: fail closed).
+    where: Str | None = None
+    claims_to_roles: Loose = None
+    preview_as_roles: Loose = None
+
+
 class Conditions(_Model):
     """One side (``allow`` or ``deny``) of a role."""
 
@@ -173,8 +216,8 @@ class Conditions(_Model):
     desktop_groups: Loose = None
     group_labels: Loose = None
     group_labels_expression: Loose = None
-    request: Loose = None
-    review_requests: Loose = None
+    request: RequestConditions | None = None
+    review_requests: ReviewConditions | None = None
     require_session_join: Loose = None
     join_sessions: Loose = None
     github_permissions: Loose = None
@@ -335,6 +378,9 @@ def _check_semantics(role: Role) -> None:
                 _check_where(f"{path}.where", rule.where)
         if cond.impersonate is not None and cond.impersonate.where is not None:
             _check_where(f"{base}.impersonate.where", cond.impersonate.where)
+        for field, sub in (("request", cond.request), ("review_requests", cond.review_requests)):
+            for i, value in enumerate((sub.roles if sub is not None else None) or []):
+                _check_value(f"{base}.{field}.roles[{i}]", value)
 
 
 def _check_value(path: str, value: str, label_key: bool = False) -> None:
