@@ -33,6 +33,7 @@ def env(pg, tmp_path_factory) -> Iterator[DbEnv]:
         e.add_user("alice", "access,requester")  # no db_users trait: "access" alone reaches no db user
         e.add_user("bob", "access,reviewer")
         e.add_user("rita", "access,requester,reviewer")
+        e.add_user("rex", "reviewer")  # reviews on the web only
         for user in ("alice", "bob", "rita"):
             e.login(user)
         yield e
@@ -200,3 +201,53 @@ def test_login_can_create_the_request(env: DbEnv) -> None:
     login = env.ptsh("alice", "login", f"--request-id={rid}")
     assert login.returncode == 0, login.stderr
     assert connect(env, "alice").stdout.strip() == "as-alice"
+
+
+# --- the web console's Access requests page ----------------------------------------------------------
+
+
+def _web_sign_in(env: DbEnv, user: str) -> Any:
+    import httpx
+
+    client = httpx.Client(base_url=env.cluster.url, verify=False, timeout=15)
+    form = client.get("/web/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert token, form.text
+    done = client.post("/web/login", data={"csrf": token.group(1), "user": user, "password": "correct horse battery",
+                                           "otp": env.users[user].code()})
+    assert done.status_code == 303, done.text
+    return client
+
+
+def test_a_reviewer_approves_on_the_web_and_the_requester_cannot_review_their_own(env: DbEnv) -> None:
+    made = json_of(env.ptsh("alice", "request", "create", "--roles=db", "--reason=web review", "--nowait",
+                            "--format=json"))
+    rid = made["metadata"]["name"]
+    alice, rex = _web_sign_in(env, "alice"), _web_sign_in(env, "rex")
+    try:
+        own = alice.get("/web/requests")
+        assert own.status_code == 200 and rid in own.text
+        assert f"/web/requests/{rid}/review" not in own.text  # no buttons on one's own request
+        csrf = re.search(r'name="csrf" value="([^"]+)"', rex.get("/web/databases").text)
+        assert csrf
+        # Posting anyway gets the CLI's refusal, and nothing changes.
+        refused = alice.post(f"/web/requests/{rid}/review", data={"csrf": re.search(
+            r'name="csrf" value="([^"]+)"', own.text).group(1), "decision": "approve"})  # type: ignore[union-attr]
+        assert refused.status_code in (403, 404), refused.text
+        page = rex.get("/web/requests")
+        assert 'href="/web/requests"' in page.text and f"/web/requests/{rid}/review" in page.text
+        no_token = rex.post(f"/web/requests/{rid}/review", data={"decision": "approve"})
+        assert no_token.status_code == 403
+        done = rex.post(f"/web/requests/{rid}/review",
+                        data={"csrf": csrf.group(1), "decision": "approve", "reason": "looks fine"})
+        assert done.status_code == 303 and done.headers["location"] == "/web/requests?done=approved"
+        after = rex.get(done.headers["location"])
+        assert "Review recorded: approved" in after.text and f"/web/requests/{rid}/review" not in after.text
+    finally:
+        alice.close()
+        rex.close()
+    shown = json_of(env.ptsh("alice", "request", "show", rid, "--format=json"))
+    assert shown["spec"]["state"] == "APPROVED"
+    assert [(r["author"], r["reason"]) for r in shown["spec"]["reviews"]] == [("rex", "looks fine")]
+    reviews = [e for e in env.events(type="access_request.review") if e.get("id") == rid or rid in json.dumps(e)]
+    assert reviews and reviews[-1]["code"] == "T5002I"

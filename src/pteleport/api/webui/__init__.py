@@ -1,4 +1,4 @@
-"""The web UI served by the proxy under ``/web/``: sign in, databases, Activity, users, roles, account.
+"""The web UI served by the proxy under ``/web/``: sign in, databases, Activity, users, roles, access requests, account.
 
 Server-rendered HTML (Jinja2 templates in ``templates/``) with a little plain JavaScript
 from ``static/app.js`` (copy buttons, live Connect commands); every form is a real form
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from pteleport.api.webui import activity, pages
+from pteleport.api.webui import activity, pages, requests
 from pteleport.api.webui.handler import Work, page
 from pteleport.api.webui.render import SECURITY_HEADERS, static_files
 from pteleport.auth.websessions import WebSessionService
@@ -56,6 +56,8 @@ def add_webui_routes(app: web.Application, auth: AuthServer, info: ProxyInfo) ->
     r.add_get("/web/users", on(pages.users))
     r.add_get("/web/roles", on(pages.roles))
     r.add_get("/web/account", on(pages.account))
+    r.add_get("/web/requests", on(requests.requests_page))
+    r.add_post("/web/requests/{id}/review", on(requests.review))
     return sessions
 
 

@@ -3,7 +3,7 @@
 Each entry is shown only when the user's roles pass the check its page makes
 (``AuditService.search`` for Activity, ``authorize(user, list)`` for Users, ...), so a
 link never leads to a refusal. ``register`` is the hook for pages that other parts add
-(access requests): an entry with a label, a path and a ``visible(auth, identity)`` check.
+(a later page): an entry with a label, a path and a ``visible(auth, identity)`` check.
 """
 
 from __future__ import annotations
@@ -47,7 +47,14 @@ _BUILT_IN: list[tuple[Entry, Visible]] = [
     (Entry("Activity", "/web/activity", "Management"), reads_events),
     (Entry("Users", "/web/users", "Management"), lambda auth, me: allowed(auth, me, "user", "list")),
     (Entry("Roles", "/web/roles", "Management"), lambda auth, me: allowed(auth, me, "role", "list")),
+    (Entry("Access requests", "/web/requests", "Management"), lambda auth, me: _requests_visible(auth, me)),
 ]
+
+
+def _requests_visible(auth: AuthServer, identity: Identity) -> bool:
+    from pteleport.api.webui.requests import visible
+
+    return visible(auth, identity)
 _EXTRA: list[tuple[Entry, Visible]] = []
 
 
