@@ -136,17 +136,19 @@ def test_the_navigation_follows_the_roles(cluster) -> None:
 
     assert labels("dbonly") == ["Databases"]
     assert labels("auditor") == ["Databases", "Activity"]
-    assert labels("editor") == ["Databases", "Activity", "Users", "Roles"]
+    assert labels("editor") == ["Databases", "Activity", "Users", "Roles", "Access requests"]
     # The preset access role may list events (as Teleport's does), so pctl audit events and Activity work for it.
     assert labels("access") == ["Databases", "Activity"]
+    assert labels("requester") == ["Databases", "Access requests"]
+    assert labels("reviewer") == ["Databases", "Access requests"]
 
 
 def test_other_parts_can_add_a_management_page(cluster, monkeypatch) -> None:
     auth, _clock, _sessions = cluster
     monkeypatch.setattr(nav, "_EXTRA", [])
-    nav.register("Access requests", "/web/requests", lambda auth, me: "editor" in me.roles)
-    assert nav.entries(auth, Identity(username="u", roles=("editor",)))[-1].label == "Access requests"
-    assert "Access requests" not in [e.label for e in nav.entries(auth, Identity(username="u", roles=("dbonly",)))]
+    nav.register("Reports", "/web/reports", lambda auth, me: "editor" in me.roles)
+    assert nav.entries(auth, Identity(username="u", roles=("editor",)))[-1].label == "Reports"
+    assert "Reports" not in [e.label for e in nav.entries(auth, Identity(username="u", roles=("dbonly",)))]
 
 
 # --- Activity paging ---------------------------------------------------------------------------

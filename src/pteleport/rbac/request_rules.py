@@ -123,6 +123,11 @@ def _review_entries(role: Role, side: str, traits: Traits) -> list[str] | None:
     return _entries(cond.roles, traits)
 
 
+def reviews_any(roles: Sequence[Role], traits: Traits) -> bool:
+    """Whether some role lets one review requests for some role (who sees a requests page)."""
+    return any(_review_entries(role, "allow", traits) for role in roles)
+
+
 def may_review(roles: Sequence[Role], traits: Traits, requested: Sequence[str]) -> str | None:
     """None when the roles let one review a request for ``requested``; else the role that is not reviewable."""
     for name in requested:

@@ -31,7 +31,7 @@ def visible(auth: AuthServer, identity: Identity) -> bool:
         return True
     if request_rules.requestable_patterns(checker.roles, identity.traits):
         return True
-    return any(role.allow.review_requests is not None and role.allow.review_requests.roles for role in checker.roles)
+    return request_rules.reviews_any(checker.roles, identity.traits)
 
 
 def _row(call: WebCall, doc: dict[str, Any]) -> dict[str, Any]:
