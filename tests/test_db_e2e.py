@@ -368,8 +368,12 @@ def test_an_agent_killed_mid_session_ends_only_that_session(env: DbEnv) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)
-    victim.stop(signal.SIGKILL)
+    marker = "select pg_sleep(20)"
+    deadline = time.monotonic() + 30
+    while not env.pg.execute(f"select 1 from pg_stat_activity where query = '{marker}' and state = 'active'"):
+        assert time.monotonic() < deadline and query.poll() is None, "the query never started"
+        time.sleep(0.1)
+    victim.stop(signal.SIGKILL)  # mid-query, not while ptsh is still connecting
     _out, err = query.communicate(timeout=15)
     assert query.returncode != 0
     assert "connection" in err.lower() and "Traceback" not in err
