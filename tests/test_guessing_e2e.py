@@ -180,7 +180,7 @@ def test_oversized_and_malformed_requests_log_one_line_each_rate_limited(tmp_pat
         cluster.stop()  # the shutdown writes the last "suppressed" summary
     log = cluster.log()
     assert "Traceback" not in log and "Error handling request" not in log
-    pattern = r"^(\S+ \d\d:\d\d:\d\d),\d+ WARNING \[aiohttp\.server\] refused a malformed HTTP request from 127\.0\.0\.1: (.*)$"
+    pattern = r"^(\S+ \d\d:\d\d:\d\d),\d+ WARNING \[aiohttp\.server(?:, auth worker)?\] refused a malformed HTTP request from 127\.0\.0\.1: (.*)$"
     lines = re.findall(pattern, log, re.M)
     suppressed = [int(n) for n in re.findall(r"suppressed (\d+) similar lines about malformed HTTP requests", log)]
     assert len(lines) + sum(suppressed) == 200, (len(lines), suppressed)  # each one accounted for
