@@ -1,4 +1,7 @@
-"""The database service (agent): joins, dials the proxy, heartbeats, serves sessions.
+"""The database service (agent): joins, dials the proxies, heartbeats, serves sessions.
+
+It keeps one tunnel to every running proxy (``tunnel.mesh``), having asked the configured
+``proxy_server`` (one proxy, or a load balancer in front of several) which ones run.
 
 It serves the databases of its config file plus the dynamic ``db`` resources its
 ``db_service.resources`` label matchers select, and re-reads resources from auth every few
@@ -42,7 +45,7 @@ from pteleport.dbagent.join import JoinError, Unreachable, join
 from pteleport.rbac.matchers import match_labels
 from pteleport.rbac.revocation import AccessState
 from pteleport.rbac.role import parse_role
-from pteleport.tunnel.agent import TunnelAgent
+from pteleport.tunnel.mesh import TunnelMesh
 from pteleport.tunnel.protocol import read_message
 
 log = logging.getLogger("pteleport.dbagent")
@@ -85,7 +88,7 @@ class DatabaseAgent:
         self._roles: dict[str, tuple[float, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.client: AsyncClusterClient | None = None
-        self.tunnel: TunnelAgent | None = None
+        self.tunnel: TunnelMesh | None = None
         self.access: AccessState | None = None
         self._access_etag: str | None = None
         self._access_wake = asyncio.Event()
@@ -145,7 +148,7 @@ class DatabaseAgent:
 
         host, _, port = proxy.rpartition(":")
         ctx = client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
-        self.tunnel = TunnelAgent(
+        self.tunnel = TunnelMesh(
             host.strip("[]"),
             int(port),
             ctx,
