@@ -9,6 +9,7 @@ balancer's address (pctl still runs against proxy A's admin identity).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -16,11 +17,12 @@ import socket
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.dbenv import SEED_ROLE, DbEnv
-from tests.harness import Cluster, free_port
+from tests.harness import PTSH, Cluster, free_port
 from tests.pgserver import PgServer
 
 HAPROXY_CONF = """\
@@ -123,6 +125,36 @@ class HaEnv(DbEnv):
             time.sleep(0.2)
         raise AssertionError("the agents did not reach every proxy:\n" + self.logs())
 
+    def home_via(self, user: str, index: int) -> Path:
+        """A copy of ``user``'s ptsh home whose profile points at proxy ``index`` directly (not the LB)."""
+        home = self.root / f"home-{user}-via-{index}"
+        if home.exists():
+            shutil.rmtree(home)
+        shutil.copytree(self.home(user), home)
+        for profile in home.glob("*.yaml"):
+            text = profile.read_text()
+            lines = [f"web_proxy_addr: {self.proxies[index].addr}" if line.startswith("web_proxy_addr:") else line
+                     for line in text.splitlines()]
+            profile.write_text("\n".join(lines) + "\n")
+        return home
+
+    @contextlib.contextmanager
+    def tunnel_via(self, user: str, index: int, db_user: str = "alice", database: str = "aurora") -> Iterator[int]:
+        """``ptsh proxy db --tunnel`` through proxy ``index`` only; yields its local port."""
+        port = free_port()
+        proc = subprocess.Popen(
+            [PTSH, "proxy", "db", "--tunnel", f"--port={port}", f"--db-user={db_user}", "--db-name=postgres", database],
+            env=self.cluster.env(PTSH_HOME=self.home_via(user, index)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            banner = proc.stdout.readline() if proc.stdout else ""
+            assert f"127.0.0.1:{port}" in banner, banner + (proc.stderr.read() if proc.stderr else "")
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
         proxy = self.proxies[index]
         assert proxy.proc is not None
@@ -132,6 +164,10 @@ class HaEnv(DbEnv):
         if proxy._log is not None:
             proxy._log.close()
             proxy._log = None
+
+    def restart(self, index: int) -> None:
+        """Start proxy ``index`` again (same data dir, port and config) after a kill."""
+        self.proxies[index].start()
 
     def stop(self) -> None:
         for agent in self.agents:
