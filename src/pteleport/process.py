@@ -267,7 +267,8 @@ class Process:
         # Agents hear at once that locks or users changed, and fetch the snapshot again.
         auth.access.on_change(lambda state: tunnel.broadcast({"type": "access", "version": state.version}))
         await asyncio.to_thread(auth.databases.registrations.build)
-        for job in (auth.access.run(), auth.databases.registrations.run()):
+        poll = self._watch_changes(backend, auth)
+        for job in (auth.access.run(poll), auth.databases.registrations.run(poll)):
             task = loop.create_task(job)
             self._closers.append(_async(task.cancel))
         in_process = cfg.teleport.storage.type == "memory"  # a memory backend cannot be shared
@@ -316,6 +317,23 @@ class Process:
         )
         print(f"pteleport: cluster {auth.cluster_name} is listening on https://{actual}", flush=True)
 
+    def _watch_changes(self, backend, auth) -> float:  # type: ignore[no-untyped-def]
+        """Wake the access snapshot, the registration index and the proxy set on the backend's
+        change feed (LISTEN/NOTIFY on PostgreSQL); their polling becomes a safety net only.
+        Returns how often they still poll."""
+        import pteleport.auth.access as access
+        from pteleport.services.changes import ChangeWatcher
+
+        watcher = ChangeWatcher(backend)
+        watcher.subscribe(access.FEED_KINDS, auth.access.poke)
+        watcher.subscribe(("db_servers",), auth.databases.registrations.poke)
+        self._proxies_wake = asyncio.Event()
+        watcher.subscribe(("proxies",), self._proxies_wake.set)
+        if not watcher.start(asyncio.get_running_loop()):
+            return access.REFRESH_EVERY
+        self._closers.append(_async(watcher.stop))
+        return access.FEED_REFRESH_EVERY
+
     def _register_proxy(self, backend, tunnel, listen_host: str) -> None:  # type: ignore[no-untyped-def]
         """Announce this proxy in the backend (heartbeat with expiry) and tell agents the set.
 
@@ -339,7 +357,7 @@ class Process:
         def on_set(proxies: list[ProxyServer]) -> None:
             tunnel.set_proxies(me.host_id, [p.tunnel_entry() for p in proxies])
 
-        task = asyncio.get_running_loop().create_task(registry.run(me, on_set))
+        task = asyncio.get_running_loop().create_task(registry.run(me, on_set, getattr(self, "_proxies_wake", None)))
 
         async def withdraw() -> None:
             task.cancel()

@@ -93,8 +93,11 @@ class RegistrationIndex:
 
     The proxy routes a database session only to a host found here. ``build`` reads storage
     (call it off the event loop, or right after a heartbeat this process stored); ``run``
-    rebuilds it every second, which is how other auth processes' registrations arrive.
+    rebuilds it every ``poll_every`` seconds and when ``poke``d (the backend's change feed:
+    registrations stored by any process), at most once per ``MIN_GAP``.
     """
+
+    MIN_GAP = 0.5  # heartbeats renew registrations all the time: one rebuild per burst
 
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
@@ -102,6 +105,12 @@ class RegistrationIndex:
         # Builds run in worker threads (after a heartbeat, and every second): one at a time,
         # so an older read never replaces a newer one. Readers take the dict as it is.
         self._build_lock = threading.Lock()
+        self._wake: Any = None
+
+    def poke(self) -> None:
+        """The change feed says registrations changed: rebuild soon (call on the loop)."""
+        if self._wake is not None:
+            self._wake.set()
 
     def build(self) -> None:
         with self._build_lock:
@@ -114,16 +123,21 @@ class RegistrationIndex:
         now = self.ctx.clock()
         return [host for host, expires in self._hosts.get(name, []) if expires is None or expires > now]
 
-    async def run(self) -> None:
+    async def run(self, poll_every: float = 1.0) -> None:
         import asyncio
+        import contextlib
         import logging
 
+        self._wake = asyncio.Event()
         while True:
             try:
                 await asyncio.to_thread(self.build)
             except Exception as exc:
                 logging.getLogger("pteleport.auth").warning("could not read database registrations: %s", exc)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.MIN_GAP)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(poll_every - self.MIN_GAP, 0.0))
+            self._wake.clear()
 
 
 class DatabaseService:
