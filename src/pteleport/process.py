@@ -329,6 +329,8 @@ class Process:
         watcher.subscribe(("db_servers",), auth.databases.registrations.poke)
         self._proxies_wake = asyncio.Event()
         watcher.subscribe(("proxies",), self._proxies_wake.set)
+        # Agents re-read the dynamic `db` resources now, not at their next 5 s refresh.
+        watcher.subscribe(("db",), lambda: self.tunnel.broadcast({"type": "resources"}) if self.tunnel else None)
         if not watcher.start(asyncio.get_running_loop()):
             return access.REFRESH_EVERY
         self._closers.append(_async(watcher.stop))

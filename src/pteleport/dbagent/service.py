@@ -8,6 +8,9 @@ It serves the databases of its config file plus the dynamic ``db`` resources its
 seconds. Auth registers only the databases inside this service's scope (the heartbeat's
 answer names the refused ones, logged once each).
 
+A ``resources`` line on the tunnel (a proxy saw a ``db`` resource change) makes it re-read
+the resources and heartbeat at once.
+
 It keeps auth's access snapshot (locks, users' current roles; ``/v1/access-state``): the
 proxy says on the tunnel's control link when it changed (``access`` line), and the agent
 also asks every ``ACCESS_POLL`` seconds. Roles are re-read when the snapshot says they
@@ -52,6 +55,8 @@ log = logging.getLogger("pteleport.dbagent")
 REFRESH_EVERY = 5.0  # resources re-read and heartbeat sent (auth keeps them 30 s)
 ROLE_CACHE_SECONDS = 30.0  # also re-read at once when the access snapshot says roles changed
 ACCESS_POLL = 5.0  # the proxy also pushes a notice on every change
+ANNOUNCED_RETRY = 0.2  # seconds between asks while auth has not built an announced snapshot yet
+ANNOUNCED_TRIES = 10
 JOIN_FIRST_RETRY = 0.5
 JOIN_MAX_RETRY = 15.0
 END_WAIT = 10.0  # after end_all, how long sessions get to close and emit their last events
@@ -92,6 +97,7 @@ class DatabaseAgent:
         self.access: AccessState | None = None
         self._access_etag: str | None = None
         self._access_wake = asyncio.Event()
+        self._announced: tuple[str, int] = ("", 0)  # (version a proxy announced, asks left)
         self._refused: dict[str, str] = {}
         self.engine: PostgresEngine | None = None
         self.closing: str | None = None  # while set, new sessions are refused with it
@@ -278,7 +284,10 @@ class DatabaseAgent:
     # --- the access snapshot ------------------------------------------------------------------
     def _on_control(self, message: dict) -> None:
         if message.get("type") == "access" and message.get("version") != (self.access and self.access.version):
+            self._announced = (str(message.get("version")), ANNOUNCED_TRIES)
             self._access_wake.set()
+        elif message.get("type") == "resources":
+            self._beat_now.set()  # a `db` resource changed: re-read them and register now
         elif message.get("type") == "end_sessions":
             tokens = {str(t) for t in message.get("sessions") or []}
             self.end_proxy_sessions(tokens, str(message.get("message") or "the server is shutting down"))
@@ -307,6 +316,17 @@ class DatabaseAgent:
                 continue
             if changed and self.engine is not None:
                 await self.engine.recheck()
+            self._chase_announced()
+
+    def _chase_announced(self) -> None:
+        """A proxy announced a snapshot the auth process we asked has not built yet (another
+        process, still rebuilding on the change feed): ask again shortly, a few times."""
+        version, tries = self._announced
+        if not version or (self.access is not None and self.access.version == version) or tries <= 0:
+            self._announced = ("", 0)
+            return
+        self._announced = (version, tries - 1)
+        asyncio.get_running_loop().call_later(ANNOUNCED_RETRY, self._access_wake.set)
 
     async def roles(self, names: list[str]) -> list[Any]:
         """Role definitions: cached until the access snapshot says roles changed (and at most 30 s)."""
