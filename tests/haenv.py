@@ -167,7 +167,7 @@ class HaEnv(DbEnv):
 
     def restart(self, index: int) -> None:
         """Start proxy ``index`` again (same data dir, port and config) after a kill."""
-        self.proxies[index].start()
+        self.proxies[index].start(timeout=60)
 
     def stop(self) -> None:
         for agent in self.agents:
@@ -199,7 +199,7 @@ def proxy_config(root: Path, name: str, dsn: str, extra: str = "") -> Path:
     return path
 
 
-def make_ha_env(root: Path, pg: PgServer, dbname: str, count: int = 2) -> HaEnv:
+def make_ha_env(root: Path, pg: PgServer, dbname: str, count: int = 2, start_timeout: float = 20.0) -> HaEnv:
     """``count`` auth+proxy processes on a fresh PostgreSQL database ``dbname``, haproxy in front."""
     pg.execute(f"DROP DATABASE IF EXISTS {dbname}")
     pg.execute(f"CREATE DATABASE {dbname}")
@@ -210,7 +210,8 @@ def make_ha_env(root: Path, pg: PgServer, dbname: str, count: int = 2) -> HaEnv:
     try:
         for i in range(count):
             name = f"proxy-{'abcdefgh'[i]}"
-            proxies.append(Cluster(root / name, extra_args=["-c", str(proxy_config(root, name, dsn))]).start())
+            cluster = Cluster(root / name, extra_args=["-c", str(proxy_config(root, name, dsn))])
+            proxies.append(cluster.start(timeout=start_timeout))
         lb = Haproxy.start(root / "lb", [p.port for p in proxies])
         env = HaEnv(root, pg, _Front(proxies[0], lb), proxies=proxies, lb=lb)
         ca = env.pctl("auth", "export", "--type=db-client")
