@@ -566,3 +566,41 @@ def test_two_backends_on_one_store_see_each_others_writes(harness: Harness) -> N
     with pytest.raises(NotFound):
         a.get("k")
     assert b.put(item("k2")).revision > written.revision
+
+
+# --- change feed (storage.feed) -------------------------------------------------------------
+def _wait_for_kind(feed, kind: str, timeout: float = 10.0) -> set[str]:  # type: ignore[no-untyped-def]
+    import time
+
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while kind not in seen and "*" not in seen and time.monotonic() < deadline:
+        seen |= feed.wait(0.5)
+    return seen
+
+
+def test_the_change_feed_reports_writes_made_through_another_connection_by_kind(harness: Harness) -> None:
+    watcher = harness.open()
+    feed = watcher.watch()
+    try:
+        writer = harness.open()
+        writer.put(item("roles/auditor"))
+        assert "roles" in _wait_for_kind(feed, "roles")
+        writer.delete("roles/auditor")
+        assert "roles" in _wait_for_kind(feed, "roles")
+        writer.put(item("locks/l1"))
+        seen = _wait_for_kind(feed, "locks")
+        assert "locks" in seen and "users" not in seen
+    finally:
+        feed.close()
+
+
+def test_the_change_feed_is_quiet_when_nothing_changes(harness: Harness) -> None:
+    backend = harness.open()
+    backend.put(item("users/early"))
+    feed = backend.watch()
+    try:
+        feed.wait(0.3)  # what came before the feed opened, if reported at all
+        assert feed.wait(0.3) == set()
+    finally:
+        feed.close()

@@ -454,7 +454,8 @@ async def _serve(control_fd: int, listen_fd: int) -> None:
         auth.databases.on_registered = lambda: notify("registrations")
         await asyncio.to_thread(auth.access.build)
         await asyncio.to_thread(auth.databases.registrations.build)
-        jobs = [loop.create_task(job) for job in (auth.access.run(), auth.databases.registrations.run())]
+        poll = _watch_changes(backend, auth, loop, closers)
+        jobs = [loop.create_task(job) for job in (auth.access.run(poll), auth.databases.registrations.run(poll))]
         jobs.append(loop.create_task(prune_audit(audit, lambda: auth.ctx.settings.audit_retention)))
         jobs.append(loop.create_task(memtrim.run()))
         app = build_app(
@@ -501,6 +502,20 @@ async def _serve(control_fd: int, listen_fd: int) -> None:
     for close in reversed(closers):
         with contextlib.suppress(Exception):
             close()
+
+
+def _watch_changes(backend: Any, auth: Any, loop: asyncio.AbstractEventLoop, closers: list) -> float:
+    """The worker's snapshot and index wake on the backend's change feed; returns their polling period."""
+    import pteleport.auth.access as access
+    from pteleport.services.changes import ChangeWatcher
+
+    watcher = ChangeWatcher(backend)
+    watcher.subscribe(access.FEED_KINDS, auth.access.poke)
+    watcher.subscribe(("db_servers",), auth.databases.registrations.poke)
+    if not watcher.start(loop):
+        return access.REFRESH_EVERY
+    closers.append(watcher.stop)
+    return access.FEED_REFRESH_EVERY
 
 
 async def prune_audit(audit: Any, retention: Callable[[], Any]) -> None:

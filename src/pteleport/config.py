@@ -151,6 +151,8 @@ class ProxyService(_Strict):
     https_keypairs: list[KeyPair] = Field(default_factory=list)
     postgres_listen_addr: str | None = None
     postgres_public_addr: str | None = None
+    # This proxy's own HOST:PORT for agents (the agent mesh); not a load balancer's.
+    advertise_addr: str | None = None
 
     _b = field_validator("enabled", mode="before")(lambda cls, v: _yes_no(v))
 

@@ -267,7 +267,8 @@ class Process:
         # Agents hear at once that locks or users changed, and fetch the snapshot again.
         auth.access.on_change(lambda state: tunnel.broadcast({"type": "access", "version": state.version}))
         await asyncio.to_thread(auth.databases.registrations.build)
-        for job in (auth.access.run(), auth.databases.registrations.run()):
+        poll = self._watch_changes(backend, auth)
+        for job in (auth.access.run(poll), auth.databases.registrations.run(poll)):
             task = loop.create_task(job)
             self._closers.append(_async(task.cancel))
         in_process = cfg.teleport.storage.type == "memory"  # a memory backend cannot be shared
@@ -287,6 +288,7 @@ class Process:
         listener = PublicListener(ssl_ctx, http_factory, proxy.handle_postgres, proxy.handle_tunnel)  # type: ignore[arg-type]
         self.listen_port = await listener.start(host, port)
         self._closers.append(listener.stop)
+        self._register_proxy(backend, tunnel, host)  # before any agent's hello can be read
         if cfg.proxy_service.postgres_listen_addr:
             await self._start_native_postgres(
                 proxy,
@@ -314,6 +316,58 @@ class Process:
             auth.ctx.settings.public_addr,
         )
         print(f"pteleport: cluster {auth.cluster_name} is listening on https://{actual}", flush=True)
+
+    def _watch_changes(self, backend, auth) -> float:  # type: ignore[no-untyped-def]
+        """Wake the access snapshot, the registration index and the proxy set on the backend's
+        change feed (LISTEN/NOTIFY on PostgreSQL); their polling becomes a safety net only.
+        Returns how often they still poll."""
+        import pteleport.auth.access as access
+        from pteleport.services.changes import ChangeWatcher
+
+        watcher = ChangeWatcher(backend)
+        watcher.subscribe(access.FEED_KINDS, auth.access.poke)
+        watcher.subscribe(("db_servers",), auth.databases.registrations.poke)
+        self._proxies_wake = asyncio.Event()
+        watcher.subscribe(("proxies",), self._proxies_wake.set)
+        # Agents re-read the dynamic `db` resources now, not at their next 5 s refresh.
+        watcher.subscribe(("db",), lambda: self.tunnel.broadcast({"type": "resources"}) if self.tunnel else None)
+        if not watcher.start(asyncio.get_running_loop()):
+            return access.REFRESH_EVERY
+        self._closers.append(_async(watcher.stop))
+        return access.FEED_REFRESH_EVERY
+
+    def _register_proxy(self, backend, tunnel, listen_host: str) -> None:  # type: ignore[no-untyped-def]
+        """Announce this proxy in the backend (heartbeat with expiry) and tell agents the set.
+
+        Agents keep a tunnel to every proxy in it (the agent mesh, docs/ha.md); each dials
+        the proxy's ``advertise_addr`` (default: the listen address).
+        """
+        from common import __version__
+        from pteleport.auth.proxies import ProxyRegistry, ProxyServer
+
+        cfg = self.config
+        adv_host, adv_port = split_addr(cfg.proxy_service.advertise_addr or f"{_public_host(listen_host)}:0")
+        me = ProxyServer.make(
+            _host_uuid(cfg.data_dir),
+            cfg.teleport.nodename or socket.gethostname(),
+            f"{adv_host}:{adv_port or self.listen_port}",
+            __version__,
+        )
+        tunnel.set_proxies(me.host_id, [me.tunnel_entry()])
+        registry = ProxyRegistry(backend, utc_now)
+
+        def on_set(proxies: list[ProxyServer]) -> None:
+            tunnel.set_proxies(me.host_id, [p.tunnel_entry() for p in proxies])
+
+        task = asyncio.get_running_loop().create_task(registry.run(me, on_set, getattr(self, "_proxies_wake", None)))
+
+        async def withdraw() -> None:
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(registry.withdraw, me.host_id)
+
+        self._closers.append(withdraw)
+        log.info("proxy %s advertises %s to agents", me.host_id, me.addr)
 
     async def _api_in_process(self, auth, public_addr: str, workers, self_signed: bool) -> Callable[[], asyncio.Protocol]:  # type: ignore[no-untyped-def]
         """The API on this loop, its work in ``workers`` (memory backend only)."""
@@ -417,6 +471,22 @@ class _NewDataDir:
     def keep_if_used(self) -> None:
         """Start-up went through: from now on the directory is the cluster's."""
         self.made, self.was_empty = None, False
+
+
+def _host_uuid(data_dir: Path) -> str:
+    """This process's host id, made at the first start and kept in ``data_dir/host_uuid``."""
+    import uuid
+
+    path = data_dir / "host_uuid"
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = str(uuid.uuid4())
+    path.write_text(value + "\n")
+    return value
 
 
 def _public_host(host: str) -> str:

@@ -3,9 +3,9 @@
 ``AccessStateSource`` builds an ``rbac.revocation.AccessState`` from storage and keeps the
 latest one in memory, so the proxy and the API check a certificate without touching storage
 on the event loop. ``run()`` (started by the process) rebuilds it in a worker thread every
-``REFRESH_EVERY`` seconds, which is how changes made by other auth processes sharing the
-backend arrive, and at once after ``changed()`` (a lock, a user change or a role change made
-here). Listeners registered with ``on_change`` hear of every new version; the proxy uses
+``REFRESH_EVERY`` seconds (``FEED_REFRESH_EVERY`` when the backend's change feed wakes it:
+``poke()``, for changes made by any process sharing the backend), and at once after
+``changed()`` (a lock, a user change or a role change made here). Listeners registered with ``on_change`` hear of every new version; the proxy uses
 that to tell connected agents to fetch the snapshot again.
 """
 
@@ -28,6 +28,8 @@ from pteleport.services.store import JsonStore
 
 log = logging.getLogger("pteleport.auth.access")
 REFRESH_EVERY = 1.0
+FEED_REFRESH_EVERY = 10.0  # with a change feed, polling is only the safety net
+FEED_KINDS = ("users", "roles", "locks")  # the storage kinds the snapshot is made of
 
 
 def user_created(doc: dict) -> datetime | None:
@@ -164,7 +166,12 @@ class AccessStateSource:
         for hook in list(self.after_change):
             hook()
 
-    async def run(self) -> None:
+    def poke(self) -> None:
+        """The change feed says users, roles or locks changed: rebuild now (call on the loop)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self, poll_every: float = REFRESH_EVERY) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         seen = ""
@@ -182,7 +189,7 @@ class AccessStateSource:
                         except Exception:
                             log.exception("an access-state listener failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), REFRESH_EVERY)
+                await asyncio.wait_for(self._wake.wait(), poll_every)
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -100,8 +101,11 @@ class RegistrationIndex:
 
     The proxy routes a database session only to a host found here. ``build`` reads storage
     (call it off the event loop, or right after a heartbeat this process stored); ``run``
-    rebuilds it every second, which is how other auth processes' registrations arrive.
+    rebuilds it every ``poll_every`` seconds and when ``poke``d (the backend's change feed:
+    registrations stored by any process), at most once per ``MIN_GAP``.
     """
+
+    MIN_GAP = 0.5  # heartbeats renew registrations all the time: one rebuild per burst
 
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
@@ -109,6 +113,12 @@ class RegistrationIndex:
         # Builds run in worker threads (after a heartbeat, and every second): one at a time,
         # so an older read never replaces a newer one. Readers take the dict as it is.
         self._build_lock = threading.Lock()
+        self._wake: Any = None
+
+    def poke(self) -> None:
+        """The change feed says registrations changed: rebuild soon (call on the loop)."""
+        if self._wake is not None:
+            self._wake.set()
 
     def build(self) -> None:
         with self._build_lock:
@@ -121,16 +131,21 @@ class RegistrationIndex:
         now = self.ctx.clock()
         return [host for host, expires in self._hosts.get(name, []) if expires is None or expires > now]
 
-    async def run(self) -> None:
+    async def run(self, poll_every: float = 1.0) -> None:
         import asyncio
+        import contextlib
         import logging
 
+        self._wake = asyncio.Event()
         while True:
             try:
                 await asyncio.to_thread(self.build)
             except Exception as exc:
                 logging.getLogger("pteleport.auth").warning("could not read database registrations: %s", exc)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.MIN_GAP)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(poll_every - self.MIN_GAP, 0.0))
+            self._wake.clear()
 
 
 class DatabaseService:
@@ -185,9 +200,13 @@ class DatabaseService:
         expires = now + HEARTBEAT_TTL
         scope = self.hosts.scope_of(actor)
         reserved = self.hosts.reserved()
-        live: dict[str, list[dict]] = {}
-        for server in self.servers():
-            live.setdefault(server["metadata"]["name"], []).append(server)
+        # Only the registrations of the names this host serves now or served before are read
+        # (not every registration in the cluster: a heartbeat costs the same with 10 or 10,000
+        # databases registered).
+        wanted = {str((db.get("metadata") or {}).get("name", "")) for db in databases if isinstance(db, dict)}
+        live = {name: self.servers_named(name) for name in (wanted | self.hosts.registered_names(actor.username))
+                if name}
+        mine = {name for name, servers in live.items() if any(s["spec"]["host_id"] == actor.username for s in servers)}
         served: set[str] = set()
         refused: list[dict[str, str]] = []
         for db in databases:
@@ -228,12 +247,18 @@ class DatabaseService:
                     db_uri=db["spec"].get("uri"),
                     db_scope=None if scope.unscoped else scope.to_dict(),
                 )
-        for key, doc, _item in list(self.ctx.db_servers.items()):
-            if doc["spec"]["host_id"] == actor.username and doc["metadata"]["name"] not in served:
-                self.ctx.db_servers.delete(key)
-        self.registrations.build()
-        if self.on_registered is not None:
-            self.on_registered()
+        for name in mine - served:
+            try:
+                self.ctx.db_servers.delete(f"{name}/{actor.username}")
+            except NotFound:
+                pass  # it expired meanwhile
+        if served != mine:
+            # Something was registered or withdrawn: the indexes (here, and the proxy's, which
+            # confirms) know it before this returns. A renewal only moves expiries: the
+            # change feed brings those to every index within a second, well inside the TTL.
+            self.registrations.build()
+            if self.on_registered is not None:
+                self.on_registered()
         return refused
 
     def _as_registered(self, db: dict) -> tuple[dict, str | None]:
@@ -272,6 +297,11 @@ class DatabaseService:
 
     def servers(self) -> list[dict]:
         return self.ctx.db_servers.list()
+
+    def servers_named(self, name: str) -> list[dict]:
+        """The live registrations of the database ``name`` (one key range, not every registration)."""
+        store = self.ctx.db_servers
+        return [json.loads(item.value) for item in store.backend.get_range(store.key(name) + "/")]
 
     def servers_for(self, name: str) -> list[dict]:
         return [d for d in self.servers() if d["metadata"]["name"] == name]

@@ -100,6 +100,13 @@ class HostService:
                     )
         return None
 
+    def registered_names(self, host_id: str) -> set[str]:
+        """Every database name ``host_id`` has registered (some may have expired since)."""
+        try:
+            return set(self.ctx.hosts.get(host_id).get("registered") or [])
+        except NotFound:
+            return set()
+
     def note_registered(self, host_id: str, name: str, hostname: str, now: datetime) -> bool:
         """Remember that ``host_id`` registered ``name``; True the first time (an audit event then)."""
         try:

@@ -1,9 +1,15 @@
-"""The database service (agent): joins, dials the proxy, heartbeats, serves sessions.
+"""The database service (agent): joins, dials the proxies, heartbeats, serves sessions.
+
+It keeps one tunnel to every running proxy (``tunnel.mesh``), having asked the configured
+``proxy_server`` (one proxy, or a load balancer in front of several) which ones run.
 
 It serves the databases of its config file plus the dynamic ``db`` resources its
 ``db_service.resources`` label matchers select, and re-reads resources from auth every few
 seconds. Auth registers only the databases inside this service's scope (the heartbeat's
 answer names the refused ones, logged once each).
+
+A ``resources`` line on the tunnel (a proxy saw a ``db`` resource change) makes it re-read
+the resources and heartbeat at once.
 
 It keeps auth's access snapshot (locks, users' current roles; ``/v1/access-state``): the
 proxy says on the tunnel's control link when it changed (``access`` line), and the agent
@@ -43,13 +49,15 @@ from pteleport.dbagent.join import JoinError, Unreachable, join
 from pteleport.rbac.matchers import match_labels
 from pteleport.rbac.revocation import AccessState
 from pteleport.rbac.role import parse_role
-from pteleport.tunnel.agent import TunnelAgent
+from pteleport.tunnel.mesh import TunnelMesh
 from pteleport.tunnel.protocol import read_message
 
 log = logging.getLogger("pteleport.dbagent")
 REFRESH_EVERY = 5.0  # resources re-read and heartbeat sent (auth keeps them 30 s)
 ROLE_CACHE_SECONDS = 30.0  # also re-read at once when the access snapshot says roles changed
 ACCESS_POLL = 5.0  # the proxy also pushes a notice on every change
+ANNOUNCED_RETRY = 0.2  # seconds between asks while auth has not built an announced snapshot yet
+ANNOUNCED_TRIES = 10
 JOIN_FIRST_RETRY = 0.5
 JOIN_MAX_RETRY = 15.0
 END_WAIT = 10.0  # after end_all, how long sessions get to close and emit their last events
@@ -88,10 +96,11 @@ class DatabaseAgent:
         self._roles: dict[str, tuple[float, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.client: AsyncClusterClient | None = None
-        self.tunnel: TunnelAgent | None = None
+        self.tunnel: TunnelMesh | None = None
         self.access: AccessState | None = None
         self._access_etag: str | None = None
         self._access_wake = asyncio.Event()
+        self._announced: tuple[str, int] = ("", 0)  # (version a proxy announced, asks left)
         self._refused: dict[str, str] = {}
         self.engine: PostgresEngine | None = None
         self.closing: str | None = None  # while set, new sessions are refused with it
@@ -150,7 +159,7 @@ class DatabaseAgent:
 
         host, _, port = proxy.rpartition(":")
         ctx = client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
-        self.tunnel = TunnelAgent(
+        self.tunnel = TunnelMesh(
             host.strip("[]"),
             int(port),
             ctx,
@@ -281,7 +290,10 @@ class DatabaseAgent:
     # --- the access snapshot ------------------------------------------------------------------
     def _on_control(self, message: dict) -> None:
         if message.get("type") == "access" and message.get("version") != (self.access and self.access.version):
+            self._announced = (str(message.get("version")), ANNOUNCED_TRIES)
             self._access_wake.set()
+        elif message.get("type") == "resources":
+            self._beat_now.set()  # a `db` resource changed: re-read them and register now
         elif message.get("type") == "end_sessions":
             tokens = {str(t) for t in message.get("sessions") or []}
             self.end_proxy_sessions(tokens, str(message.get("message") or "the server is shutting down"))
@@ -310,6 +322,17 @@ class DatabaseAgent:
                 continue
             if changed and self.engine is not None:
                 await self.engine.recheck()
+            self._chase_announced()
+
+    def _chase_announced(self) -> None:
+        """A proxy announced a snapshot the auth process we asked has not built yet (another
+        process, still rebuilding on the change feed): ask again shortly, a few times."""
+        version, tries = self._announced
+        if not version or (self.access is not None and self.access.version == version) or tries <= 0:
+            self._announced = ("", 0)
+            return
+        self._announced = (version, tries - 1)
+        asyncio.get_running_loop().call_later(ANNOUNCED_RETRY, self._access_wake.set)
 
     async def roles(self, names: list[str]) -> list[Any]:
         """Role definitions: cached until the access snapshot says roles changed (and at most 30 s)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.errors import BadParameter
 
@@ -77,6 +77,10 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections; later calls raise ConnectionProblem."""
+        ...
+
+    def watch(self) -> Any:
+        """A ``storage.feed.ChangeFeed``: which kinds of items changed, in any process sharing this backend."""
         ...
 
 

@@ -17,6 +17,7 @@ from .base import (
     normalise_item,
     utc_now,
 )
+from .feed import MemoryFeed
 
 
 class MemoryBackend:
@@ -28,6 +29,17 @@ class MemoryBackend:
         self._revision = 0
         self._lock = threading.RLock()
         self._closed = False
+        self._feeds: list[MemoryFeed] = []
+
+    def watch(self) -> MemoryFeed:
+        """A change feed told of every write: see ``storage.feed``."""
+        feed = MemoryFeed(on_close=self._feeds.remove)
+        self._feeds.append(feed)
+        return feed
+
+    def _changed(self, key: str) -> None:
+        for feed in list(self._feeds):
+            feed.changed(key)
 
     def get(self, key: str) -> Item:
         check_key(key)
@@ -80,6 +92,7 @@ class MemoryBackend:
             item = self._items.pop(key, None)
             if item is None or not is_live(item.expires, self._clock()):
                 raise NotFound(f"{key!r} not found")
+            self._changed(key)
 
     def get_range(self, prefix: str, limit: int | None = None) -> list[Item]:
         check_prefix(prefix)
@@ -101,6 +114,8 @@ class MemoryBackend:
             now = self._clock()
             keys = [key for key in self._items if key.startswith(prefix)]
             removed = [self._items.pop(key) for key in keys]
+            for key in keys:
+                self._changed(key)
             return sum(1 for item in removed if is_live(item.expires, now))
 
     def prune_expired(self) -> int:
@@ -130,6 +145,7 @@ class MemoryBackend:
         self._revision += 1
         stored = Item(item.key, item.value, item.expires, self._revision)
         self._items[item.key] = stored
+        self._changed(item.key)
         return stored
 
     def _check_open(self) -> None:

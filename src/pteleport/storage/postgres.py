@@ -35,6 +35,8 @@ from .base import (
     utc_now,
 )
 from .pg_conn import PgConnection
+from .pg_feed import SCHEMA as _FEED_SCHEMA
+from .pg_feed import PostgresFeed
 
 T = TypeVar("T")
 
@@ -50,6 +52,7 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS items_expires ON items (expires) WHERE expires IS NOT NULL",
     "CREATE SEQUENCE IF NOT EXISTS items_revision_seq",
+    *_FEED_SCHEMA,  # NOTIFY on every change (the change feed, ``watch``)
 )
 
 # Every statement below takes the clock's time as %(now)s; "live" means
@@ -116,6 +119,8 @@ class PostgresBackend:
         self._clock = clock
         self._prune_interval = prune_interval
         self._last_prune: datetime | None = None
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
         self._db = PgConnection(dsn, connect_timeout=connect_timeout)
         try:
             self._db.run(_create_schema)
@@ -192,6 +197,10 @@ class PostgresBackend:
 
     def close(self) -> None:
         self._db.close()
+
+    def watch(self) -> PostgresFeed:
+        """A change feed (LISTEN on its own connection): see ``storage.feed``."""
+        return PostgresFeed(self._dsn, self._connect_timeout)
 
     def _fetch(self, sql: str, params: dict[str, Any], *, write: bool = True) -> tuple | None:
         """One row (or None) of one statement; ``params`` gains ``now``."""

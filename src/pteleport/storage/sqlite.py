@@ -28,7 +28,9 @@ from .base import (
     prefix_end,
     utc_now,
 )
-from .sqlite_conn import SQLiteConnection
+from .feed import SQLITE_SCHEMA as _FEED_SCHEMA
+from .feed import SQLiteFeed
+from .sqlite_conn import MEMORY, SQLiteConnection
 
 T = TypeVar("T")
 
@@ -48,6 +50,7 @@ _SCHEMA = (
         value INTEGER NOT NULL
     )""",
     "INSERT OR IGNORE INTO items_revision (id, value) VALUES (1, 0)",
+    *_FEED_SCHEMA,  # counters per kind of key (the change feed, ``watch``)
 )
 
 _GET = "SELECT key, value, expires, revision FROM items WHERE key = ? AND (expires IS NULL OR expires > ?)"
@@ -190,6 +193,12 @@ class SQLiteBackend:
 
     def close(self) -> None:
         self._db.close()
+
+    def watch(self) -> SQLiteFeed:
+        """A change feed (polls ``PRAGMA data_version`` on its own connection): see ``storage.feed``."""
+        if self._db.path == MEMORY:
+            raise NotImplementedError("an in-memory SQLite database has no change feed")
+        return SQLiteFeed(self._db.path)
 
     def _write(self, op: Callable[[sqlite3.Connection, int], T]) -> T:
         """Run ``op(conn, now_micros)`` in a write transaction, sweeping expired rows now and then."""

@@ -9,6 +9,11 @@ Warm links: the proxy may send ``{"type": "pool", "size": N}`` after ``hello``; 
 then keeps N *spare* data links open, each starting with a ``spare`` line, and the proxy
 uses one for a session (``session`` line, then the bytes) without sending ``dial``. An
 agent that ignores ``pool`` keeps working through ``dial`` alone.
+
+Other control lines from the proxy: ``access`` (the access snapshot changed), ``resources``
+(a ``db`` resource changed), ``end_sessions`` (the proxy drains), ``proxies`` (the running
+proxies: ``self``, the proxy's own host id, and ``proxies``, each ``{"id", "addr"}``; the
+agent mesh). A link whose first line is ``discover`` gets one ``proxies`` line and is closed.
 """
 
 from __future__ import annotations

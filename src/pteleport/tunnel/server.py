@@ -11,6 +11,12 @@ one out at once instead of asking the agent over the control link and waiting fo
 dial back (a round trip and a TLS handshake per session). Spares are used only while the
 agent's control link is up and was heard from recently; otherwise ``dial`` asks as before.
 Agents that do not know ``pool`` never send spares.
+
+The agent mesh (docs/design-notes.md "Every proxy reaches every agent"): the proxy knows
+the set of running proxies (``set_proxies``, from the proxy registry) and tells each agent
+on its control link (``proxies`` line, right after ``hello`` and whenever the set changes);
+a link whose first line is ``discover`` gets that line and is closed. An agent keeps one
+tunnel to each proxy in the set.
 """
 
 from __future__ import annotations
@@ -63,6 +69,16 @@ class TunnelServer:
         self.agents: dict[str, AgentLink] = {}
         self.pool_size = pool_size
         self._pending: dict[str, asyncio.Future[Connection]] = {}
+        self.self_id = ""
+        self.proxies: list[dict[str, str]] = []  # {"id", "addr"} of every running proxy
+
+    def set_proxies(self, self_id: str, proxies: list[dict[str, str]]) -> None:
+        """The running proxies changed (or are known for the first time): tell every agent."""
+        self.self_id, self.proxies = self_id, list(proxies)
+        self.broadcast(self.proxies_line())
+
+    def proxies_line(self) -> dict:
+        return {"type": "proxies", "self": self.self_id, "proxies": self.proxies}
 
     def connected(self, host_ids: list[str]) -> list[AgentLink]:
         """The agents among ``host_ids`` with a live control link to this proxy."""
@@ -89,6 +105,10 @@ class TunnelServer:
         if first["type"] == "spare":
             self._add_spare(conn, identity)
             return
+        if first["type"] == "discover":
+            conn.write(encode(self.proxies_line()))
+            conn.close()  # after what was written is sent
+            return
         if first["type"] != "hello":
             conn.close()
             return
@@ -98,9 +118,11 @@ class TunnelServer:
             old.control.close()
             old.close_spares()
         self.agents[link.host_id] = link
-        log.info("agent %s connected, serving %s", link.host_id, sorted(link.databases))
+        log.info("agent %s (%s) connected, serving %s", link.host_id, link.hostname, sorted(link.databases))
         if self.pool_size > 0:
             conn.write(encode({"type": "pool", "size": self.pool_size}))
+        if self.proxies:
+            conn.write(encode(self.proxies_line()))
         try:
             while True:
                 message = await read_message(conn)
@@ -115,7 +137,7 @@ class TunnelServer:
                 del self.agents[link.host_id]
             link.close_spares()
             conn.close()
-            log.info("agent %s disconnected", link.host_id)
+            log.info("agent %s (%s) disconnected", link.host_id, link.hostname)
 
     def _add_spare(self, conn: Connection, identity: Identity) -> None:
         link = self.agents.get(identity.username)
