@@ -124,7 +124,7 @@ class DatabaseAgent:
                 database=lambda name: self.databases().get(name),
                 roles=self.roles,
                 credentials=Credentials(self.client, cfg.data_dir),
-                emit=self.shipper.emit,
+                emit_line=self.shipper.emit_line,
                 clock=self.clock,
                 access=lambda: self.access,
                 audit_refusal=lambda: self.closing or self.shipper.refusal(),
