@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -180,15 +181,21 @@ class ProfileStore:
         return sorted(p.stem for p in self.home.glob("*.yaml") if p.is_file())
 
     def load(self, name: str) -> Profile:
-        import yaml
-
         path = self.profile_path(name)
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
         except FileNotFoundError:
             raise NotLoggedIn(f'Not logged in to "{name}"; run "ptsh login --proxy={name}:PORT"') from None
-        except (OSError, yaml.YAMLError) as exc:
+        except OSError as exc:
             raise BadParameter(f"cannot read the profile {path}: {exc}; log in again") from None
+        doc = _plain_mapping(text)
+        if doc is None:  # not the plain form ``save`` writes: let the YAML parser read it
+            import yaml
+
+            try:
+                doc = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise BadParameter(f"cannot read the profile {path}: {exc}; log in again") from None
         if not isinstance(doc, dict) or not doc.get("web_proxy_addr") or not doc.get("user"):
             raise BadParameter(f"the profile {path} is damaged; log in again")
         return Profile(
@@ -332,6 +339,24 @@ class ProfileStore:
         if not folder.is_dir():
             return []
         return sorted(p.stem for p in folder.glob("*.crt"))
+
+
+# Values YAML reads as the same string: a word starting with a letter (not a YAML boolean
+# or null), or an IPv4 address with a port. Anything else goes through the YAML parser.
+_PLAIN_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:@/-]*|[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?::[0-9]{1,5})?")
+_YAML_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "null", "y", "n"})
+
+
+def _plain_mapping(text: str) -> dict[str, str] | None:
+    """``key: value`` lines of plain words, as ``save`` writes them (read without importing
+    yaml, which costs more than the rest of a ``ptsh db connect``); None for anything else."""
+    doc: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep or not key.isidentifier() or not _PLAIN_VALUE.fullmatch(value) or value.lower() in _YAML_WORDS:
+            return None
+        doc[key] = value
+    return doc
 
 
 def _forget_keyring(profile: Profile) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import BadParameter, NotFound
+from ptsh.connect import connection_url  # noqa: F401  (ptsh proxy db and ptsh db config use it from here)
 from ptsh.login_state import Login
 
 
@@ -214,9 +215,15 @@ class BackgroundTunnel:
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="ptsh-tunnel", daemon=True)
 
-    def start(self, port: int = 0) -> int:
-        self.thread.start()
-        return asyncio.run_coroutine_threadsafe(self.tunnel.start("127.0.0.1", port), self.loop).result(10)
+    def begin(self) -> None:
+        """Start the event-loop thread (``preflight`` needs it; ``start`` does it too)."""
+        if not self.thread.is_alive():
+            self.thread.start()
+
+    def start(self, port: int = 0, sock: Any = None) -> int:
+        """Serve psql on 127.0.0.1 (``port``, or the listening socket ``sock``); the port."""
+        self.begin()
+        return asyncio.run_coroutine_threadsafe(self.tunnel.start("127.0.0.1", port, sock), self.loop).result(10)
 
     def preflight(self, params: dict[str, str]) -> None:
         """Open the first session now (see ``LocalTunnel.preflight``); raises what stops it."""
@@ -259,12 +266,6 @@ def _locale_encoding(env: dict[str, str]) -> str | None:
         return "SQL_ASCII"
     codeset = ctype.partition(".")[2].partition("@")[0].replace("-", "").lower()
     return "UTF8" if codeset == "utf8" else None
-
-
-def connection_url(user: str, port: int, dbname: str) -> str:
-    from urllib.parse import quote
-
-    return f"postgres://{quote(user, safe='')}@127.0.0.1:{port}/{quote(dbname, safe='')}?sslmode=disable"
 
 
 async def run_tunnel(

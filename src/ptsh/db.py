@@ -144,44 +144,9 @@ def db_connect(
 
     Arguments after -- go to psql: ptsh db connect aurora -- -c 'select 1'
     """
-    import os
-    import shutil
+    from ptsh.connect import connect
 
-    from common.errors import BadParameter
-    from ptsh.databases import BackgroundTunnel, cert_for, connection_url, psql_startup
-
-    psql = shutil.which("psql")
-    if psql is None:
-        raise BadParameter(
-            f"psql was not found on PATH; install the PostgreSQL client, or run "
-            f'"ptsh proxy db --tunnel {database}" and connect with any PostgreSQL client'
-        )
-    login = _login(proxy)
-    cert = cert_for(login, database, db_user, db_name)
-    tunnel = BackgroundTunnel(login, cert)
-    port = tunnel.start()
-    try:
-        # Before psql starts: the proxy, the agent and the database answer, or the error and its exit code.
-        terminal = sys.stdin.isatty() and sys.stdout.isatty()
-        tunnel.preflight(psql_startup(cert.db_user, cert.db_name, dict(os.environ), terminal))
-        return _run_psql([psql, connection_url(cert.db_user, port, cert.db_name), *ctx.args])
-    finally:
-        tunnel.stop()
-        for message in tunnel.warnings[:1]:
-            eprint(f"WARNING: {message}")
-
-
-def _run_psql(argv: list[str]) -> int:
-    """Run psql in the foreground; Ctrl+C belongs to psql (it sends a cancel through the tunnel)."""
-    import signal
-    import subprocess
-
-    process = subprocess.Popen(argv)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return process.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return connect(database, db_user, db_name, proxy, list(ctx.args))
 
 
 def _config(login: Any, database: str, db_user: str | None, db_name: str | None, port: int) -> dict[str, Any]:

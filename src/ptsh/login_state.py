@@ -199,7 +199,7 @@ def current_login(proxy: str | None = None, *, allow_expired: bool = False) -> L
     ``proxy`` is the command's ``--proxy``, else the global one (``ptsh --proxy=... db ls``);
     with an identity file it replaces the address the file names.
     """
-    from ptsh.options import GLOBALS
+    from ptsh.flags import GLOBALS
 
     proxy = proxy or GLOBALS["proxy"]  # type: ignore[assignment]
     path = identity_file_path()

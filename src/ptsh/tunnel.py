@@ -240,9 +240,13 @@ class LocalTunnel:
         host = f"[{self.proxy_host}]" if ":" in self.proxy_host else self.proxy_host
         return f"{host}:{self.proxy_port}"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: Any = None) -> int:
+        """Serve on ``host:port``, or on ``sock`` (a listening socket bound already); the port."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Accepted(self), host, port, reuse_address=True)
+        if sock is not None:
+            self.server = await loop.create_server(lambda: _Accepted(self), sock=sock)
+        else:
+            self.server = await loop.create_server(lambda: _Accepted(self), host, port, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
