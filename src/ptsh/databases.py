@@ -72,17 +72,26 @@ def db_cert_path(login: Login, database: str) -> Any:
 
 
 def saved_db_cert(login: Login, database: str) -> DbCert | None:
-    """The certificate from ``ptsh db login`` for this database, if any."""
+    """The certificate from ``ptsh db login`` for this database, if any (its facts: ``common.certfacts``)."""
     path = db_cert_path(login, database)
     if path is None or not path.exists():
         return None
-    from common.identity import identity_from_pem
+    from common import certfacts
 
     cert = path.read_bytes()
-    ident = identity_from_pem(cert)
-    if ident.route is None:
+    facts = certfacts.load(path, cert)
+    if facts is None:
+        from common.identity import identity_from_pem
+
+        ident = identity_from_pem(cert)
+        route = ident.route
+        facts = {"db_user": route.username if route else None, "db_name": route.database if route else None,
+                 "expires": ident.expires.isoformat() if ident.expires else None}
+        certfacts.save(path, cert, facts)
+    if facts.get("db_user") is None:
         return None
-    return DbCert(database, ident.route.username, ident.route.database, cert, ident.expires)
+    expires = datetime.fromisoformat(facts["expires"]) if facts.get("expires") else None
+    return DbCert(database, facts["db_user"], facts["db_name"], cert, expires)
 
 
 def save_db_cert(login: Login, cert: DbCert) -> None:
@@ -115,7 +124,10 @@ def logout_databases(login: Login, database: str | None) -> list[str]:
     for name in names:
         path = db_cert_path(login, name)
         if path is not None:
+            from common import certfacts
+
             path.unlink(missing_ok=True)
+            certfacts.forget(path)
     return names
 
 
@@ -194,7 +206,7 @@ def tunnel_certs(login: Login, cert: DbCert, on_warning: Any = None) -> Any:
         state.update(login=current, cert=new)
         return new.cert, current.key
 
-    return CertSource(cert.cert, login.key, login.host_cas, refresh, on_warning=on_warning)
+    return CertSource(cert.cert, login.key, login.host_cas, refresh, on_warning=on_warning, expires=cert.expires)
 
 
 class BackgroundTunnel:
