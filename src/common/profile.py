@@ -6,9 +6,10 @@ Layout (Teleport's ``~/.tsh``; the root is ``$PTSH_HOME``, default ``~/.ptsh``):
     current-profile                       name of the active profile (the proxy host)
     <proxy-host>.yaml                     web_proxy_addr, user, cluster, key_storage
     keys/<proxy-host>/<user>.crt          user certificate (not secret)
+    keys/<proxy-host>/<user>.crt.facts    its user, roles and expiry, read without an X.509 parser
     keys/<proxy-host>/<user>.key          private key, only when it is not in the keyring
     keys/<proxy-host>/cas/<cluster>.pem   the cluster's host CA: trusted for the proxy
-    keys/<proxy-host>/<user>-db/<cluster>/<db>.crt   database certificates (ptsh db login)
+    keys/<proxy-host>/<user>-db/<cluster>/<db>.crt   database certificates (ptsh db login), each with .facts
 
 Directories are 0700, secrets 0600 from creation. Keyring entries: service
 ``ptsh@<proxy-host>``, username ``<user>``, value the PKCS#8 PEM key. ``PTSH_KEY_STORAGE``
@@ -299,7 +300,8 @@ class ProfileStore:
 
     def _remove_files(self, profile: Profile) -> None:
         keys = self.keys_dir(profile)
-        for path in (self.cert_path(profile), self.key_path(profile)):
+        cert = self.cert_path(profile)
+        for path in (cert, cert.with_name(cert.name + ".facts"), self.key_path(profile)):  # .facts: common.certfacts
             with contextlib.suppress(OSError):
                 path.unlink()
         shutil.rmtree(keys / f"{profile.user}-db", ignore_errors=True)
