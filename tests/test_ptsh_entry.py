@@ -70,3 +70,50 @@ def test_a_profile_read_without_yaml_is_what_yaml_reads(text: str) -> None:
     assert plain is None or plain == yaml.safe_load(text)
     if text.startswith("web_proxy_addr: 127") or text.startswith("web_proxy_addr: proxy"):
         assert plain is not None  # the form ptsh login writes takes the fast way
+
+
+# --- against a real cluster: the fast paths print what the Typer commands print -----------------
+@pytest.fixture(scope="module")
+def env(pg, tmp_path_factory):
+    from tests.dbenv import make_env
+
+    pg.create_role("alice", "cert")
+    e = make_env(tmp_path_factory.mktemp("entry"), pg)
+    e.start_agent("aurora")
+    e.add_user("alice", "access,db")
+    e.login("alice")
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def both(env, *words: str) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    user_env = env.user_env("alice")
+    fast = subprocess.run([PTSH, *words], capture_output=True, text=True, env=user_env, stdin=subprocess.DEVNULL)
+    slow = subprocess.run([*TYPER, *words], capture_output=True, text=True, env=user_env, stdin=subprocess.DEVNULL)
+    return fast, slow
+
+
+@pytest.mark.slow
+def test_db_ls_prints_what_the_typer_command_prints(env) -> None:
+    for words in (["db", "ls"], ["db", "ls", "-v"]):
+        fast, slow = both(env, *words)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (slow.returncode, slow.stdout, slow.stderr)
+        assert "aurora" in fast.stdout
+    assert env.ptsh("alice", "db", "login", "--db-user=alice", "--db-name=postgres", "aurora").returncode == 0
+    fast, slow = both(env, "db", "ls")
+    assert fast.stdout == slow.stdout and "> aurora (user: alice, db: postgres)" in fast.stdout
+    assert list(Path(env.user_env("alice")["PTSH_HOME"]).rglob("aurora.crt.facts"))  # kept for the next run
+
+
+@pytest.mark.slow
+def test_db_connect_refusals_keep_their_sentence_and_exit_code(env) -> None:
+    ok = env.ptsh("alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "aurora", "--", "-Atc",
+                  "select current_user")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "alice"), ok.stderr
+    for words in (["db", "connect", "--db-user=alice", "--db-name=postgres", "nosuch", "--", "-c", "select 1"],
+                  ["db", "connect", "-u", "root", "-n", "postgres", "aurora", "--", "-c", "select 1"]):
+        fast, slow = both(env, *words)
+        assert fast.returncode == slow.returncode != 0, (fast.stderr, slow.stderr)
+        assert fast.stderr == slow.stderr and fast.stdout == slow.stdout == ""

@@ -17,6 +17,8 @@ from common.errors import BadParameter, NotFound
 from ptsh.connect import connection_url  # noqa: F401  (ptsh proxy db and ptsh db config use it from here)
 from ptsh.login_state import Login
 
+DB_LS_HINT = "hint: filter the list with labels (ptsh db ls env=prod) or --search WORDS"
+
 
 @dataclass
 class DbCert:
@@ -47,6 +49,51 @@ def filter_databases(dbs: list[dict], labels: dict[str, str], search: list[str])
                 continue
         out.append(db)
     return out
+
+
+def _format_labels(labels: dict[str, str], verbose: bool) -> str:
+    hidden = ("teleport.dev/", "teleport.hidden/", "teleport.internal/")
+    items = [(k, v) for k, v in labels.items() if verbose or not k.startswith(hidden)]
+    plain = sorted((k, v) for k, v in items if "/" not in k)
+    slashed = sorted((k, v) for k, v in items if "/" in k)
+    return ",".join(f"{k}={v}" for k, v in plain + slashed)
+
+
+def _users_cell(db: dict) -> str:
+    users = db.get("users", {})
+    allowed = users.get("allowed", [])
+    denied = users.get("denied", [])
+    cell = "[" + ", ".join(allowed) + "]"
+    if denied:
+        cell += " except: [" + ", ".join(denied) + "]"
+    return cell
+
+
+def db_table(login: Login, dbs: list[dict], verbose: bool) -> str:
+    """The text of ``ptsh db ls``: one row per database, the ones logged in to marked with ``>``."""
+    from common.text import safe_text, table
+
+    active = set(logged_in_databases(login))
+    headers = ["Name", "Description", "Allowed Users", "Labels", "Connect"]
+    if verbose:
+        headers = ["Name", "Description", "Protocol", "Type", "URI", "Allowed Users", "Labels", "Connect"]
+    rows = []
+    for db in dbs:
+        name = db["metadata"]["name"]
+        connect = ""
+        shown = name
+        if name in active:
+            saved = saved_db_cert(login, name)
+            if saved is not None:
+                shown = f"> {name} (user: {saved.db_user}, db: {saved.db_name})"
+                connect = f"ptsh db connect {name}"
+        aws = (db["spec"].get("aws") or {}).get("region")
+        row = [safe_text(shown), safe_text(db["metadata"].get("description", ""))]
+        if verbose:
+            row += [db["spec"].get("protocol", ""), "rds" if aws else "self-hosted", db["spec"].get("uri", "")]
+        row += [_users_cell(db), safe_text(_format_labels(db["metadata"].get("labels", {}), verbose)), connect]
+        rows.append(row)
+    return table(headers, rows)
 
 
 def issue_db_cert(login: Login, database: str, db_user: str, db_name: str) -> DbCert:

@@ -2,7 +2,7 @@
 
 Importing Typer (with click, and the pydantic it uses to coerce parameters, and rich to
 print help) costs more than the commands people run most. So this module, the console
-script's entry point, handles three forms itself and hands every other command line, as
+script's entry point, handles four forms itself and hands every other command line, as
 it is, to ``ptsh.cli`` (same behaviour, only slower):
 
 - ``ptsh version``: printed here, as ``ptsh.cli`` prints it.
@@ -13,6 +13,8 @@ it is, to ``ptsh.cli`` (same behaviour, only slower):
   (default ``~/.cache/ptsh``), one file per key; the key holds ptsh's version and the size
   and modification time of every source file of ptsh, common, Typer and rich, so changing
   a command, or upgrading, makes a new entry. A first run records while Typer prints.
+- ``ptsh db ls [-v]``: one GET with ``http.client`` (not httpx) and the same table; on any
+  error nothing is printed and the Typer command runs, which gives the sentence and exit code.
 - ``ptsh db connect NAME [--db-user U | -u U] [--db-name N | -n N] [--proxy P] [-- PSQL ARGS]``:
   ``ptsh.connect`` runs it; errors become one line and the documented exit code, as in
   ``common.cli.run_app``.
@@ -33,7 +35,14 @@ _COLOUR_ENV = ("COLUMNS", "LINES", "TERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPA
 
 
 def main() -> None:
-    argv = sys.argv[1:]
+    try:
+        _main(sys.argv[1:])
+    except KeyboardInterrupt:
+        print("", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+def _main(argv: list[str]) -> None:
     if os.environ.get("_PTSH_COMPLETE") or os.environ.get("PTELEPORT_DEBUG") or "--debug" in argv or "-d" in argv:
         _typer(argv)
     elif argv == ["version"]:
@@ -44,6 +53,8 @@ def main() -> None:
         _help(argv)
     elif (args := connect_args(argv)) is not None:
         _run_connect(*args)
+    elif argv in (["db", "ls"], ["db", "ls", "-v"], ["db", "ls", "--verbose"]) and _db_ls(verbose=len(argv) == 3):
+        pass
     else:
         _typer(argv)
 
@@ -103,6 +114,57 @@ def _run_connect(database: str, db_user: str | None, db_name: str | None, proxy:
         print("", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     raise SystemExit(code)
+
+
+# --- ptsh db ls ----------------------------------------------------------------------------------
+def _db_ls(verbose: bool) -> bool:
+    """``ptsh db ls [-v]`` with one GET over ``http.client``; False (nothing printed) when
+    anything is not as expected, and the Typer command then runs and explains it."""
+    import json
+
+    try:
+        from ptsh.databases import db_table
+        from ptsh.login_state import current_login
+
+        login = current_login(None)
+        status, body = _get(login, "/v1/databases")
+        if status != 200:
+            return False
+        dbs = json.loads(body)
+        text = db_table(login, dbs, verbose)
+    except Exception:  # the Typer command runs instead: it gives the sentence and the exit code
+        return False
+    print(text)
+    if len(dbs) >= 20:
+        from ptsh.databases import DB_LS_HINT
+
+        print(DB_LS_HINT, file=sys.stderr, flush=True)
+    return True
+
+
+def _get(login: Any, path: str) -> tuple[int, bytes]:
+    """One HTTPS GET to the proxy with the login's certificate (what ``common.client`` sends)."""
+    import http.client
+    import socket
+
+    from common.tlsctx import ALPN_HTTP, INTERNAL_SNI, client_context
+    from ptsh.databases import proxy_host_port
+
+    host, port = proxy_host_port(login)
+    ctx = client_context(cas=login.host_cas, cert=login.cert, key=login.key, alpn=[ALPN_HTTP])
+
+    class Connection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            raw = socket.create_connection((self.host, self.port), self.timeout)
+            self.sock = ctx.wrap_socket(raw, server_hostname=INTERNAL_SNI)
+
+    conn = Connection(host, port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 # --- help -----------------------------------------------------------------------------------------
