@@ -7,6 +7,7 @@ run) and ``bench.report`` turns them into ratios.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import ssl
@@ -117,6 +118,75 @@ def copy_seconds(env: dict[str, str], watch: dict[str, list[int]] | None = None)
     cpu = {name: sum(cpu_seconds(p) for p in pids) - before[name] for name, pids in watch.items()}
     cpu["psql"] = usage.ru_utime + usage.ru_stime
     return took, cpu
+
+
+COPY_IN_TABLE = "copy_in_target"
+
+
+def copy_in_prepare(env: dict[str, str], data: Path) -> int:
+    """Write the rows of pgbench_accounts to ``data`` (what ``\\copy ... from stdin`` reads) and
+    make an empty UNLOGGED table like it; the bytes of the file."""
+    with data.open("wb") as out:
+        run = subprocess.run(["psql", "-X", "-q", "-c", COPY_SQL], env=env, stdout=out, stderr=subprocess.PIPE)
+    if run.returncode != 0:
+        raise RuntimeError(f"psql COPY failed: {run.stderr!r}")
+    sql = f"DROP TABLE IF EXISTS {COPY_IN_TABLE}; CREATE UNLOGGED TABLE {COPY_IN_TABLE} (LIKE pgbench_accounts)"
+    made = subprocess.run(["psql", "-X", "-q", "-c", sql], env=env, capture_output=True, text=True)
+    if made.returncode != 0:
+        raise RuntimeError(f"cannot create {COPY_IN_TABLE}: {made.stderr}")
+    return data.stat().st_size
+
+
+def copy_in_seconds(env: dict[str, str], data: Path, truncate_env: dict[str, str],
+                    watch: dict[str, list[int]] | None = None) -> tuple[float, dict[str, float]]:
+    """Wall time of one ``psql -c '\\copy copy_in_target from stdin'`` fed from ``data`` (psql start and
+    connect included), after emptying the table; CPU seconds of each watched process (and psql)."""
+    watch = watch or {}
+    trunc = subprocess.run(["psql", "-X", "-q", "-c", f"TRUNCATE {COPY_IN_TABLE}"], env=truncate_env,
+                           capture_output=True, text=True)
+    if trunc.returncode != 0:
+        raise RuntimeError(f"TRUNCATE failed: {trunc.stderr}")
+    before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watch.items()}
+    start = time.perf_counter()
+    with data.open("rb") as feed:
+        proc = subprocess.Popen(["psql", "-X", "-q", "-c", f"\\copy {COPY_IN_TABLE} from stdin"], env=env,
+                                stdin=feed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - start
+    err = proc.stderr.read() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"COPY FROM STDIN failed: {err}")
+    cpu = {name: sum(cpu_seconds(p) for p in pids) - before[name] for name, pids in watch.items()}
+    cpu["psql"] = usage.ru_utime + usage.ru_stime
+    return took, cpu
+
+
+def sessions_per_second(port: int, user: str, seconds: float, tls: bool, concurrency: int = 4) -> float:
+    """New sessions a second: ``concurrency`` clients each open a session (to ReadyForQuery), send
+    Terminate and close, again and again for ``seconds``."""
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+    async def client(deadline: float) -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            writer = await _open_session(port, user, ctx)
+            writer.write(b"X\x00\x00\x00\x04")
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+            done += 1
+        return done
+
+    async def go() -> float:
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(client(start + seconds) for _ in range(concurrency)))
+        return sum(counts) / (time.perf_counter() - start)
+
+    return asyncio.run(go())
 
 
 # --- connections and CLIs ---------------------------------------------------------------------------

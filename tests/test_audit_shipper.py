@@ -38,10 +38,11 @@ class FakeAuth:
         self.order: list[str] = []
         self.posts = 0
 
-    async def post(self, path: str, body: dict) -> dict:
+    async def post_lines(self, path: str, lines: list[str]) -> dict:
         assert path == "/v1/events"
+        assert all("\n" not in line for line in lines)  # one event per NDJSON line
         self.posts += 1
-        batch = body["events"]
+        batch = [json.loads(line) for line in lines]
         if self.down:
             raise ConnectionProblem("cannot reach the cluster at 127.0.0.1:3080")
         if self.error is not None and (err := self.error(batch)) is not None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from common.errors import EXIT_USAGE, BadParameter, PteleportError, UsageError, exit_code_for
+from common.text import safe_text, table  # noqa: F401  (re-exported: the CLIs import them from here)
 
 
 class Format(StrEnum):
@@ -159,27 +160,6 @@ def render(data: Any, fmt: Format | str, text: Callable[[Any], str] | None = Non
         if out:
             sys.stdout.write(out if out.endswith("\n") else out + "\n")
     sys.stdout.flush()
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """A borderless, left-aligned table like Teleport's (header, dashes, rows)."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: list[str]) -> str:
-        return " ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
-
-    out = [line(headers), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows]
-    return "\n".join(out)
-
-
-def safe_text(value: Any) -> str:
-    """Printable form of anything that came from outside: control characters escaped."""
-    text = str(value)
-    return "".join(ch if ch.isprintable() or ch in " " else repr(ch)[1:-1] for ch in text)
 
 
 def prompt_secret(prompt: str, flag_hint: str) -> str:

@@ -33,6 +33,7 @@ from common.errors import (
 from common.tls import INTERNAL_SNI, client_context, describe_ssl_error
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+NDJSON = "application/x-ndjson"  # one JSON value per line: how agents send audit events
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,18 @@ class AsyncClusterClient:
 
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.request("POST", path, json=body if body is not None else {})
+
+    async def post_lines(self, path: str, lines: list[str]) -> Any:
+        """POST ``lines`` (each one JSON value, no newline) as one NDJSON body."""
+        body = ("\n".join(lines) + "\n").encode()
+        try:
+            response = await self._http.post(
+                path, content=body, headers={"Content-Type": NDJSON}, extensions={"sni_hostname": INTERNAL_SNI}
+            )
+        except httpx.HTTPError as exc:
+            raise _network_error(self.addr, exc) from None
+        _raise_for(response)
+        return response.json()
 
     async def aclose(self) -> None:
         await self._http.aclose()

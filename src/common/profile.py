@@ -6,9 +6,10 @@ Layout (Teleport's ``~/.tsh``; the root is ``$PTSH_HOME``, default ``~/.ptsh``):
     current-profile                       name of the active profile (the proxy host)
     <proxy-host>.yaml                     web_proxy_addr, user, cluster, key_storage
     keys/<proxy-host>/<user>.crt          user certificate (not secret)
+    keys/<proxy-host>/<user>.crt.facts    its user, roles and expiry, read without an X.509 parser
     keys/<proxy-host>/<user>.key          private key, only when it is not in the keyring
     keys/<proxy-host>/cas/<cluster>.pem   the cluster's host CA: trusted for the proxy
-    keys/<proxy-host>/<user>-db/<cluster>/<db>.crt   database certificates (ptsh db login)
+    keys/<proxy-host>/<user>-db/<cluster>/<db>.crt   database certificates (ptsh db login), each with .facts
 
 Directories are 0700, secrets 0600 from creation. Keyring entries: service
 ``ptsh@<proxy-host>``, username ``<user>``, value the PKCS#8 PEM key. ``PTSH_KEY_STORAGE``
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -180,15 +182,21 @@ class ProfileStore:
         return sorted(p.stem for p in self.home.glob("*.yaml") if p.is_file())
 
     def load(self, name: str) -> Profile:
-        import yaml
-
         path = self.profile_path(name)
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
         except FileNotFoundError:
             raise NotLoggedIn(f'Not logged in to "{name}"; run "ptsh login --proxy={name}:PORT"') from None
-        except (OSError, yaml.YAMLError) as exc:
+        except OSError as exc:
             raise BadParameter(f"cannot read the profile {path}: {exc}; log in again") from None
+        doc = _plain_mapping(text)
+        if doc is None:  # not the plain form ``save`` writes: let the YAML parser read it
+            import yaml
+
+            try:
+                doc = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise BadParameter(f"cannot read the profile {path}: {exc}; log in again") from None
         if not isinstance(doc, dict) or not doc.get("web_proxy_addr") or not doc.get("user"):
             raise BadParameter(f"the profile {path} is damaged; log in again")
         return Profile(
@@ -292,7 +300,8 @@ class ProfileStore:
 
     def _remove_files(self, profile: Profile) -> None:
         keys = self.keys_dir(profile)
-        for path in (self.cert_path(profile), self.key_path(profile)):
+        cert = self.cert_path(profile)
+        for path in (cert, cert.with_name(cert.name + ".facts"), self.key_path(profile)):  # .facts: common.certfacts
             with contextlib.suppress(OSError):
                 path.unlink()
         shutil.rmtree(keys / f"{profile.user}-db", ignore_errors=True)
@@ -332,6 +341,24 @@ class ProfileStore:
         if not folder.is_dir():
             return []
         return sorted(p.stem for p in folder.glob("*.crt"))
+
+
+# Values YAML reads as the same string: a word starting with a letter (not a YAML boolean
+# or null), or an IPv4 address with a port. Anything else goes through the YAML parser.
+_PLAIN_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:@/-]*|[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?::[0-9]{1,5})?")
+_YAML_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "null", "y", "n"})
+
+
+def _plain_mapping(text: str) -> dict[str, str] | None:
+    """``key: value`` lines of plain words, as ``save`` writes them (read without importing
+    yaml, which costs more than the rest of a ``ptsh db connect``); None for anything else."""
+    doc: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep or not key.isidentifier() or not _PLAIN_VALUE.fullmatch(value) or value.lower() in _YAML_WORDS:
+            return None
+        doc[key] = value
+    return doc
 
 
 def _forget_keyring(profile: Profile) -> None:

@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import BadParameter, NotFound
+from ptsh.connect import connection_url  # noqa: F401  (ptsh proxy db and ptsh db config use it from here)
 from ptsh.login_state import Login
+
+DB_LS_HINT = "hint: filter the list with labels (ptsh db ls env=prod) or --search WORDS"
 
 
 @dataclass
@@ -48,6 +51,51 @@ def filter_databases(dbs: list[dict], labels: dict[str, str], search: list[str])
     return out
 
 
+def _format_labels(labels: dict[str, str], verbose: bool) -> str:
+    hidden = ("teleport.dev/", "teleport.hidden/", "teleport.internal/")
+    items = [(k, v) for k, v in labels.items() if verbose or not k.startswith(hidden)]
+    plain = sorted((k, v) for k, v in items if "/" not in k)
+    slashed = sorted((k, v) for k, v in items if "/" in k)
+    return ",".join(f"{k}={v}" for k, v in plain + slashed)
+
+
+def _users_cell(db: dict) -> str:
+    users = db.get("users", {})
+    allowed = users.get("allowed", [])
+    denied = users.get("denied", [])
+    cell = "[" + ", ".join(allowed) + "]"
+    if denied:
+        cell += " except: [" + ", ".join(denied) + "]"
+    return cell
+
+
+def db_table(login: Login, dbs: list[dict], verbose: bool) -> str:
+    """The text of ``ptsh db ls``: one row per database, the ones logged in to marked with ``>``."""
+    from common.text import safe_text, table
+
+    active = set(logged_in_databases(login))
+    headers = ["Name", "Description", "Allowed Users", "Labels", "Connect"]
+    if verbose:
+        headers = ["Name", "Description", "Protocol", "Type", "URI", "Allowed Users", "Labels", "Connect"]
+    rows = []
+    for db in dbs:
+        name = db["metadata"]["name"]
+        connect = ""
+        shown = name
+        if name in active:
+            saved = saved_db_cert(login, name)
+            if saved is not None:
+                shown = f"> {name} (user: {saved.db_user}, db: {saved.db_name})"
+                connect = f"ptsh db connect {name}"
+        aws = (db["spec"].get("aws") or {}).get("region")
+        row = [safe_text(shown), safe_text(db["metadata"].get("description", ""))]
+        if verbose:
+            row += [db["spec"].get("protocol", ""), "rds" if aws else "self-hosted", db["spec"].get("uri", "")]
+        row += [_users_cell(db), safe_text(_format_labels(db["metadata"].get("labels", {}), verbose)), connect]
+        rows.append(row)
+    return table(headers, rows)
+
+
 def issue_db_cert(login: Login, database: str, db_user: str, db_name: str) -> DbCert:
     from common.identity import identity_from_pem
     from common.tls import load_private_key, public_key_pem
@@ -71,17 +119,26 @@ def db_cert_path(login: Login, database: str) -> Any:
 
 
 def saved_db_cert(login: Login, database: str) -> DbCert | None:
-    """The certificate from ``ptsh db login`` for this database, if any."""
+    """The certificate from ``ptsh db login`` for this database, if any (its facts: ``common.certfacts``)."""
     path = db_cert_path(login, database)
     if path is None or not path.exists():
         return None
-    from common.identity import identity_from_pem
+    from common import certfacts
 
     cert = path.read_bytes()
-    ident = identity_from_pem(cert)
-    if ident.route is None:
+    facts = certfacts.load(path, cert)
+    if facts is None:
+        from common.identity import identity_from_pem
+
+        ident = identity_from_pem(cert)
+        route = ident.route
+        facts = {"db_user": route.username if route else None, "db_name": route.database if route else None,
+                 "expires": ident.expires.isoformat() if ident.expires else None}
+        certfacts.save(path, cert, facts)
+    if facts.get("db_user") is None:
         return None
-    return DbCert(database, ident.route.username, ident.route.database, cert, ident.expires)
+    expires = datetime.fromisoformat(facts["expires"]) if facts.get("expires") else None
+    return DbCert(database, facts["db_user"], facts["db_name"], cert, expires)
 
 
 def save_db_cert(login: Login, cert: DbCert) -> None:
@@ -114,7 +171,10 @@ def logout_databases(login: Login, database: str | None) -> list[str]:
     for name in names:
         path = db_cert_path(login, name)
         if path is not None:
+            from common import certfacts
+
             path.unlink(missing_ok=True)
+            certfacts.forget(path)
     return names
 
 
@@ -193,7 +253,7 @@ def tunnel_certs(login: Login, cert: DbCert, on_warning: Any = None) -> Any:
         state.update(login=current, cert=new)
         return new.cert, current.key
 
-    return CertSource(cert.cert, login.key, login.host_cas, refresh, on_warning=on_warning)
+    return CertSource(cert.cert, login.key, login.host_cas, refresh, on_warning=on_warning, expires=cert.expires)
 
 
 class BackgroundTunnel:
@@ -214,9 +274,15 @@ class BackgroundTunnel:
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="ptsh-tunnel", daemon=True)
 
-    def start(self, port: int = 0) -> int:
-        self.thread.start()
-        return asyncio.run_coroutine_threadsafe(self.tunnel.start("127.0.0.1", port), self.loop).result(10)
+    def begin(self) -> None:
+        """Start the event-loop thread (``preflight`` needs it; ``start`` does it too)."""
+        if not self.thread.is_alive():
+            self.thread.start()
+
+    def start(self, port: int = 0, sock: Any = None) -> int:
+        """Serve psql on 127.0.0.1 (``port``, or the listening socket ``sock``); the port."""
+        self.begin()
+        return asyncio.run_coroutine_threadsafe(self.tunnel.start("127.0.0.1", port, sock), self.loop).result(10)
 
     def preflight(self, params: dict[str, str]) -> None:
         """Open the first session now (see ``LocalTunnel.preflight``); raises what stops it."""
@@ -259,12 +325,6 @@ def _locale_encoding(env: dict[str, str]) -> str | None:
         return "SQL_ASCII"
     codeset = ctype.partition(".")[2].partition("@")[0].replace("-", "").lower()
     return "UTF8" if codeset == "utf8" else None
-
-
-def connection_url(user: str, port: int, dbname: str) -> str:
-    from urllib.parse import quote
-
-    return f"postgres://{quote(user, safe='')}@127.0.0.1:{port}/{quote(dbname, safe='')}?sslmode=disable"
 
 
 async def run_tunnel(

@@ -35,24 +35,6 @@ def _labels_arg(text: str | None) -> dict[str, str]:
     return labels
 
 
-def _format_labels(labels: dict[str, str], verbose: bool) -> str:
-    hidden = ("teleport.dev/", "teleport.hidden/", "teleport.internal/")
-    items = [(k, v) for k, v in labels.items() if verbose or not k.startswith(hidden)]
-    plain = sorted((k, v) for k, v in items if "/" not in k)
-    slashed = sorted((k, v) for k, v in items if "/" in k)
-    return ",".join(f"{k}={v}" for k, v in plain + slashed)
-
-
-def _users_cell(db: dict) -> str:
-    users = db.get("users", {})
-    allowed = users.get("allowed", [])
-    denied = users.get("denied", [])
-    cell = "[" + ", ".join(allowed) + "]"
-    if denied:
-        cell += " except: [" + ", ".join(denied) + "]"
-    return cell
-
-
 @db_app.command("ls")
 def db_ls(
     labels: Annotated[str | None, typer.Argument(help="Label selector: k=v[,k2=v2].")] = None,
@@ -62,8 +44,7 @@ def db_ls(
     proxy: ProxyOpt = None,
 ) -> None:
     """List the databases your roles allow."""
-    from common.cli import safe_text, table
-    from ptsh.databases import filter_databases, list_databases, logged_in_databases, saved_db_cert
+    from ptsh.databases import DB_LS_HINT, db_table, filter_databases, list_databases
 
     login = _login(proxy)
     words = [w for w in (search or "").replace(",", " ").split() if w]
@@ -71,29 +52,9 @@ def db_ls(
     if fmt != Format.text:
         render(dbs, fmt)
         return
-    active = set(logged_in_databases(login))
-    headers = ["Name", "Description", "Allowed Users", "Labels", "Connect"]
-    if verbose:
-        headers = ["Name", "Description", "Protocol", "Type", "URI", "Allowed Users", "Labels", "Connect"]
-    rows = []
-    for db in dbs:
-        name = db["metadata"]["name"]
-        connect = ""
-        shown = name
-        if name in active:
-            saved = saved_db_cert(login, name)
-            if saved is not None:
-                shown = f"> {name} (user: {saved.db_user}, db: {saved.db_name})"
-                connect = f"ptsh db connect {name}"
-        aws = (db["spec"].get("aws") or {}).get("region")
-        row = [safe_text(shown), safe_text(db["metadata"].get("description", ""))]
-        if verbose:
-            row += [db["spec"].get("protocol", ""), "rds" if aws else "self-hosted", db["spec"].get("uri", "")]
-        row += [_users_cell(db), safe_text(_format_labels(db["metadata"].get("labels", {}), verbose)), connect]
-        rows.append(row)
-    print(table(headers, rows))
+    print(db_table(login, dbs, verbose))
     if len(dbs) >= 20 and not (labels or search):
-        eprint("hint: filter the list with labels (ptsh db ls env=prod) or --search WORDS")
+        eprint(DB_LS_HINT)
 
 
 @db_app.command("login")
@@ -144,44 +105,9 @@ def db_connect(
 
     Arguments after -- go to psql: ptsh db connect aurora -- -c 'select 1'
     """
-    import os
-    import shutil
+    from ptsh.connect import connect
 
-    from common.errors import BadParameter
-    from ptsh.databases import BackgroundTunnel, cert_for, connection_url, psql_startup
-
-    psql = shutil.which("psql")
-    if psql is None:
-        raise BadParameter(
-            f"psql was not found on PATH; install the PostgreSQL client, or run "
-            f'"ptsh proxy db --tunnel {database}" and connect with any PostgreSQL client'
-        )
-    login = _login(proxy)
-    cert = cert_for(login, database, db_user, db_name)
-    tunnel = BackgroundTunnel(login, cert)
-    port = tunnel.start()
-    try:
-        # Before psql starts: the proxy, the agent and the database answer, or the error and its exit code.
-        terminal = sys.stdin.isatty() and sys.stdout.isatty()
-        tunnel.preflight(psql_startup(cert.db_user, cert.db_name, dict(os.environ), terminal))
-        return _run_psql([psql, connection_url(cert.db_user, port, cert.db_name), *ctx.args])
-    finally:
-        tunnel.stop()
-        for message in tunnel.warnings[:1]:
-            eprint(f"WARNING: {message}")
-
-
-def _run_psql(argv: list[str]) -> int:
-    """Run psql in the foreground; Ctrl+C belongs to psql (it sends a cancel through the tunnel)."""
-    import signal
-    import subprocess
-
-    process = subprocess.Popen(argv)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return process.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return connect(database, db_user, db_name, proxy, list(ctx.args))
 
 
 def _config(login: Any, database: str, db_user: str | None, db_name: str | None, port: int) -> dict[str, Any]:

@@ -41,11 +41,20 @@ class Login:
     cluster: str
     roles: tuple[str, ...]
     expires: datetime | None
-    identity: Identity
+    _identity: Identity | None = field(default=None, repr=False)  # parsed from ``cert`` when first needed
     profile: Profile | None = None  # set when the credentials come from a profile
     store: ProfileStore | None = None
     identity_file: str | None = None  # set when they come from an identity file
     _key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> Identity:
+        """The identity in the certificate (parsed on first use: ``common.certfacts``)."""
+        if self._identity is None:
+            from common.identity import identity_from_pem
+
+            self._identity = identity_from_pem(self.cert)
+        return self._identity
 
     @property
     def key(self) -> bytes:
@@ -164,30 +173,45 @@ def load_identity_file(path: str, proxy: str | None = None) -> Login:
         cluster=ident.cluster or identity.cluster_name,
         roles=identity.roles,
         expires=identity.expires,
-        identity=identity,
+        _identity=identity,
         identity_file=str(path),
         _key=ident.key,
     )
 
 
 def profile_login(store: ProfileStore, profile: Profile) -> Login:
-    """One stored profile as a Login (expired or not); the key is read only when used."""
-    from common.identity import identity_from_pem
+    """One stored profile as a Login (expired or not); the key is read only when used.
+
+    The certificate's roles and expiry come from its facts file when one was kept for it
+    (``common.certfacts``), so that this needs no X.509 parser; else from the certificate.
+    """
+    from common import certfacts
 
     cert = store.read_cert(profile)
-    try:
-        identity = identity_from_pem(cert)
-    except Exception:
-        raise NotLoggedIn(f"the certificate in {store.cert_path(profile)} cannot be read; log in again") from None
+    path = store.cert_path(profile)
+    facts = certfacts.load(path, cert)
+    identity = None
+    if facts is not None:
+        roles = tuple(facts["roles"])
+        expires = datetime.fromisoformat(facts["expires"]) if facts.get("expires") else None
+    else:
+        from common.identity import identity_from_pem
+
+        try:
+            identity = identity_from_pem(cert)
+        except Exception:
+            raise NotLoggedIn(f"the certificate in {path} cannot be read; log in again") from None
+        roles, expires = identity.roles, identity.expires
+        certfacts.save(path, cert, {"roles": list(roles), "expires": expires.isoformat() if expires else None})
     return Login(
         proxy=profile.web_proxy_addr,
         cert=cert,
         host_cas=store.read_cas(profile),
         username=profile.user,
         cluster=profile.cluster,
-        roles=identity.roles,
-        expires=identity.expires,
-        identity=identity,
+        roles=roles,
+        expires=expires,
+        _identity=identity,
         profile=profile,
         store=store,
     )
@@ -199,7 +223,7 @@ def current_login(proxy: str | None = None, *, allow_expired: bool = False) -> L
     ``proxy`` is the command's ``--proxy``, else the global one (``ptsh --proxy=... db ls``);
     with an identity file it replaces the address the file names.
     """
-    from ptsh.options import GLOBALS
+    from ptsh.flags import GLOBALS
 
     proxy = proxy or GLOBALS["proxy"]  # type: ignore[assignment]
     path = identity_file_path()

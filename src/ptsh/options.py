@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from ptsh.flags import GLOBALS  # the Typer callback sets it; re-exported here
+
 ProxyOpt = Annotated[
     str | None, typer.Option("--proxy", help="Proxy address HOST:PORT (env PTSH_PROXY or TELEPORT_PROXY).")
 ]
@@ -23,7 +25,6 @@ CaFileOpt = Annotated[
     str | None, typer.Option("--ca-file", help="Trust this CA bundle (PEM) for the proxy's web certificate.")
 ]
 
-GLOBALS: dict[str, object] = {"proxy": None, "user": None, "insecure": False, "ca_file": None}
 
 PROXY_ENV = ("PTSH_PROXY", "TELEPORT_PROXY")
 USER_ENV = ("PTSH_USER", "TELEPORT_USER")

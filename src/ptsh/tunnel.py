@@ -43,7 +43,7 @@ from common.errors import (
     sqlstate_for,
 )
 from common.relay import Connection, splice
-from common.tls import ALPN_POSTGRES, INTERNAL_SNI, client_context, describe_ssl_error
+from common.tlsctx import ALPN_POSTGRES, INTERNAL_SNI, client_context, describe_ssl_error
 
 log = logging.getLogger("ptsh.tunnel")
 
@@ -99,21 +99,23 @@ class CertSource:
         *,
         on_warning: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        expires: datetime | None = None,
     ) -> None:
+        """``expires``: the certificate's end, when the caller knows it (else it is read from ``cert``)."""
         self.host_cas = host_cas
         self.refresh = refresh
         self.on_warning = on_warning
         self.clock = clock
-        self._set(cert, key)
+        self._set(cert, key, expires)
         self._next_attempt = self.clock()
         self._finished = 0  # renewal attempts completed
         self._failure: PteleportError | None = None
         self._warned = ""
         self._lock: asyncio.Lock | None = None
 
-    def _set(self, cert: bytes, key: bytes) -> None:
+    def _set(self, cert: bytes, key: bytes, expires: datetime | None = None) -> None:
         self._ctx = client_context(cas=self.host_cas, cert=cert, key=key, alpn=[ALPN_POSTGRES])
-        self.expires = _not_after(cert)
+        self.expires = expires if expires is not None else _not_after(cert)
 
     def context(self) -> ssl.SSLContext:
         return self._ctx
@@ -240,9 +242,13 @@ class LocalTunnel:
         host = f"[{self.proxy_host}]" if ":" in self.proxy_host else self.proxy_host
         return f"{host}:{self.proxy_port}"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: Any = None) -> int:
+        """Serve on ``host:port``, or on ``sock`` (a listening socket bound already); the port."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Accepted(self), host, port, reuse_address=True)
+        if sock is not None:
+            self.server = await loop.create_server(lambda: _Accepted(self), sock=sock)
+        else:
+            self.server = await loop.create_server(lambda: _Accepted(self), host, port, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from common import __version__
+from common.client import NDJSON
 from common.errors import AccessDenied, BadParameter
 from common.identity import Identity
 from pteleport.api import httplog, models, offload
@@ -28,6 +29,7 @@ from pteleport.api.errors import error_middleware
 from pteleport.api.identity import caller_from_der, peer_der, remote_addr
 from pteleport.api.offload import Reply
 from pteleport.api.web import add_web_routes
+from pteleport.audit.records import split_lines
 from pteleport.auth.server import AuthServer
 from pteleport.auth.tokens import token_id
 
@@ -69,6 +71,8 @@ class Call:
 
 
 Work = Callable[[Call, Any], Any]
+RAW = bytes
+"""``route(RAW)``: the handler gets the request's body as it came (bytes)."""
 
 
 def route(model: type[Any] | None = None) -> Callable[[Work], Callable[[web.Request], Any]]:
@@ -84,11 +88,14 @@ def route(model: type[Any] | None = None) -> Callable[[Work], Callable[[web.Requ
                 remote_addr(request),
                 dict(request.match_info),
                 MultiDict(request.query),
-                {"If-None-Match": request.headers.get("If-None-Match", "")},
+                {"If-None-Match": request.headers.get("If-None-Match", ""), "Content-Type": request.content_type},
             )
 
             def job() -> tuple[bytes | None, int, dict[str, str]]:
-                body = model.model_validate_json(raw or b"{}") if model is not None else None
+                if model is RAW:
+                    body: Any = raw
+                else:
+                    body = model.model_validate_json(raw or b"{}") if model is not None else None
                 return offload.encode(work(call, body))
 
             return offload.response(await offload.run(request, job))
@@ -365,12 +372,17 @@ def access_state(c: Call, _: None) -> Any:
     return Reply(state.to_dict(), 200, {"ETag": etag})
 
 
-@route(models.EventsRequest)
-def events_emit(c: Call, req: models.EventsRequest) -> Any:
+@route(RAW)
+def events_emit(c: Call, raw: bytes) -> Any:
+    """Agents' event batches: NDJSON lines, each stored as sent after one parse (or ``{"events": [...]}``)."""
     auth = c.auth
     auth.ctx.authorize(c.me(), "event", "create")
-    auth.ctx.audit.emit_batch(req.events)
-    return {"accepted": len(req.events)}
+    if c.headers.get("Content-Type") == NDJSON:
+        events: list[Any] = split_lines(raw)
+    else:
+        events = models.EventsRequest.model_validate_json(raw or b"{}").events
+    auth.ctx.audit.emit_batch(events)
+    return {"accepted": len(events)}
 
 
 def _when(q: MultiDict[str], name: str) -> datetime | None:

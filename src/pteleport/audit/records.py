@@ -40,17 +40,56 @@ class StoredEvent:
         return json.loads(self.data)
 
 
-def to_stored(event: dict[str, Any]) -> StoredEvent:
-    """Check an event handed to ``emit`` and index it; BadParameter if it is not one."""
+MAX_LINES = 10_000
+"""Most events one batch (``split_lines``) may hold."""
+
+
+def split_lines(body: bytes) -> list[str]:
+    """The events of an NDJSON body (one JSON object per line; blank lines ignored), not yet checked."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadParameter("the audit events are not UTF-8 text; send one JSON object per line") from None
+    lines = [line for line in text.split("\n") if line.strip()]
+    if len(lines) > MAX_LINES:
+        raise BadParameter(f"a batch holds at most {MAX_LINES} audit events; send smaller batches")
+    return lines
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _from_line(line: str) -> tuple[dict[str, Any], str]:
+    """An event sent as one JSON line: (event, the line as stored). One parse, no re-encoding."""
+    try:
+        event = json.loads(line, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        raise BadParameter("an audit event line is not one JSON object", str(err)) from None
+    if not isinstance(event, dict):
+        raise BadParameter("an audit event must be a JSON object")
+    return event, line.strip()
+
+
+def to_stored(event: dict[str, Any] | str) -> StoredEvent:
+    """Check an event handed to ``emit`` and index it; BadParameter if it is not one.
+
+    An event may come as a dict, or as one JSON line (an agent's batch, ``split_lines``):
+    a line that parses as one JSON object is stored as it was sent.
+    """
+    data: str | None = None
+    if isinstance(event, str):
+        event, data = _from_line(event)
     if not isinstance(event, dict):
         raise BadParameter("an audit event must be a JSON object")
     for name in ("event", "uid", "time"):
         if not isinstance(event.get(name), str) or not event[name]:
             raise BadParameter(f"an audit event needs a non-empty string {name!r}")
-    try:
-        data = json.dumps(event, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise BadParameter(f"audit event {event['uid']} cannot be stored as JSON", str(err)) from err
+    if data is None:
+        try:
+            data = json.dumps(event, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise BadParameter(f"audit event {event['uid']} cannot be stored as JSON", str(err)) from err
     return StoredEvent(
         uid=event["uid"],
         time=parse_time(event["time"]),

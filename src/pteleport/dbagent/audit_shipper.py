@@ -1,8 +1,10 @@
 """Ships the agent's audit events to auth in batches, off the relay's hot path; it cannot wedge.
 
-``emit`` (called by the relay for every event) only appends to an in-memory queue: it never
-writes a file. A background task (``run``) sends batches of up to ``BATCH`` events, oldest
-first, and decides from auth's answer what happens to a batch:
+Events travel as JSON lines: ``emit_line`` (called for every event the engine builds, see
+``audit_tap``) only appends the line to an in-memory queue: it never writes a file and never
+encodes anything. A background task (``run``) sends batches of up to ``BATCH`` events, oldest
+first, as one NDJSON body (``POST /v1/events``, ``application/x-ndjson``), and decides from
+auth's answer what happens to a batch:
 
 - **accepted**: done. Auth stores events idempotently by ``uid``, so a batch sent twice
   (after a timeout, a crash, a restart) is stored once.
@@ -86,7 +88,8 @@ class AuditShipper:
     ) -> None:
         """``settings``: ``config.DbAuditConfig`` (``spool_max_bytes``, ``unaudited_sessions``)."""
         self.client = client
-        self.queue: collections.deque[dict] = collections.deque()
+        self.queue: collections.deque[str] = collections.deque()
+        """Events as JSON lines (no newline), oldest first."""
         self.spool_dir = spool_dir
         self.spool = (spool_dir / SPOOL_NAME) if spool_dir is not None else None
         self.sending = (spool_dir / SENDING_NAME) if spool_dir is not None else None
@@ -110,13 +113,19 @@ class AuditShipper:
         self._spool_unreadable = False
 
     # --- the relay side: never blocks, never writes a file --------------------------------
-    def emit(self, event: dict) -> None:
-        if len(self.queue) >= HARD_MAX_IN_MEMORY:
+    def emit_line(self, line: str) -> None:
+        """Queue one event, already a JSON object on one line."""
+        queue = self.queue
+        if len(queue) >= HARD_MAX_IN_MEMORY:
             self._drop(1)
             return
-        self.queue.append(event)
-        if len(self.queue) >= BATCH or self._should_spill():
+        queue.append(line)
+        if len(queue) >= BATCH or self._should_spill():
             self._wake.set()
+
+    def emit(self, event: dict) -> None:
+        """Queue one event given as a dict."""
+        self.emit_line(_line(event))
 
     def refusal(self) -> str | None:
         """The sentence to refuse a new session with while its events could not be kept, else None."""
@@ -175,36 +184,36 @@ class AuditShipper:
             self._report_loss()
 
     # --- sending and sorting out refusals -------------------------------------------------
-    async def _send(self, batch: list[dict]) -> None:
+    async def _send(self, batch: list[str]) -> None:
         self._remember_context(batch)
         try:
-            await self.client.post("/v1/events", {"events": batch})
+            await self.client.post_lines("/v1/events", batch)
         except PteleportError as err:
             if err.kind in REFUSED_KINDS or self._struck_out(batch, err):
                 await self._refused(batch, err)
                 return
             raise  # not the batch's fault: keep it, retry later
 
-    def _struck_out(self, batch: list[dict], err: PteleportError) -> bool:
+    def _struck_out(self, batch: list[str], err: PteleportError) -> bool:
         """An HTTP 500 for the same first event, round after round: treat it as a refusal."""
         if err.kind != "internal":
             return False
-        head = str(batch[0].get("uid"))
+        head = _uid(batch[0])
         self._strikes[head] = self._strikes.get(head, 0) + 1
         if len(self._strikes) > 1000:
             self._strikes = {head: self._strikes[head]}
         return self._strikes[head] >= INTERNAL_ERROR_STRIKES
 
-    async def _refused(self, batch: list[dict], err: PteleportError) -> None:
+    async def _refused(self, batch: list[str], err: PteleportError) -> None:
         if len(batch) > 1:  # find the refused events: the others go through
             half = len(batch) // 2
             await self._send(batch[:half])
             await self._send(batch[half:])
             return
-        self._strikes.pop(str(batch[0].get("uid")), None)
+        self._strikes.pop(_uid(batch[0]), None)
         await self._set_aside(batch, err.message)
 
-    async def _set_aside(self, events: list[dict], reason: str) -> None:
+    async def _set_aside(self, events: list[str], reason: str) -> None:
         where = self.dead_letter
         try:
             if where is None:
@@ -221,7 +230,8 @@ class AuditShipper:
             return
         self.set_aside += len(events)
         log.error("audit: auth refused %d events as malformed (%s); set aside in %s", len(events), reason, where)
-        if not any(e.get("event") in _OWN_EVENTS for e in events):
+        decoded = [_decode(e) for e in events]
+        if not any(e.get("event") in _OWN_EVENTS for e in decoded):
             self.queue.append(
                 self._own_event(
                     ev.AUDIT_SET_ASIDE,
@@ -229,7 +239,7 @@ class AuditShipper:
                     count=len(events),
                     error=reason,
                     path=str(where),
-                    uids=[str(e.get("uid")) for e in events][:100],
+                    uids=[str(e.get("uid")) for e in decoded][:100],
                 )
             )
 
@@ -284,12 +294,12 @@ class AuditShipper:
             self._drop(len(self.queue))
             self.queue.clear()
 
-    def _write_spool(self, events: list[dict]) -> int:
+    def _write_spool(self, events: list[str]) -> int:
         """Append as many of ``events`` as fit to the spool; how many were written."""
         if self.spool is None:
             self._set_problem("the agent has no data directory for an audit spool")
             return 0
-        lines = [json.dumps(e, separators=(",", ":")) + "\n" for e in events]
+        lines = [e + "\n" for e in events]
         try:
             room = self.spool_max_bytes - _size(self.spool) - _size(self.sending)
             fit, used = 0, 0
@@ -350,20 +360,36 @@ class AuditShipper:
             log.error("audit: %d events were lost while auth was unreachable and the spool was full", count)
             self.queue.append(self._own_event(ev.AUDIT_LOST, ev.AUDIT_LOST_CODE, count=count))
 
-    def _remember_context(self, batch: list[dict]) -> None:
-        for event in batch:
-            if event.get("cluster_name") and event.get("event") not in _OWN_EVENTS:
-                self._context = {k: event[k] for k in ("cluster_name", "server_id", "server_hostname") if k in event}
-                return
+    def _remember_context(self, batch: list[str]) -> None:
+        """Cluster and server fields for our own events, from the first event of a batch."""
+        event = _decode(batch[0]) if batch else {}
+        if event.get("cluster_name") and event.get("event") not in _OWN_EVENTS:
+            self._context = {k: event[k] for k in ("cluster_name", "server_id", "server_hostname") if k in event}
 
-    def _own_event(self, name: str, code: str, **fields: Any) -> dict:
+    def _own_event(self, name: str, code: str, **fields: Any) -> str:
         context = dict(self._context)
         cluster = context.pop("cluster_name", "")
-        return ev.make_event(name, code, clock=self._clock, cluster_name=cluster, **context, **fields)
+        return _line(ev.make_event(name, code, clock=self._clock, cluster_name=cluster, **context, **fields))
 
 
-def _lines(events: list[dict]) -> str:
-    return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+def _line(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"))
+
+
+def _decode(line: str) -> dict:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _uid(line: str) -> str:
+    return str(_decode(line).get("uid"))
+
+
+def _lines(events: list[str]) -> str:
+    return "".join(e + "\n" for e in events)
 
 
 def _size(path: Path | None) -> int:
@@ -373,9 +399,9 @@ def _size(path: Path | None) -> int:
         return 0
 
 
-def _read_batch(path: Path, offset: int, count: int) -> tuple[list[dict], int, bool]:
-    """Up to ``count`` events from byte ``offset`` of a spool file: (events, new offset, at end)."""
-    events: list[dict] = []
+def _read_batch(path: Path, offset: int, count: int) -> tuple[list[str], int, bool]:
+    """Up to ``count`` events (lines) from byte ``offset`` of a spool file: (events, new offset, at end)."""
+    events: list[str] = []
     with open(path, "rb") as fh:
         fh.seek(offset)
         while len(events) < count:
@@ -386,7 +412,11 @@ def _read_batch(path: Path, offset: int, count: int) -> tuple[list[dict], int, b
                 log.error("audit: skipped a damaged last line in %s", path)
                 return events, fh.tell(), True
             try:
-                events.append(json.loads(line))
+                text = line.decode().strip()
+                if not isinstance(json.loads(text), dict):
+                    raise ValueError("not an event")
             except ValueError:
                 log.error("audit: skipped a damaged line in %s", path)
+                continue
+            events.append(text)
         return events, fh.tell(), fh.read(1) == b""

@@ -60,34 +60,21 @@ from pteleport.audit import events as ev
 from pteleport.auth.access import as_error
 from pteleport.auth.db_users import AutoUserPlan, auto_user_plan
 from pteleport.dbagent.autousers import AutoUsers
+from pteleport.dbagent.audit_tap import AuditQueue, EventWriter, SessionTap
 from pteleport.dbagent.credentials import Credentials, LocalSettings, split_uri
 from pteleport.dbagent.upstream import FromServer, UpstreamTLS, connect_upstream, send_cancel
 from pteleport.pgwire import (
-    BIND,
-    CLOSE,
-    EXECUTE,
-    FUNCTION_CALL,
-    PARSE,
-    QUERY,
     CancelRequest,
-    FrameReader,
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
     Terminate,
     authentication_ok,
     backend_key_data,
-    bind_parameters_for_audit,
     cut_trailing_cancel_error,
     ends_with_ready_for_query,
     error_response,
     parameter_status,
-    parse_bind,
-    parse_close,
-    parse_execute,
-    parse_function_call,
-    parse_parse,
-    parse_query,
     parse_startup_packet,
     ready_for_query,
     startup_packet_length,
@@ -132,22 +119,29 @@ class EngineDeps:
     database: Callable[[str], ServedDatabase | None]
     roles: Callable[[list[str]], Awaitable[list[Any]]]
     credentials: Credentials
-    emit: Callable[[dict], None]
+    emit_line: Callable[[str], None]
+    """Takes one event as a JSON line (the shipper's ``emit_line``)."""
     clock: Callable[[], datetime]
     access: Callable[[], AccessState | None] = lambda: None
     audit_refusal: Callable[[], str | None] = lambda: None  # a sentence while events cannot be kept
     auto_users: AutoUsers | None = None  # creates db users for roles with create_db_user_mode
     sessions: dict[tuple[str, int, bytes], _Session] = field(default_factory=dict)
     live: dict[str, LiveSession] = field(default_factory=dict)
+    _queue: AuditQueue | None = None
+
+    def queue(self) -> AuditQueue:
+        """The one queue of tapped messages of this agent (built into lines once per loop iteration)."""
+        if self._queue is None:
+            self._queue = AuditQueue(self.emit_line)
+        return self._queue
 
 
 class _Auditor:
-    """Builds a session's events with a running event index (``ei``)."""
+    """A session's events: its fixed fields, ``emit`` for one event now, ``tap`` for the relay."""
 
     def __init__(self, deps: EngineDeps, identity: Identity, db: dict | None, remote: str) -> None:
         self.deps = deps
         self.sid = str(uuid.uuid4())
-        self.ei = 0
         route = identity.route
         self.base = {
             "user": identity.username,
@@ -163,88 +157,35 @@ class _Auditor:
         }
         if db and (db["spec"].get("aws") or {}).get("region"):
             self.base["db_aws_region"] = db["spec"]["aws"]["region"]
-        self._clean_base: dict[str, Any] | None = None
-        self._taken: frozenset[str] = frozenset()
+        self.writer = EventWriter(deps.queue(), deps.cluster_name, self.base)
 
     def use(self, db_user: str, db_name: str, user_agent: str | None) -> None:
         """The db user and db name the session actually uses (the client's), before any event."""
         self.base.update(db_user=db_user, db_name=db_name)
         if user_agent:
             self.base["user_agent"] = user_agent
-        self._clean_base = None
+        self.writer.changed()
 
     def emit(self, name: str, code: str, **fields: Any) -> None:
-        """The same event as ``make_event(..., ei=..., **self.base, **fields)``, cheaper per query.
-
-        The session's fixed fields are sanitised once, not once per event (the tap emits
-        one event per statement, on the relay's path).
-        """
-        if self._clean_base is None:
-            self._clean_base = {k: ev.sanitise(v) for k, v in self.base.items() if v is not None}
-            self._taken = ev.RESERVED_FIELDS | self.base.keys()
-        clash = self._taken & fields.keys()
-        if clash:
-            raise BadParameter(f"emit sets {', '.join(sorted(clash))} itself")
-        event = ev.make_event(name, code, clock=self.deps.clock, cluster_name=self.deps.cluster_name(), ei=self.ei)
-        event.update(self._clean_base)
-        for key, value in fields.items():
-            if value is not None:
-                event[key] = ev.sanitise(value)
-        self.ei += 1
-        self.deps.emit(event)
+        """One event now, after the session's tapped messages (``audit_tap``)."""
+        self.writer.emit(name, code, self.deps.clock().timestamp(), **fields)
 
     def tap(self, on_malformed: Callable[[str], None]) -> Callable[[bytes], bool | None]:
-        """The client→server tap: frames messages and emits one event per SQL-carrying one.
+        """The client→server tap (``audit_tap.SessionTap``): queues one event per SQL-carrying message.
 
         A malformed message is not forwarded (the tap answers False): it is audited
         (``db.session.malformed_packet``) and ``on_malformed`` ends the session with 08P01.
         """
-        frames = FrameReader()
-        param_oids: dict[str, list[int]] = {}
+        feed = SessionTap(self.writer).feed
 
         def on_data(data: bytes) -> bool | None:
             try:
-                audit(data)
+                feed(data)
             except BadParameter as exc:
                 self.emit(ev.DB_SESSION_MALFORMED_PACKET, ev.DB_SESSION_MALFORMED_PACKET_CODE, error=exc.message)
                 on_malformed(exc.message)
                 return False
             return None
-
-        def audit(data: bytes) -> None:
-            for kind, payload in frames.feed(data):
-                if kind == QUERY:
-                    self.emit(
-                        ev.DB_SESSION_QUERY, ev.DB_SESSION_QUERY_CODE, db_query=parse_query(payload).sql, success=True
-                    )
-                elif kind == PARSE:
-                    msg = parse_parse(payload)
-                    param_oids[msg.statement] = msg.param_oids
-                    self.emit(ev.POSTGRES_PARSE, ev.POSTGRES_PARSE_CODE, statement_name=msg.statement, query=msg.query)
-                elif kind == BIND:
-                    msg = parse_bind(payload)
-                    self.emit(
-                        ev.POSTGRES_BIND,
-                        ev.POSTGRES_BIND_CODE,
-                        statement_name=msg.statement,
-                        portal_name=msg.portal,
-                        parameters=bind_parameters_for_audit(msg),
-                    )
-                elif kind == EXECUTE:
-                    self.emit(ev.POSTGRES_EXECUTE, ev.POSTGRES_EXECUTE_CODE, portal_name=parse_execute(payload).portal)
-                elif kind == CLOSE:
-                    msg = parse_close(payload)
-                    name = {"statement_name" if msg.kind == "S" else "portal_name": msg.name}
-                    self.emit(ev.POSTGRES_CLOSE, ev.POSTGRES_CLOSE_CODE, **name)
-                elif kind == FUNCTION_CALL:
-                    msg = parse_function_call(payload)
-                    args = [base64.b64encode(a).decode() if a is not None else None for a in msg.args]
-                    self.emit(
-                        ev.POSTGRES_FUNCTION_CALL,
-                        ev.POSTGRES_FUNCTION_CALL_CODE,
-                        function_oid=str(msg.oid),
-                        function_args=args,
-                    )
 
         return on_data
 

@@ -137,7 +137,7 @@ class DatabaseAgent:
                 database=lambda name: self.databases().get(name),
                 roles=self.roles,
                 credentials=creds_for_db,
-                emit=self.shipper.emit,
+                emit_line=self.shipper.emit_line,
                 clock=self.clock,
                 access=lambda: self.access,
                 audit_refusal=lambda: self.closing or self.shipper.refusal(),

@@ -1,0 +1,119 @@
+"""ptsh's fast entry point: what it answers without Typer is what the Typer app answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.profile import _plain_mapping
+from ptsh.entry import connect_args
+from tests.harness import PTSH
+
+TYPER = [sys.executable, "-c", "import sys; sys.argv[0] = 'ptsh'; from ptsh.cli import main; main()"]
+
+
+def run(cmd: list[str], cache: Path) -> tuple[int, str, str]:
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), COLUMNS="100")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("words", [[], ["--help"], ["-h"], ["help"], ["db", "--help"], ["help", "db", "connect"],
+                                   ["proxy", "db", "-h"], ["version"]])
+def test_help_and_version_are_what_the_typer_app_prints_recorded_or_not(tmp_path: Path, words: list[str]) -> None:
+    expected = run([*TYPER, *words], tmp_path / "unused")
+    first = run([PTSH, *words], tmp_path / "cache")  # records
+    second = run([PTSH, *words], tmp_path / "cache")  # from the record
+    assert first == expected and second == expected
+    if words != ["version"]:
+        assert list((tmp_path / "cache" / "ptsh").glob("help-*.json"))
+
+
+def test_an_error_is_not_recorded_as_help(tmp_path: Path) -> None:
+    code, _, err = run([PTSH, "nosuch", "--help"], tmp_path)
+    assert code == 2 and "nosuch" in err
+    assert not list((tmp_path / "ptsh").glob("help-*.json"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "parsed"),
+    [
+        (["db", "connect", "pg"], ("pg", None, None, None, [])),
+        (["db", "connect", "--db-user=u", "-n", "app", "pg", "--", "-c", "select 1"], ("pg", "u", "app", None, ["-c", "select 1"])),
+        (["db", "connect", "pg", "--proxy", "p:3080", "-u", "u"], ("pg", "u", None, "p:3080", [])),
+        (["db", "connect"], None),  # Typer says what is missing
+        (["db", "connect", "pg", "-c", "select 1"], None),  # Typer refuses the unknown option
+        (["db", "connect", "pg", "other"], None),
+        (["db", "ls"], None),
+    ],
+)
+def test_db_connect_forms_the_entry_runs_itself(argv: list[str], parsed: tuple | None) -> None:
+    assert connect_args(argv) == parsed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "web_proxy_addr: 127.0.0.1:3080\nuser: alice\ncluster: vm\nkey_storage: file\n",
+        "web_proxy_addr: proxy.example.com:443\nuser: a.b-c@corp\n",
+        "user: true\n", "user: 123\n", "user: 'x y'\n", "web_proxy_addr: '[::1]:3080'\n", "user: Null\n",
+        "user: 2026-01-01\n", "user: 0x1f\n", "user: 1.5\n",
+    ],
+)
+def test_a_profile_read_without_yaml_is_what_yaml_reads(text: str) -> None:
+    plain = _plain_mapping(text)
+    assert plain is None or plain == yaml.safe_load(text)
+    if text.startswith("web_proxy_addr: 127") or text.startswith("web_proxy_addr: proxy"):
+        assert plain is not None  # the form ptsh login writes takes the fast way
+
+
+# --- against a real cluster: the fast paths print what the Typer commands print -----------------
+@pytest.fixture(scope="module")
+def env(pg, tmp_path_factory):
+    from tests.dbenv import make_env
+
+    pg.create_role("alice", "cert")
+    e = make_env(tmp_path_factory.mktemp("entry"), pg)
+    e.start_agent("aurora")
+    e.add_user("alice", "access,db")
+    e.login("alice")
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def both(env, *words: str) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    user_env = env.user_env("alice")
+    fast = subprocess.run([PTSH, *words], capture_output=True, text=True, env=user_env, stdin=subprocess.DEVNULL)
+    slow = subprocess.run([*TYPER, *words], capture_output=True, text=True, env=user_env, stdin=subprocess.DEVNULL)
+    return fast, slow
+
+
+@pytest.mark.slow
+def test_db_ls_prints_what_the_typer_command_prints(env) -> None:
+    for words in (["db", "ls"], ["db", "ls", "-v"]):
+        fast, slow = both(env, *words)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (slow.returncode, slow.stdout, slow.stderr)
+        assert "aurora" in fast.stdout
+    assert env.ptsh("alice", "db", "login", "--db-user=alice", "--db-name=postgres", "aurora").returncode == 0
+    fast, slow = both(env, "db", "ls")
+    assert fast.stdout == slow.stdout and "> aurora (user: alice, db: postgres)" in fast.stdout
+    assert list(Path(env.user_env("alice")["PTSH_HOME"]).rglob("aurora.crt.facts"))  # kept for the next run
+
+
+@pytest.mark.slow
+def test_db_connect_refusals_keep_their_sentence_and_exit_code(env) -> None:
+    ok = env.ptsh("alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "aurora", "--", "-Atc",
+                  "select current_user")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "alice"), ok.stderr
+    for words in (["db", "connect", "--db-user=alice", "--db-name=postgres", "nosuch", "--", "-c", "select 1"],
+                  ["db", "connect", "-u", "root", "-n", "postgres", "aurora", "--", "-c", "select 1"]):
+        fast, slow = both(env, *words)
+        assert fast.returncode == slow.returncode != 0, (fast.stderr, slow.stderr)
+        assert fast.stderr == slow.stderr and fast.stdout == slow.stdout == ""
