@@ -59,8 +59,8 @@ from common.tls import verify_issued_by
 from pteleport.audit import events as ev
 from pteleport.auth.access import as_error
 from pteleport.auth.db_users import AutoUserPlan, auto_user_plan
-from pteleport.dbagent.autousers import AutoUsers
 from pteleport.dbagent.audit_tap import AuditQueue, EventWriter, SessionTap
+from pteleport.dbagent.autousers import AutoUsers
 from pteleport.dbagent.credentials import Credentials, LocalSettings, split_uri
 from pteleport.dbagent.upstream import FromServer, UpstreamTLS, connect_upstream, send_cancel
 from pteleport.pgwire import (
