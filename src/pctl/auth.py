@@ -129,10 +129,11 @@ def sign(
     if fmt == "db":
         prefix = Path(out)
         _write_key_cert_cas(prefix, private_key_pem(key), body["cert"], cas["host"], overwrite)
+        proxy_host, _, proxy_port = (proxy or addr).rpartition(":")
         eprint(
             f"Database credentials for {user} at {db_service} written to {prefix}.key, {prefix}.crt and "
-            f"{prefix}.cas ({validity}). psql: sslcert={prefix}.crt sslkey={prefix}.key "
-            f"sslrootcert={prefix}.cas sslmode=verify-full, through the proxy's PostgreSQL listener."
+            f"{prefix}.cas ({validity}). psql: host={proxy_host} port={proxy_port} sslcert={prefix}.crt "
+            f"sslkey={prefix}.key sslrootcert={prefix}.cas sslmode=verify-full (the proxy's public port)."
         )
         return
     bundle = (cas["host"] + cas["user"] + cas["db"]).encode()

@@ -202,6 +202,7 @@ class Process:
         new.remove()
 
     async def _start_cluster(self) -> None:
+        from common.tls import server_context
         from pteleport.api.offload import new_pool
         from pteleport.auth.server import AuthServer
         from pteleport.ca.authority import self_signed_web_cert
@@ -285,7 +286,17 @@ class Process:
 
             worker = AuthWorker(cfg, public_addr, changed)
             http_factory = worker.http_factory
-        listener = PublicListener(ssl_ctx, http_factory, proxy.handle_postgres, proxy.handle_tunnel)  # type: ignore[arg-type]
+        # PostgreSQL's own protocol on the same port: TLS with the host certificate whatever
+        # the client's SNI (psql sends the proxy's name or none), client certificates from
+        # the user CA, checked by the proxy as on the ALPN route.
+        native_tls = server_context(host_cert, private_key_pem(host_key), client_cas=auth.ctx.ca_bundle("user"))
+        listener = PublicListener(
+            ssl_ctx,
+            http_factory,
+            proxy.handle_postgres,  # type: ignore[arg-type]
+            proxy.handle_tunnel,  # type: ignore[arg-type]
+            native=lambda conn: proxy.handle_native(conn, native_tls),
+        )
         self.listen_port = await listener.start(host, port)
         self._closers.append(listener.stop)
         self._register_proxy(backend, tunnel, host)  # before any agent's hello can be read

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -458,6 +459,25 @@ class PostgresEngine:
         conn = await self.deps.auto_users.activate(plan, served.resource, served.local, route.database, connect)
         return _Upstream(conn, tls)
 
+    def cancel_by_key(self, pid: int, secret: bytes) -> None:
+        """A CancelRequest that came without a certificate (psql's own, through the proxy's public port).
+
+        As with PostgreSQL, knowing the backend's pid and secret is what allows it; a key that
+        matches no session here is ignored (the proxy asks every agent).
+        """
+        for (_service, key_pid, key_secret), session in list(self.deps.sessions.items()):
+            if key_pid == pid and hmac.compare_digest(key_secret, secret):
+                self.spawn(self._send_cancel(session))
+                return
+
+    async def _send_cancel(self, session: _Session) -> None:
+        try:
+            await send_cancel(
+                session.upstream_host, session.upstream_port, session.tls, session.backend_pid, session.backend_secret
+            )
+        except PteleportError as err:
+            log.warning("cancel for session %s failed: %s", session.sid, err.message)
+
     async def _cancel(self, identity: Identity, request: CancelRequest) -> None:
         route = identity.route
         assert route is not None
@@ -467,12 +487,7 @@ class PostgresEngine:
         if session.identity.username != identity.username:
             log.warning("%s tried to cancel a query of %s; ignored", identity.username, session.identity.username)
             return
-        try:
-            await send_cancel(
-                session.upstream_host, session.upstream_port, session.tls, session.backend_pid, session.backend_secret
-            )
-        except PteleportError as err:
-            log.warning("cancel for session %s failed: %s", session.sid, err.message)
+        await self._send_cancel(session)
 
 
 def _check_startup(startup: StartupMessage) -> None:

@@ -294,6 +294,12 @@ class DatabaseAgent:
             self._access_wake.set()
         elif message.get("type") == "resources":
             self._beat_now.set()  # a `db` resource changed: re-read them and register now
+        elif message.get("type") == "cancel_key" and self.engine is not None:
+            try:
+                pid, secret = int(message["pid"]), bytes.fromhex(str(message["secret"]))
+            except (KeyError, TypeError, ValueError):
+                return
+            self.engine.cancel_by_key(pid, secret)
         elif message.get("type") == "end_sessions":
             tokens = {str(t) for t in message.get("sessions") or []}
             self.end_proxy_sessions(tokens, str(message.get("message") or "the server is shutting down"))

@@ -1,15 +1,22 @@
-"""The one public TLS port: routes each connection by ALPN (DESIGN.md "One public port").
+"""The one public port: TLS routed by ALPN, or PostgreSQL's own protocol (DESIGN.md "One public port").
 
-``http/1.1`` or no ALPN -> the aiohttp API and web pages; ``pteleport-postgres`` -> the
-database proxy; ``pteleport-reversetunnel`` -> agents dialling in. Clients that send the
-SNI name ``pteleport.cluster.local`` get the proxy's host certificate (signed by the
-cluster's host CA) instead of the web certificate.
+The listener looks at the first byte a client sends before anything reads it (``MSG_PEEK``).
+A TLS record (``0x16``) starts TLS on the socket and routes by ALPN: ``http/1.1`` or no ALPN
+-> the aiohttp API and web pages; ``pteleport-postgres`` -> the database proxy;
+``pteleport-reversetunnel`` -> agents dialling in. Clients that send the SNI name
+``pteleport.cluster.local`` get the proxy's host certificate (signed by the cluster's host
+CA) instead of the web certificate. Anything else is a PostgreSQL client speaking its own
+protocol (an SSLRequest, a CancelRequest, a GSSENCRequest), handed in plain text to the
+native handler, which answers the SSLRequest and starts TLS itself (docs/design-notes.md,
+"PostgreSQL's own protocol on the public port").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +26,9 @@ from common.tls import ALPN_HTTP, ALPN_POSTGRES, ALPN_TUNNEL, INTERNAL_SNI, serv
 log = logging.getLogger("pteleport.proxy")
 
 ConnHandler = Callable[[Connection], Awaitable[None]]
+TLS_HANDSHAKE_RECORD = 0x16
+FIRST_BYTE_TIMEOUT = 15.0  # as long as a TLS handshake may take
+ACCEPT_BATCH = 64
 
 
 def build_contexts(
@@ -49,9 +59,7 @@ class _Router(asyncio.Protocol):
         if alpn in (ALPN_POSTGRES, ALPN_TUNNEL):
             handler = self.listener.postgres if alpn == ALPN_POSTGRES else self.listener.tunnel
             conn = Connection.attach(transport)
-            task = asyncio.get_running_loop().create_task(self.listener.run(handler, conn))
-            self.listener.tasks.add(task)
-            task.add_done_callback(self.listener.tasks.discard)
+            self.listener._spawn(self.listener.run(handler, conn))
             return
         http = self.listener.http_factory()
         transport.set_protocol(http)
@@ -59,19 +67,24 @@ class _Router(asyncio.Protocol):
 
 
 class PublicListener:
+    """Accepts on its own sockets so it can see each client's first byte before TLS starts."""
+
     def __init__(
         self,
         ssl_context: ssl.SSLContext,
         http_factory: Callable[[], asyncio.Protocol],
         postgres: ConnHandler,
         tunnel: ConnHandler,
+        native: ConnHandler | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         self.http_factory = http_factory
         self.postgres = postgres
         self.tunnel = tunnel
-        self.server: asyncio.base_events.Server | None = None
+        self.native = native
+        self.sockets: list[socket.socket] = []
         self.tasks: set[asyncio.Task[None]] = set()
+        self._waiting: dict[socket.socket, asyncio.TimerHandle] = {}
 
     async def run(self, handler: ConnHandler, conn: Connection) -> None:
         try:
@@ -82,20 +95,99 @@ class PublicListener:
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: _Router(self),
-            host,
-            port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=15,
-            reuse_address=True,
-            backlog=1024,
-        )
-        return self.server.sockets[0].getsockname()[1]
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and self.sockets:  # every address on the port the first one got
+                    addr = (addr[0], self.sockets[0].getsockname()[1], *addr[2:])
+                sock.bind(addr)
+                sock.listen(1024)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                self._close_sockets()
+                # The words asyncio's create_server uses, which the start-up error quotes.
+                reason = (exc.strerror or str(exc)).lower()
+                raise OSError(exc.errno, f"error while attempting to bind on address {addr!r}: {reason}") from None
+            self.sockets.append(sock)
+            loop.add_reader(sock.fileno(), self._accept, sock)
+        return self.sockets[0].getsockname()[1]
+
+    def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: keep the listener alive
+                log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            self._waiting[sock] = loop.call_later(FIRST_BYTE_TIMEOUT, self._give_up, sock)
+            loop.add_reader(sock.fileno(), self._first_byte, sock)
+
+    def _stop_waiting(self, sock: socket.socket) -> None:
+        timer = self._waiting.pop(sock, None)
+        if timer is not None:
+            timer.cancel()
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+
+    def _give_up(self, sock: socket.socket) -> None:
+        self._stop_waiting(sock)
+        sock.close()
+
+    def _first_byte(self, sock: socket.socket) -> None:
+        try:
+            head = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            head = b""
+        self._stop_waiting(sock)
+        if not head:
+            sock.close()
+            return
+        self._spawn(self._serve(sock, head[0] == TLS_HANDSHAKE_RECORD))
+
+    def _spawn(self, job: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, sock: socket.socket, tls: bool) -> None:
+        loop = asyncio.get_running_loop()
+        if not tls:
+            if self.native is None:
+                sock.close()  # not TLS, and PostgreSQL's own protocol is not served here
+                return
+            _transport, conn = await loop.connect_accepted_socket(Connection, sock)
+            await self.run(self.native, conn)
+            return
+        try:
+            await loop.connect_accepted_socket(
+                lambda: _Router(self), sock, ssl=self.ssl_context, ssl_handshake_timeout=FIRST_BYTE_TIMEOUT
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.debug("TLS handshake failed: %s", exc)
+            sock.close()
+
+    def _close_sockets(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(sock.fileno())
+            sock.close()
+        self.sockets.clear()
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        self._close_sockets()
+        for sock in list(self._waiting):
+            self._give_up(sock)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:

@@ -32,6 +32,7 @@ from common.relay import Connection, Splice
 from common.tls import verify_issued_by
 from pteleport.audit.events import DB_SESSION_START, DB_SESSION_START_FAILURE_CODE
 from pteleport.auth.access import as_error
+from pteleport.auth.throttle import FailureLimiter, client_ip
 from pteleport.pgwire import (
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
@@ -44,6 +45,15 @@ from pteleport.tunnel.protocol import encode
 from pteleport.tunnel.server import TunnelServer
 
 log = logging.getLogger("pteleport.proxy")
+CANCEL_PACKET_LENGTH = 16
+CANCELS_PER_MINUTE = 120  # plain CancelRequests per client address
+PLAIN_HTTP_STARTS = {b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN"}
+_HTTP_BODY = b"This port speaks HTTPS (and PostgreSQL with TLS); use https:// in the address.\n"
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    + b"Content-Length: %d\r\n\r\n" % len(_HTTP_BODY)
+    + _HTTP_BODY
+)
 
 
 @dataclass
@@ -66,6 +76,7 @@ class ProxyServer:
         # relays by the token their agent knows them by.
         self.closing: str | None = None
         self.sessions: dict[str, Splice] = {}
+        self.cancel_limiter = FailureLimiter(clock, max_failures=CANCELS_PER_MINUTE)
 
     def _identity(self, conn: Connection, ca_type: str) -> Identity:
         der = conn.peer_cert_der()
@@ -89,15 +100,21 @@ class ProxyServer:
         await self.tunnel.handle(conn, identity)
 
     async def handle_native(self, conn: Connection, tls: ssl.SSLContext) -> None:
-        """The optional native Postgres listener: SSLRequest, then TLS with the client certificate.
+        """PostgreSQL's own protocol (the public port, or ``postgres_listen_addr``): SSLRequest, then TLS.
 
-        psql reaches it with ``sslcert/sslkey`` from ``pctl auth sign --format=db`` (one hop
-        fewer than the local tunnel). Cancel requests need the tunnel: psql sends them in
-        plain text, without a certificate.
+        psql reaches it with ``sslcert/sslkey`` (``pctl auth sign --format=db``, or the files
+        of ``ptsh db config``): one hop fewer than the local tunnel. A CancelRequest comes in
+        plain text without a certificate, as libpq sends it; its (pid, secret) is its only
+        credential, as with PostgreSQL itself, so it goes to every agent connected here and
+        only the one holding that backend acts (``_plain_cancel``).
         """
         try:
             for _ in range(3):
                 head = await asyncio.wait_for(conn.read_exactly(8), 30)
+                if head[:4] in PLAIN_HTTP_STARTS:
+                    conn.write(PLAIN_HTTP_ANSWER)
+                    conn.close()
+                    return
                 length, code = struct.unpack("!ii", head)
                 if length == 8 and code == SSL_REQUEST_CODE:
                     conn.write(b"S")
@@ -105,6 +122,9 @@ class ProxyServer:
                 if length == 8 and code == GSSENC_REQUEST_CODE:
                     conn.write(b"N")
                     continue
+                if length == CANCEL_PACKET_LENGTH and code == CANCEL_REQUEST_CODE:
+                    self._plain_cancel(conn, await asyncio.wait_for(conn.read_exactly(8), 30))
+                    return
                 conn.write(error_response("connect with TLS and a client certificate (sslmode=verify-full)", "28000"))
                 conn.close()
                 return
@@ -190,6 +210,21 @@ class ProxyServer:
         await asyncio.gather(*(asyncio.wait_for(link.closed, 10) for link in links), return_exceptions=True)
         for link in links:
             link.close()
+        conn.close()
+
+    def _plain_cancel(self, conn: Connection, key: bytes) -> None:
+        """A certificate-less CancelRequest: ``cancel_key`` to every agent here; PostgreSQL closes after it too.
+
+        Rate-limited per address (``CANCELS_PER_MINUTE``), so the 64 bits of (pid, secret)
+        cannot be guessed through us any faster than against PostgreSQL's own port.
+        """
+        ip = client_ip(conn.peername())
+        if self.cancel_limiter.retry_after(ip):
+            log.warning("ignored a cancel request from %s: too many in the last minute", ip)
+        else:
+            self.cancel_limiter.failed(ip)  # every plain cancel counts: we cannot tell which were right
+            pid, secret = struct.unpack("!i4s", key)
+            self.tunnel.broadcast({"type": "cancel_key", "pid": pid, "secret": secret.hex()})
         conn.close()
 
     def _refuse(self, conn: Connection, err: PteleportError, identity: Identity | None) -> None:
