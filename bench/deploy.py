@@ -193,12 +193,10 @@ def deploy(root: Path, log: callable) -> Deployment:  # type: ignore[valid-type]
         pg.create_role(DIRECT_USER, "trust", superuser=True)
         pg.create_role(CERT_USER, "cert", superuser=True)
         pg.execute(f"CREATE DATABASE {DB_NAME} OWNER {DIRECT_USER}")
-        native_port = free_port()
-        config = root / "cluster.yaml"
-        config.write_text(f"version: v3\nproxy_service:\n  postgres_listen_addr: 127.0.0.1:{native_port}\n")
-        log("starting the cluster (auth + proxy, native Postgres listener on)")
+        log("starting the cluster (auth + proxy; its public port also speaks PostgreSQL's protocol)")
         use_pteleport(REAL_PTELEPORT)
-        cluster = Cluster(root / "cluster", extra_args=["--config", str(config)]).start()
+        cluster = Cluster(root / "cluster").start()
+        native_port = int(cluster.addr.rsplit(":", 1)[1])  # psql with a certificate, straight to the public port
     except BaseException:
         pg.stop()
         raise

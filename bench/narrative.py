@@ -133,7 +133,7 @@ def _latency_table(results: dict[str, Any]) -> str:
 def _cpu_table(results: dict[str, Any]) -> str:
     procs = [("pgbench", "pgbench (client)"), ("ptsh tunnel", "ptsh tunnel"), ("proxy", "proxy (pteleport start)"),
              ("agent", "agent (pteleport db start)"), ("haproxy", "haproxy, 3 processes")]
-    lines = ["| CPU µs per transaction, pgbench -S 1 client | direct | tunnel | native listener | haproxy chain |",
+    lines = ["| CPU µs per transaction, pgbench -S 1 client | direct | tunnel | native, public port | haproxy chain |",
              "|---|---|---|---|---|"]
     for proc, label in procs:
         row = [label]
@@ -157,7 +157,7 @@ def _copy_cpu_table(results: dict[str, Any], key: str = "copy_cpu_ms_per_mb", wh
         return ""
     procs = [("psql", "psql (client)"), ("ptsh tunnel", "ptsh tunnel"), ("proxy", "proxy"), ("agent", "agent"),
              ("haproxy", "haproxy, 3 processes")]
-    lines = [f"| CPU ms per MB during {what} | direct | tunnel | native listener | haproxy chain |",
+    lines = [f"| CPU ms per MB during {what} | direct | tunnel | native, public port | haproxy chain |",
              "|---|---|---|---|---|"]
     for proc, label in procs:
         row = [label]
@@ -187,7 +187,7 @@ def _options_table(results: dict[str, Any]) -> str:
         lines.append(f"| ptsh tunnel on uvloop too | {rc('select_c1', 'tunnel_uvloop_ptsh')} |"
                      f" {rc('select_c8', 'tunnel_uvloop_ptsh')} | a second tunnel process with uvloop installed as the"
                      " event loop policy |")
-    lines.append(f"| native Postgres listener on the proxy (no local tunnel) | {rc('select_c1', 'native')} |"
+    lines.append(f"| PostgreSQL protocol on the proxy's public port (no local tunnel) | {rc('select_c1', 'native')} |"
                  f" {rc('select_c8', 'native')} | psql with sslcert/sslkey from `pctl auth sign --format=db` |")
     lines.append(f"| reference: haproxy, three hops | {rc('select_c1', 'haproxy')} | {rc('select_c8', 'haproxy')} | |")
     return "\n".join(lines) + "\n"
@@ -212,8 +212,9 @@ direct connection, measured side by side in the same run, are what we track.
 - **pteleport tunnel**: `pgbench`/`psql` → `ptsh proxy db --tunnel` (plain, 127.0.0.1) → mTLS →
   proxy (`pteleport start`) → reverse-tunnel data link (TLS) → agent (`pteleport db start`)
   → TLS + client certificate → PostgreSQL. Every query is parsed and audited by the agent.
-- **native listener**: `psql` with the certificate from `pctl auth sign --format=db` →
-  the proxy's Postgres port (`proxy_service.postgres_listen_addr`) → agent → PostgreSQL.
+- **native, public port**: `pgbench`/`psql` with the certificate from `pctl auth sign
+  --format=db` → SSLRequest and mTLS on the proxy's one public port (no local tunnel) →
+  agent → PostgreSQL.
 - **haproxy chain** (native code reference): client → haproxy → mTLS → haproxy → mTLS →
   haproxy → PostgreSQL, three processes with one thread each. haproxy cannot answer
   PostgreSQL's SSLRequest, so the client's own TLS session to PostgreSQL runs end to end

@@ -25,7 +25,7 @@ TARGETS = {
 VS_HAPROXY = frozenset({"select_c1", "select_c8"})
 PATH_LABELS = {
     "tunnel": "pteleport (ptsh tunnel → proxy → agent)",
-    "native": "pteleport native listener (proxy → agent)",
+    "native": "pteleport native, public port (proxy → agent)",
     "haproxy": "haproxy, three hops",
     "tunnel_uvloop_ptsh": "pteleport, ptsh tunnel on uvloop",
 }
@@ -145,7 +145,7 @@ def data_path_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     head = ("| measurement | direct | pteleport tunnel | ratio | target | haproxy chain | ratio "
-            "| native listener | ratio |\n|---|---|---|---|---|---|---|---|---|\n")
+            "| native, public port | ratio |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for row in rows:
         digits = 1 if row["kind"] == "time" or row["key"] == "copy" else 0
@@ -171,7 +171,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = [("throughput", "throughput / direct (higher is better)"), ("time", "time / direct (lower is better)")]
-    series = [("tunnel", "pteleport tunnel", "#1f77b4"), ("native", "pteleport native listener", "#2ca02c"),
+    series = [("tunnel", "pteleport tunnel", "#1f77b4"), ("native", "pteleport native, public port", "#2ca02c"),
               ("haproxy", "haproxy three hops (native code)", "#7f7f7f")]
     short = {"select_c1": "pgbench -S\n1 client", "select_c8": "pgbench -S\n8 clients", "tpcb_c8": "TPC-B\n8 clients",
              "copy": "COPY out\n96 MB", "copy_in": "COPY in\n96 MB", "sessions": "new sessions\n/ s",

@@ -80,3 +80,21 @@ def test_only_proxy_host_certificates_can_serve_the_internal_name():
         agent.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     names = proxy.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "pteleport.cluster.local" in names.get_values_for_type(x509.DNSName)
+
+
+def test_verified_identities_remember_a_certificate_but_not_past_its_expiry():
+    from cryptography.hazmat.primitives import serialization
+
+    from common.tls import VerifiedIdentities
+
+    ours, theirs = new_authority("user", "c", NOW), new_authority("user", "c", NOW)
+    ident = Identity(username="alice", cluster_name="c", route=DatabaseRoute("aurora", "", "alice", "postgres"))
+    cert = load_cert(sign_identity(ours, generate_private_key().public_key(), ident, NOW, NOW + timedelta(hours=1)))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    cache = VerifiedIdentities(size=2)
+    first = cache.identity(der, [ours.cert], NOW)
+    assert first.username == "alice" and cache.identity(der, [ours.cert], NOW + timedelta(minutes=59)) is first
+    with pytest.raises(NotLoggedIn, match="expired"):
+        cache.identity(der, [ours.cert], NOW + timedelta(hours=1))
+    with pytest.raises(NotLoggedIn, match="not issued by this cluster"):  # remembered for one CA set only
+        cache.identity(der, [theirs.cert], NOW)

@@ -54,9 +54,9 @@ from common.errors import (
     Unsupported,
     sqlstate_for,
 )
-from common.identity import Identity, identity_from_cert
+from common.identity import Identity
 from common.relay import Connection, Splice, attach_stream
-from common.tls import verify_issued_by
+from common.tls import VerifiedIdentities
 from pteleport.audit import events as ev
 from pteleport.auth.access import as_error
 from pteleport.auth.db_users import AutoUserPlan, auto_user_plan
@@ -270,14 +270,14 @@ class PostgresEngine:
     def __init__(self, deps: EngineDeps) -> None:
         self.deps = deps
         self._endings: set[asyncio.Task[None]] = set()
+        self.identities = VerifiedIdentities()
 
     def _identity(self, header: dict) -> Identity:
         try:
-            cert = x509.load_der_x509_certificate(base64.b64decode(header.get("client_cert", "")))
+            der = base64.b64decode(header.get("client_cert", ""))
+            identity = self.identities.identity(der, self.deps.user_ca(), self.deps.clock())
         except ValueError:
             raise NotLoggedIn("no valid client certificate reached the database service; log in again") from None
-        verify_issued_by(cert, self.deps.user_ca(), self.deps.clock())
-        identity = identity_from_cert(cert)
         if identity.route is None:
             raise AccessDenied('the certificate is not for a database; run "ptsh db login"')
         return identity

@@ -27,9 +27,9 @@ from datetime import datetime
 from cryptography import x509
 
 from common.errors import AccessDenied, BadParameter, ConnectionProblem, NotLoggedIn, PteleportError, sqlstate_for
-from common.identity import Identity, identity_from_cert
+from common.identity import Identity
 from common.relay import Connection, Splice
-from common.tls import verify_issued_by
+from common.tls import VerifiedIdentities
 from pteleport.audit.events import DB_SESSION_START, DB_SESSION_START_FAILURE_CODE
 from pteleport.auth.access import as_error
 from pteleport.auth.throttle import FailureLimiter, client_ip
@@ -77,14 +77,13 @@ class ProxyServer:
         self.closing: str | None = None
         self.sessions: dict[str, Splice] = {}
         self.cancel_limiter = FailureLimiter(clock, max_failures=CANCELS_PER_MINUTE)
+        self.identities = VerifiedIdentities()
 
     def _identity(self, conn: Connection, ca_type: str) -> Identity:
         der = conn.peer_cert_der()
         if not der:
             raise PermissionError("no client certificate")
-        cert = x509.load_der_x509_certificate(der)
-        verify_issued_by(cert, [self.cluster.ca_cert(ca_type)], self.clock())
-        return identity_from_cert(cert)
+        return self.identities.identity(der, [self.cluster.ca_cert(ca_type)], self.clock())
 
     async def handle_tunnel(self, conn: Connection) -> None:
         try:
