@@ -54,7 +54,7 @@ def analysis(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     cin_t, cin_n, cin_h = (_copy_ratio(r, p, "copy_in_mb_s") for p in ("tunnel", "native", "haproxy"))
     copy_in_mb = r.get("copy_in_bytes", 0) / 1e6
     vh1, vh8 = _vs_haproxy(r, "select_c1", "tunnel"), _vs_haproxy(r, "select_c8", "tunnel")
-    vn1 = _vs_haproxy(r, "select_c1", "native")
+    vn1, vn8 = _vs_haproxy(r, "select_c1", "native"), _vs_haproxy(r, "select_c8", "native")
     rates = r.get("sessions_per_s", {})
     sess_d, sess_tun, sess_h = (med(rates.get(p, [])) for p in ("direct", "tunnel", "haproxy"))
     sess_t = med(ratios(rates.get("tunnel", []), rates.get("direct", [])))
@@ -147,11 +147,14 @@ and the event loop's own reads.
 
 What bounds it now: each of the three Python hops does a TLS read and a TLS write per
 message in uvloop's TLS transport (memory BIOs driven from Cython), where haproxy does the
-same in C on the socket. The remaining leads (design-notes.md, "Less work in the proxy per
-message") remove work rather than speed it up: the native Postgres protocol on the public
-port (no tunnel hop; the native-listener column measures that path: {n1:.2f} of direct, i.e.
-{vn1:.2f} of haproxy), or TLS passthrough at the proxy. Also measured: the ptsh tunnel on uvloop
-{u1:.2f} of direct, the proxy and agent on stock asyncio {a1:.2f} (after a restart, shorter runs).
+same in C on the socket. **Built for this run (lead 2, option two): the proxy's one public
+port speaks PostgreSQL's own protocol** (design-notes.md, "PostgreSQL's own protocol on the
+public port"): pgbench and psql with a certificate from `pctl auth sign --format=db` reach
+the proxy with no tunnel hop. That path (the "native, public port" column) reached
+{n1:.2f} of direct, i.e. **{vn1:.2f} of haproxy** ({verdict(vn1, 0.7)} against the first step). Also
+measured: the ptsh tunnel on uvloop {u1:.2f} of direct, the proxy and agent on stock asyncio
+{a1:.2f} (after a restart, shorter runs). Not built: TLS passthrough at the proxy (option one;
+design-notes.md weighs it).
 
 ### pgbench -S, 8 clients: target ≥ 0.7 of the haproxy chain (goal 1.0) — measured {vh8:.2f} ({verdict(vh8, 0.7)})
 
@@ -160,19 +163,19 @@ proxy and the agent share two cores. Direct reached {direct_c8:,.0f} TPS, the tu
 {tunnel_c8:,.0f} ({c8:.2f} of direct; haproxy {h8:.2f}). During the 8-client runs our processes
 and pgbench used ~{cpu8_sum:.0f} µs of CPU per transaction (tunnel {cpu8['ptsh tunnel']:.0f}, proxy
 {cpu8['proxy']:.0f}, agent {cpu8['agent']:.0f}, pgbench {cpu8['pgbench']:.0f}), so two cores cannot pass
-~{2e6 / cpu8_sum if cpu8_sum else float('nan'):,.0f} TPS even before PostgreSQL's own share. Native listener
-{n8:.2f} of direct; ptsh on uvloop {u8:.2f}; proxy and agent on stock asyncio {a8:.2f}. Past this
+~{2e6 / cpu8_sum if cpu8_sum else float('nan'):,.0f} TPS even before PostgreSQL's own share. Through the public
+port without the tunnel {n8:.2f} of direct ({vn8:.2f} of haproxy); ptsh on uvloop {u8:.2f}; proxy and agent on stock asyncio {a8:.2f}. Past this
 bound: less CPU per message (the options above), or more cores (one event loop per core).
 
 ### COPY out (≈96 MB): target ≥ 0.95 of direct — measured {copy_t:.2f} ({verdict(copy_t, 0.95)})
 
 Server→client bytes pass through without Python work per byte: each hop reads up to
 256 KiB per callback and writes it on, with transport flow control; on a quiet machine the
-COPY cost each hop 1–2 ms of CPU per MB, mostly TLS. The native listener reached {copy_n:.2f},
+COPY cost each hop 1–2 ms of CPU per MB, mostly TLS. Through the public port (no tunnel) {copy_n:.2f},
 the haproxy chain {copy_h:.2f}. What bounds it when the cores are busy (as in this run): the
 CPU per MB, because the relay gets only its share of the cores. Here the tunnel, proxy and
 agent together spent {copy_cpu_pt:.1f} ms per MB against {copy_cpu_h:.1f} for the three haproxy processes
-(table above). Less CPU per MB means fewer hops (the native listener) or less
+(table above). Less CPU per MB means fewer hops (the public port, no tunnel) or less
 copying in the TLS layer; the relay itself does one write per chunk.
 
 ### COPY in (`\\copy … from stdin`, ≈{copy_in_mb:.0f} MB): target ≥ 0.95 of direct — measured {cin_t:.2f} ({verdict(cin_t, 0.95)})
@@ -181,17 +184,22 @@ This direction goes through the audit tap: every CopyData message passes the age
 client→server callback. The tap reads each header in place and skips the message by its
 length without copying it (a CopyData split over two chunks only carries a count of bytes
 still to skip), so the agent's CPU per MB (table above) is the relay's, not the audit's.
-The native listener reached {cin_n:.2f}, haproxy {cin_h:.2f}. PostgreSQL's own work per row (an
+Through the public port (no tunnel) {cin_n:.2f}, haproxy {cin_h:.2f}. PostgreSQL's own work per row (an
 UNLOGGED table, emptied before each repetition) bounds all paths alike.
 
 ### New sessions per second (4 clients, open to ReadyForQuery and Terminate) — measured {sess_t:.2f} of direct
 
 No target; recorded for issue 14. Direct {sess_d:.0f}/s, through the tunnel {sess_tun:.0f}/s,
 haproxy {sess_h:.0f}/s. A pteleport session costs a TLS handshake tunnel→proxy with the user's
-certificate (verified by the proxy, and again by the agent, which re-derives the identity),
-a spare data link taken from the pool (no handshake on the connect path), the RBAC check,
-and a new TLS connection agent→PostgreSQL with the agent's client certificate, plus the
-server's own backend start; haproxy does three TLS handshakes in C.
+certificate, a spare data link taken from the pool (its replacement is dialled after the
+session starts), the RBAC check, and a new TLS connection agent→PostgreSQL with the agent's
+client certificate, plus the server's own backend start; haproxy does three TLS handshakes
+in C. With OpenSSL 3.0 a full mutual-TLS handshake costs both ends ~5.6 ms of CPU here, so
+for this run the tunnel's and the agent's links to the proxy **resume TLS sessions** (a
+resumed handshake ~2.6 ms), and the proxy and agent verify and parse each user certificate
+once (design-notes.md, "TLS session resumption"; measured by hand before and after: 18.7 →
+31.4 sessions a second through the tunnel with 4 clients). PostgreSQL does not resume
+sessions, so the agent's handshake with it stays full.
 
 ### `ptsh db connect NAME -- -c 'select 1'`: target ≤ 2× psql (≤ 3× with a new certificate) — measured {login_ms / psql_ms:.1f}× and {fresh_ms / psql_ms:.1f}× ({verdict(login_ms / psql_ms, 2, True)}, {verdict(fresh_ms / psql_ms, 3, True)})
 
