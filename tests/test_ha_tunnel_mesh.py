@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from common.addresses import split_host_port
 from common.identity import KIND_HOST, Identity
 from common.relay import Connection
 from common.tls import INTERNAL_SNI, client_context, server_context
@@ -87,7 +88,7 @@ async def mesh_of(count: int) -> AsyncIterator[tuple[list[FakeProxy], TunnelMesh
         conn.write(b"served")
         await conn.closed
 
-    host, port = mesh.split_hostport(proxies[0].addr)
+    host, port = split_host_port(proxies[0].addr)
     agent = TunnelMesh(host, port, client_context(cas=CA.cert_pem), "agent-1", lambda: ["db1"], on_session)
     run = asyncio.get_running_loop().create_task(agent.run())
     try:

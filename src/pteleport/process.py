@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.addresses import split_host_port
 from common.durations import parse_duration
 from common.errors import BadParameter
 from common.identity_file import IdentityFile, render, write_private
@@ -46,12 +47,9 @@ def utc_now() -> datetime:
 
 
 def split_addr(addr: str, default_port: int = 3080) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        return addr, default_port
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise BadParameter(f'"{addr}" is not HOST:PORT')
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """A listen address: no host means every IPv4 address."""
+    host, port = split_host_port(addr, default_port)
+    return host or "0.0.0.0", port
 
 
 class Process:

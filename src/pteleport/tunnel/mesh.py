@@ -24,7 +24,9 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from common.addresses import split_host_port
 from common.backoff import Backoff
+from common.errors import BadParameter
 from common.relay import Connection
 from pteleport.tunnel.agent import BACKOFF_MAX, BACKOFF_MIN, TunnelAgent, dial_tls
 from pteleport.tunnel.protocol import encode, read_message
@@ -42,11 +44,6 @@ class _Member:
     addr: tuple[str, int]
     agent: TunnelAgent
     task: asyncio.Task[None]
-
-
-def split_hostport(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class TunnelMesh:
@@ -155,8 +152,8 @@ class TunnelMesh:
         entries = (message or {}).get("proxies") or []
         for entry in entries:
             try:
-                wanted[str(entry["id"])] = split_hostport(str(entry["addr"]))
-            except (KeyError, ValueError, TypeError):
+                wanted[str(entry["id"])] = split_host_port(str(entry["addr"]))
+            except (KeyError, ValueError, TypeError, BadParameter):
                 log.warning("ignored a proxy entry without a usable address: %r", entry)
         if len(wanted) <= 1:
             # One proxy (or one that does not speak the mesh): the configured address, as
