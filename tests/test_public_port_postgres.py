@@ -9,6 +9,7 @@ the one holding that backend cancels the query. A wrong secret cancels nothing.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -81,6 +82,25 @@ def test_psql_reaches_the_public_port_with_a_database_certificate(signed: Signed
     for _ in range(2):
         assert signed.env.pctl_json("status")["cluster_name"]
         assert psql(signed.dsn(), "select 1").stdout.strip() == "1"
+
+
+def test_ptsh_db_config_gives_psql_the_path_without_a_tunnel(signed: Signed) -> None:
+    env = signed.env
+    env.login("alice")
+    assert env.ptsh("alice", "db", "login", "--db-user=alice", "--db-name=postgres", "aurora").returncode == 0
+    shown = env.ptsh("alice", "db", "config", "aurora", "--format=json")
+    assert shown.returncode == 0, shown.stderr
+    direct = json.loads(shown.stdout)["direct"]
+    assert direct["port"] == int(env.cluster.addr.rsplit(":", 1)[1])  # the proxy's public port
+    result = psql(direct["dsn"], "select 'direct ' || current_user")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "direct alice"
+    text = env.ptsh("alice", "db", "config", "aurora").stdout
+    assert f'Direct:   psql "{direct["dsn"]}"' in text
+    assert env.ptsh("alice", "db", "logout", "aurora").returncode == 0
+    after = json.loads(env.ptsh("alice", "db", "config", "aurora", "--db-user=alice", "--db-name=postgres",
+                                "--format=json").stdout)
+    assert after["direct"] is None  # no database certificate on disk: the tunnel is the way
 
 
 def test_the_session_is_audited_like_any_other(signed: Signed) -> None:

@@ -197,6 +197,35 @@ def cert_for(login: Login, database: str, db_user: str | None, db_name: str | No
     return issue_db_cert(login, database, db_user or "", db_name or "")
 
 
+def direct_connection(login: Login, database: str, db_user: str, db_name: str) -> dict[str, Any] | None:
+    """psql straight to the proxy's public port with the files of ``ptsh db login`` (no tunnel).
+
+    Only when psql can read every file: a key kept in the system keyring never goes to disk,
+    and without ``ptsh db login`` there is no database certificate (None: use the tunnel).
+    """
+    path = db_cert_path(login, database)
+    store, profile = login.store, login.profile
+    if path is None or store is None or profile is None or not path.exists():
+        return None
+    key, cas = store.key_path(profile), store.ca_path(profile)
+    if profile.key_storage != "file" or not key.exists() or not cas.exists():
+        return None
+    host, port = proxy_host_port(login)
+    facts = {"host": host, "port": port, "user": db_user, "database": db_name,
+             "ca": str(cas), "cert": str(path), "key": str(key)}
+    parts = {"host": host, "port": port, "user": db_user, "dbname": db_name, "sslmode": "verify-full",
+             "sslrootcert": cas, "sslcert": path, "sslkey": key}
+    facts["dsn"] = " ".join(f"{k}={_conninfo_value(str(v))}" for k, v in parts.items())
+    return facts
+
+
+def _conninfo_value(value: str) -> str:
+    """A libpq conninfo value, quoted when it must be."""
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def proxy_host_port(login: Login) -> tuple[str, int]:
     host, _, port = login.proxy.rpartition(":")
     if not port.isdigit():

@@ -167,11 +167,13 @@ def db_config(
 ) -> None:
     """Print how to connect to a database through a local tunnel."""
     from common.errors import UsageError
-    from ptsh.databases import connection_url
+    from ptsh.databases import connection_url, direct_connection
 
-    cfg = _config(_login(proxy), database, db_user, db_name, port)
+    login = _login(proxy)
+    cfg = _config(login, database, db_user, db_name, port)
+    direct = direct_connection(login, database, cfg["user"], cfg["database"])
     if fmt in ("json", "yaml"):
-        render(cfg, fmt)
+        render({**cfg, "direct": direct}, fmt)
     elif fmt == "cmd":
         print(f"psql '{connection_url(cfg['user'], port, cfg['database'])}'")
     elif fmt == "text":
@@ -180,6 +182,8 @@ def db_config(
             f"User:     {cfg['user']}\nDatabase: {cfg['database']}\n"
             f"Tunnel:   ptsh proxy db --tunnel --port {port} {database}"
         )
+        if direct is not None:
+            print(f"Direct:   psql \"{direct['dsn']}\"")
     else:
         raise UsageError(f'--format must be text, cmd, json or yaml (got "{fmt}")')
     sys.stdout.flush()
