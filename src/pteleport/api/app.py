@@ -65,6 +65,19 @@ class Call:
     query: MultiDict[str]
     headers: dict[str, str]
 
+    @classmethod
+    def of(cls, request: web.Request, headers: dict[str, str] | None = None) -> Call:
+        """The Call of ``request`` (read on the loop): its app's auth, peer, address, path and query."""
+        return cls(
+            request.app[AUTH],
+            request.app[INFO],
+            peer_der(request),
+            remote_addr(request),
+            dict(request.match_info),
+            MultiDict(request.query),
+            headers or {},
+        )
+
     def me(self) -> Identity:
         """The verified caller (blocking: may read storage)."""
         return caller_from_der(self.cert_der, self.auth)
@@ -81,13 +94,8 @@ def route(model: type[Any] | None = None) -> Callable[[Work], Callable[[web.Requ
     def wrap(work: Work) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
             raw = await request.read() if model is not None else b""
-            call = Call(
-                request.app[AUTH],
-                request.app[INFO],
-                peer_der(request),
-                remote_addr(request),
-                dict(request.match_info),
-                MultiDict(request.query),
+            call = Call.of(
+                request,
                 {"If-None-Match": request.headers.get("If-None-Match", ""), "Content-Type": request.content_type},
             )
 
