@@ -170,3 +170,30 @@ def test_a_listing_is_answered_while_every_heartbeat_is_stuck(auth: AuthServer, 
         release.set()
         app[offload.POOL].shutdown(wait=False)
         app[offload.BACKGROUND].shutdown(wait=False)
+
+
+def test_a_role_changed_while_the_snapshot_is_kept_current_changes_the_next_listing(auth: AuthServer) -> None:
+    """With the access snapshot kept current (as in the daemon), the roles are not read per
+    listing, but a role change still reaches the next one."""
+    auth.ctx.roles.put("reader", role("reader", {"env": "prod"}, ["reader"]))
+    agent = join(auth)
+    auth.databases.heartbeat(agent, [db("prod-1", env="prod"), db("dev-1", env="dev")], "host-1")
+    mia = Identity(username="mia", roles=("reader",))
+
+    async def main() -> tuple[dict, dict, dict]:
+        runner = asyncio.get_running_loop().create_task(auth.access.run(poll_every=3600))
+        try:
+            while not auth.access.kept_current:
+                await asyncio.sleep(0.01)
+            before = await asyncio.to_thread(listed, auth, mia)
+            again = await asyncio.to_thread(listed, auth, mia)
+            await asyncio.to_thread(auth.ctx.roles.put, "reader", role("reader", {"env": "dev"}, ["writer"]))
+            after = await asyncio.to_thread(listed, auth, mia)
+            return before, again, after
+        finally:
+            runner.cancel()
+
+    before, again, after = asyncio.run(main())
+
+    assert sorted(before) == sorted(again) == ["prod-1"]
+    assert sorted(after) == ["dev-1"] and after["dev-1"]["users"]["allowed"] == ["writer"]

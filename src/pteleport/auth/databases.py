@@ -193,6 +193,7 @@ class DatabaseService:
         self.registrations = RegistrationIndex(ctx)
         self._refusals_seen: set[tuple[str, str, str]] = set()
         self._seen_lock = threading.Lock()
+        self._checkers: dict[str, Any] = {}  # see ``_checker``
         # Called after a heartbeat changed what is registered (the proxy's index is rebuilt).
         self.on_registered: Callable[[], None] | None = None
 
@@ -363,7 +364,7 @@ class DatabaseService:
         the caller's roles. Databases with the same labels get the same answer from RBAC,
         so it is asked once per set of labels.
         """
-        checker = None if actor.is_admin else self.ctx.checker(actor)
+        checker = None if actor.is_admin else self._checker(actor)
         by_name: dict[str, dict] = {}
         hosts: dict[str, list[str]] = {}
         for server in self.registrations.documents():
@@ -385,6 +386,23 @@ class DatabaseService:
             db["agents"] = sorted(hosts[name])
             result.append(db)
         return result
+
+    def _checker(self, actor: Identity) -> Any:
+        """The actor's AccessChecker; kept while the roles are unchanged, when the access
+        snapshot is kept current (its roles version moves with every role change), so that a
+        listing does not wait behind heartbeats for the storage connection to read roles."""
+        access = self.ctx.access
+        if not access.kept_current:
+            return self.ctx.checker(actor)
+        version = access.current().roles_version
+        kept = self._checkers
+        if kept.get("version") != version or len(kept) > 1000:
+            kept = self._checkers = {"version": version}  # swapped whole: other threads keep theirs
+        key = repr((tuple(actor.roles), sorted(actor.traits.items())))
+        checker = kept.get(key)
+        if checker is None:
+            checker = kept[key] = self.ctx.checker(actor)
+        return checker
 
     @staticmethod
     def _access(checker: Any, labels: dict[str, str]) -> dict[str, Any] | None:
