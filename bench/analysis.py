@@ -222,27 +222,33 @@ half with cryptography) comes on top.
 
 ### CLI start-up: `ptsh --help` and `ptsh version` ≤ 100 ms — measured {help_ms:.0f} and {version_ms:.0f} ms ({verdict(help_ms, 100, True)}, {verdict(version_ms, 100, True)})
 
-`python -c pass` took {floor_py:.0f} ms here and `import typer` {floor_typer:.0f} ms. `ptsh version` is now
+`python -c pass` took {floor_py:.0f} ms here and `import typer` {floor_typer:.0f} ms. `ptsh version` is
 printed by the console script itself, and help is printed from the text Typer produced the
 last time for the same words and terminal (`~/.cache/ptsh`, keyed by version and the source
 files' sizes and times; tests check it is byte for byte what Typer prints); the bench's
-repetitions after the first are served from there. Against the interpreter's own start in
-the same run: `--help` {help_ms / floor_py:.1f}× and `version` {version_ms / floor_py:.1f}× `python -c pass`
-(quickest runs: {help_min:.0f}, {version_min:.0f} and {floor_min:.0f} ms); before this change, on a quiet
-machine, they were 167 and 170 ms against 11 ms (≈15×). On a quiet machine that is ~30–40 ms
-for each; this run's medians miss 100 ms because the machine was busy, and the interpreter
-start bounds them.
+repetitions after the first are served from there. Neither imports more than `os`, `sys`
+and `zlib` (no `typing`, `pathlib`, `json`, `hashlib` or `importlib.util`), so both are the
+interpreter's own start plus a few milliseconds: `--help` {help_ms / floor_py:.1f}× and `version`
+{version_ms / floor_py:.1f}× `python -c pass` in this run (quickest runs: {help_min:.0f}, {version_min:.0f} and
+{floor_min:.0f} ms). The interpreter start bounds them; on a busy machine it alone can take
+more than 100 ms. The bench byte-compiles `src/` first (`bench.measure.compile_sources`), as
+installing a package does: with `PYTHONDONTWRITEBYTECODE` set, an editable install compiled
+every ptsh module from source on every timed run.
 
 ### `ptsh db ls` (1 database) ≤ 200 ms — measured {ls1:.0f} ms ({verdict(ls1, 200, True)}); 1,000 databases < 400 ms — measured {ls_ms:.0f} ms
 
-`ptsh db ls` and `ptsh db ls -v` now run without Typer and httpx: one GET over
-`http.client` with the login's certificate (facts file, `common.tlsctx`), the same table
-code as the Typer command; on any error nothing is printed and the Typer command runs and
-gives the sentence and exit code (a GET can be repeated). In this run: {ls1:.0f} ms median,
-{ls1_min:.0f} ms at its quickest, {ls1 / floor_py:.1f}× `python -c pass` (before: 374 ms, 34× on a quiet
-machine). With {scale.get('databases', 0):,} databases {ls_ms:.0f} ms; `--format=json`, still through Typer
-and httpx, {ls_json:.0f} ms. What bounds it: the interpreter, `ssl` and one TLS handshake with the
-proxy, and the request itself (RBAC filtering on auth).
+`ptsh db ls`, `-v` and `--format=json` (`ptsh.dbls`) run without Typer, httpx, `http.client`
+or asyncio: the profile and the certificate's facts file, one GET written and read by hand
+over `common.tlsctx`, and the same table or JSON as the Typer command; any other form, and
+any answer but a whole 200, runs the Typer command, which gives the sentence and exit code
+(a GET can be repeated). `http.client` had cost more than the rest: it imports the e-mail
+parser and loads the system's CA store for a context it never uses. In this run: {ls1:.0f} ms
+median, {ls1_min:.0f} ms at its quickest, {ls1 / floor_py:.1f}× `python -c pass`. With
+{scale.get('databases', 0):,} databases {ls_ms:.0f} ms, `--format=json` {ls_json:.0f} ms. What bounds it: the
+interpreter, the imports that remain (`ssl`, `json`, `dataclasses` with `inspect` for the
+profile's classes, `pathlib`), one TLS handshake with the proxy, and the request itself: auth
+lists from its in-memory registration index (docs/design-notes.md "`ptsh db ls` from the
+registration index").
 
 ### Idle sessions: < 64 KiB per session in proxy + agent — measured {pt_total:.0f} KiB ({'met' if pt_total < 64 else 'missed'})
 

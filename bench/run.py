@@ -204,6 +204,7 @@ def run_copy_and_connects(dep: Deployment, s: Settings, results: dict[str, Any])
 
 def run_cli(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
     log("CLI start-up")
+    m.compile_sources()
     user_env = dep.env.user_env(CLUSTER_USER)
     admin_env = dep.env.cluster.env()
     py = sys.executable
@@ -214,6 +215,7 @@ def run_cli(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
         "ptsh version": ([PTSH, "version"], user_env),
         "ptsh status": ([PTSH, "status"], user_env),
         "ptsh db ls (1 database)": ([PTSH, "db", "ls"], user_env),
+        "ptsh db ls --format=json (1 database)": ([PTSH, "db", "ls", "--format=json"], user_env),
         "pctl --help": ([PCTL, "--help"], admin_env),
     }
     out: dict[str, list[float]] = {name: [] for name in cmds}
@@ -254,6 +256,7 @@ def run_scale(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
     took = m.start_scale_agents(dep, s.scale_agents, s.per_agent)
     log(f"  all registered after {took:.1f}s")
     user_env = dep.env.user_env(CLUSTER_USER)
+    m.compile_sources()
     out: dict[str, Any] = {"databases": total + 1, "agents": s.scale_agents + 1, "register_s": took}
     text: list[float] = []
     js: list[float] = []

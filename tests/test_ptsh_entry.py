@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from common.profile import _plain_mapping
+from ptsh.dbls import options
 from ptsh.entry import connect_args
 from tests.harness import PTSH
 
@@ -32,13 +33,13 @@ def test_help_and_version_are_what_the_typer_app_prints_recorded_or_not(tmp_path
     second = run([PTSH, *words], tmp_path / "cache")  # from the record
     assert first == expected and second == expected
     if words != ["version"]:
-        assert list((tmp_path / "cache" / "ptsh").glob("help-*.json"))
+        assert list((tmp_path / "cache" / "ptsh").glob("help-*.txt"))
 
 
 def test_an_error_is_not_recorded_as_help(tmp_path: Path) -> None:
     code, _, err = run([PTSH, "nosuch", "--help"], tmp_path)
     assert code == 2 and "nosuch" in err
-    assert not list((tmp_path / "ptsh").glob("help-*.json"))
+    assert not list((tmp_path / "ptsh").glob("help-*.txt"))
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,34 @@ def test_an_error_is_not_recorded_as_help(tmp_path: Path) -> None:
 )
 def test_db_connect_forms_the_entry_runs_itself(argv: list[str], parsed: tuple | None) -> None:
     assert connect_args(argv) == parsed
+
+
+@pytest.mark.parametrize(
+    ("words", "parsed"),
+    [
+        ([], (False, "text")),
+        (["-v", "--format=json"], (True, "json")),
+        (["-f", "json"], (False, "json")),
+        (["--format", "text", "--verbose"], (True, "text")),
+        (["--format=yaml"], None),  # yaml: the Typer command
+        (["--format=JSON"], None),  # Typer says what the choices are
+        (["env=prod"], None),  # label selectors and --search filter: the Typer command
+        (["--search", "x"], None),
+        (["-f"], None),
+    ],
+)
+def test_db_ls_forms_the_entry_runs_itself(words: list[str], parsed: tuple | None) -> None:
+    assert options(words) == parsed
+
+
+def test_db_ls_without_a_login_says_what_typer_says(tmp_path: Path) -> None:
+    for words in (["db", "ls"], ["db", "ls", "--format=json"]):
+        env = dict(os.environ, PTSH_HOME=str(tmp_path / "nobody"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+        env.pop("PTSH_IDENTITY_FILE", None)
+        fast = subprocess.run([PTSH, *words], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+        slow = subprocess.run([*TYPER, *words], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (slow.returncode, slow.stdout, slow.stderr)
+        assert fast.returncode == 3 and "Not logged in" in fast.stderr
 
 
 @pytest.mark.parametrize(
@@ -98,7 +127,8 @@ def both(env, *words: str) -> tuple[subprocess.CompletedProcess[str], subprocess
 
 @pytest.mark.slow
 def test_db_ls_prints_what_the_typer_command_prints(env) -> None:
-    for words in (["db", "ls"], ["db", "ls", "-v"]):
+    for words in (["db", "ls"], ["db", "ls", "-v"], ["db", "ls", "--format=json"], ["db", "ls", "-f", "json", "-v"],
+                  ["db", "ls", "--format", "text"]):
         fast, slow = both(env, *words)
         assert (fast.returncode, fast.stdout, fast.stderr) == (slow.returncode, slow.stdout, slow.stderr)
         assert "aurora" in fast.stdout

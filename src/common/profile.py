@@ -15,7 +15,8 @@ Directories are 0700, secrets 0600 from creation. Keyring entries: service
 ``ptsh@<proxy-host>``, username ``<user>``, value the PKCS#8 PEM key. ``PTSH_KEY_STORAGE``
 (``keyring`` or ``file``) overrides the automatic choice.
 
-Heavy modules (yaml, keyring) are imported inside the functions that need them.
+Heavy modules (yaml, keyring, and what writing files needs) are imported inside the
+functions that need them: reading a profile (every ``ptsh`` command) imports neither.
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.errors import BadParameter, NotLoggedIn, UsageError
-from common.identity_file import write_private
 
 HOME_ENV = "PTSH_HOME"
 KEY_STORAGE_ENV = "PTSH_KEY_STORAGE"
@@ -173,6 +172,8 @@ class ProfileStore:
         return name if name and self.profile_path(name).exists() else None
 
     def set_current(self, name: str) -> None:
+        from common.identity_file import write_private
+
         self._mkdir(self.home)
         write_private(self.home / CURRENT_PROFILE, f"{name}\n".encode())
 
@@ -259,6 +260,8 @@ class ProfileStore:
         """Store a fresh login; returns the profile with the key storage actually used."""
         import yaml
 
+        from common.identity_file import write_private
+
         storage = choose_key_storage()
         forced = bool(os.environ.get(KEY_STORAGE_ENV))
         old = self.load(profile.name) if self.profile_path(profile.name).exists() else None
@@ -299,6 +302,8 @@ class ProfileStore:
         return profile
 
     def _remove_files(self, profile: Profile) -> None:
+        import shutil
+
         keys = self.keys_dir(profile)
         cert = self.cert_path(profile)
         for path in (cert, cert.with_name(cert.name + ".facts"), self.key_path(profile)):  # .facts: common.certfacts
@@ -308,6 +313,8 @@ class ProfileStore:
 
     def remove(self, profile: Profile) -> None:
         """Forget a login: key (file or keyring), certificates, CAs, profile."""
+        import shutil
+
         if profile.key_storage == KEYRING:
             _forget_keyring(profile)
         shutil.rmtree(self.keys_dir(profile), ignore_errors=True)
@@ -321,6 +328,8 @@ class ProfileStore:
             pass
 
     def remove_all(self) -> list[Profile]:
+        import shutil
+
         removed = []
         for name in self.names():
             try:

@@ -3,7 +3,9 @@ so that fast paths (``ptsh.entry``) can print what the Typer commands print."""
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -24,4 +26,6 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def safe_text(value: Any) -> str:
     """Printable form of anything that came from outside: control characters escaped."""
     text = str(value)
+    if text.isprintable():  # the common case, and the same answer: nothing to escape
+        return text
     return "".join(ch if ch.isprintable() or ch in " " else repr(ch)[1:-1] for ch in text)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import tempfile
 import time
 import weakref
 from collections.abc import Iterator
@@ -46,6 +45,8 @@ def _pem_files(*blobs: bytes) -> Iterator[list[str]]:
             for fd in fds:
                 os.close(fd)
         return
+    import tempfile  # (only here: memfd_create is the common case)
+
     with tempfile.TemporaryDirectory(prefix="pteleport-") as tmp:
         paths = []
         for i, blob in enumerate(blobs):

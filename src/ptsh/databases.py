@@ -1,5 +1,8 @@
 """What `ptsh db` and `ptsh proxy db` do, without Typer: list, certificates, tunnels.
 
+``ptsh db ls`` imports this module before its one request, so asyncio and threading
+are imported only by the tunnel code that uses them.
+
 Database certificates are issued by auth after an RBAC check and are bound to the user's
 own key (the same key as the login, which never leaves this machine). ``ptsh db login``
 keeps one on disk next to the profile; ``db connect`` and ``proxy db`` use one in memory.
@@ -7,8 +10,6 @@ keeps one on disk next to the profile; ``db connect`` and ``proxy db`` use one i
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -293,6 +294,8 @@ class BackgroundTunnel:
     """
 
     def __init__(self, login: Login, cert: DbCert) -> None:
+        import threading
+
         from ptsh.tunnel import LocalTunnel, new_event_loop
 
         host, port = proxy_host_port(login)
@@ -310,14 +313,20 @@ class BackgroundTunnel:
 
     def start(self, port: int = 0, sock: Any = None) -> int:
         """Serve psql on 127.0.0.1 (``port``, or the listening socket ``sock``); the port."""
+        import asyncio
+
         self.begin()
         return asyncio.run_coroutine_threadsafe(self.tunnel.start("127.0.0.1", port, sock), self.loop).result(10)
 
     def preflight(self, params: dict[str, str]) -> None:
         """Open the first session now (see ``LocalTunnel.preflight``); raises what stops it."""
+        import asyncio
+
         asyncio.run_coroutine_threadsafe(self.tunnel.preflight(params), self.loop).result(60)
 
     def stop(self) -> None:
+        import asyncio
+
         try:
             asyncio.run_coroutine_threadsafe(self.tunnel.close(), self.loop).result(5)
         finally:
@@ -364,6 +373,8 @@ async def run_tunnel(
     Clients that arrive when it has expired renew it too; each refusal goes to the client
     (an ErrorResponse psql prints) and to this process's stderr.
     """
+    import asyncio
+
     from common.cli import eprint
     from common.errors import PteleportError
     from ptsh.tunnel import LocalTunnel

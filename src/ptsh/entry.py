@@ -10,11 +10,11 @@ it is, to ``ptsh.cli`` (same behaviour, only slower):
   code, that the Typer app produced the last time for the same words, in a terminal of the
   same width and with the same colour settings (help only: a command line that is an
   error is not kept). They are kept in ``$XDG_CACHE_HOME/ptsh``
-  (default ``~/.cache/ptsh``), one file per key; the key holds ptsh's version and the size
-  and modification time of every source file of ptsh, common, Typer and rich, so changing
-  a command, or upgrading, makes a new entry. A first run records while Typer prints.
-- ``ptsh db ls [-v]``: one GET with ``http.client`` (not httpx) and the same table; on any
-  error nothing is printed and the Typer command runs, which gives the sentence and exit code.
+  (default ``~/.cache/ptsh``), one file per key (plain text: see ``_save``); the key
+  holds ptsh's version and the size and modification time of every source file of ptsh,
+  common, Typer and rich, so changing a command, or upgrading, makes a new entry. A first run records while Typer prints.
+- ``ptsh db ls [-v] [--format text|json]``: ``ptsh.dbls`` (one GET, the same table or JSON); on
+  any error nothing is printed and the Typer command runs, which gives the sentence and exit code.
 - ``ptsh db connect NAME [--db-user U | -u U] [--db-name N | -n N] [--proxy P] [-- PSQL ARGS]``:
   ``ptsh.connect`` runs it; errors become one line and the documented exit code, as in
   ``common.cli.run_app``.
@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # (importing typing costs more than printing the version)
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "ptsh"
 HELP_FLAGS = ("--help", "-h")
@@ -53,7 +56,7 @@ def _main(argv: list[str]) -> None:
         _help(argv)
     elif (args := connect_args(argv)) is not None:
         _run_connect(*args)
-    elif argv in (["db", "ls"], ["db", "ls", "-v"], ["db", "ls", "--verbose"]) and _db_ls(verbose=len(argv) == 3):
+    elif argv[:2] == ["db", "ls"] and _db_ls(argv[2:]):
         pass
     else:
         _typer(argv)
@@ -64,6 +67,12 @@ def _typer(argv: list[str]) -> None:
     from ptsh.cli import app
 
     run_app(app, PROG, argv)
+
+
+def _db_ls(words: list[str]) -> bool:
+    from ptsh.dbls import run
+
+    return run(words)
 
 
 # --- ptsh db connect ---------------------------------------------------------------------------
@@ -116,57 +125,6 @@ def _run_connect(database: str, db_user: str | None, db_name: str | None, proxy:
     raise SystemExit(code)
 
 
-# --- ptsh db ls ----------------------------------------------------------------------------------
-def _db_ls(verbose: bool) -> bool:
-    """``ptsh db ls [-v]`` with one GET over ``http.client``; False (nothing printed) when
-    anything is not as expected, and the Typer command then runs and explains it."""
-    import json
-
-    try:
-        from ptsh.databases import db_table
-        from ptsh.login_state import current_login
-
-        login = current_login(None)
-        status, body = _get(login, "/v1/databases")
-        if status != 200:
-            return False
-        dbs = json.loads(body)
-        text = db_table(login, dbs, verbose)
-    except Exception:  # the Typer command runs instead: it gives the sentence and the exit code
-        return False
-    print(text)
-    if len(dbs) >= 20:
-        from ptsh.databases import DB_LS_HINT
-
-        print(DB_LS_HINT, file=sys.stderr, flush=True)
-    return True
-
-
-def _get(login: Any, path: str) -> tuple[int, bytes]:
-    """One HTTPS GET to the proxy with the login's certificate (what ``common.client`` sends)."""
-    import http.client
-    import socket
-
-    from common.tlsctx import ALPN_HTTP, INTERNAL_SNI, client_context
-    from ptsh.databases import proxy_host_port
-
-    host, port = proxy_host_port(login)
-    ctx = client_context(cas=login.host_cas, cert=login.cert, key=login.key, alpn=[ALPN_HTTP])
-
-    class Connection(http.client.HTTPSConnection):
-        def connect(self) -> None:
-            raw = socket.create_connection((self.host, self.port), self.timeout)
-            self.sock = ctx.wrap_socket(raw, server_hostname=INTERNAL_SNI)
-
-    conn = Connection(host, port, timeout=30)
-    try:
-        conn.request("GET", path, headers={"Accept": "application/json"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 # --- help -----------------------------------------------------------------------------------------
 def _is_help(argv: list[str]) -> bool:
     if not argv or argv[0] == "help":
@@ -175,18 +133,14 @@ def _is_help(argv: list[str]) -> bool:
 
 
 def _help(argv: list[str]) -> None:
-    path = _help_cache_path(argv)
-    if path is not None:
-        try:
-            import json
-
-            saved = json.loads(path.read_text())
-            sys.stdout.write(saved["out"])
-            sys.stderr.write(saved["err"])
-            sys.stdout.flush()
-            raise SystemExit(int(saved["code"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+    path, key = _help_cache(argv)
+    saved = _load(path, key) if path is not None else None
+    if saved is not None:
+        code, out_text, err_text = saved
+        sys.stdout.write(out_text)
+        sys.stderr.write(err_text)
+        sys.stdout.flush()
+        raise SystemExit(code)
     out, err = _Tee(sys.stdout), _Tee(sys.stderr)
     sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
     code: Any = 0
@@ -198,7 +152,7 @@ def _help(argv: list[str]) -> None:
     finally:
         sys.stdout, sys.stderr = out.stream, err.stream
         if path is not None and code in (None, 0, 2) and out.parts and not err.parts:  # help, not an error
-            _save(path, {"code": code or 0, "out": "".join(out.parts), "err": "".join(err.parts)})
+            _save(path, (key, code or 0, "".join(out.parts), "".join(err.parts)))
 
 
 class _Tee:
@@ -217,49 +171,82 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def _help_cache_path(argv: list[str]) -> Any:
-    """Where the help for ``argv`` in this terminal is kept (None: cannot tell, do not cache)."""
-    import hashlib
-    from pathlib import Path
+def _help_cache(argv: list[str]) -> tuple[str | None, str]:
+    """Where the help for ``argv`` in this terminal is kept, and its key (None: do not cache).
 
+    The file is named by a CRC of the key and holds the key itself, which must match: the
+    CRC only spreads the entries, it does not tell them apart. (hashlib, pathlib, json and
+    importlib.util would cost more than the help itself.)
+    """
     try:
-        import importlib.util
-
         from common import __version__
 
         parts: list[Any] = [__version__, sys.version, argv, [os.environ.get(k) for k in _COLOUR_ENV]]
         for fd in (1, 2):
             tty = os.isatty(fd)
             parts.append([tty, tuple(os.get_terminal_size(fd)) if tty else None])
-        here = Path(__file__).resolve().parent
-        dirs = [here, here.parent / "common"]
+        here = os.path.dirname(os.path.realpath(__file__))
+        dirs = [here, os.path.join(os.path.dirname(here), "common")]
         for name in ("typer", "rich"):
-            spec = importlib.util.find_spec(name)
+            spec = _find_spec(name)
             if spec is not None and spec.origin:
-                dirs.append(Path(spec.origin).parent)
+                dirs.append(os.path.dirname(spec.origin))
         for folder in dirs:
             with os.scandir(folder) as entries:
                 parts.append(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries
                                     if e.name.endswith(".py")))
-        key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+        key = repr(parts)
     except (OSError, ValueError, ImportError):
-        return None
+        return None, ""
+    import zlib
+
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ptsh" / f"help-{key}.json"
+    return os.path.join(base, "ptsh", f"help-{zlib.crc32(key.encode()):08x}.txt"), key
 
 
-def _save(path: Any, doc: dict[str, Any]) -> None:
+def _find_spec(name: str) -> Any:
+    """``importlib.util.find_spec(name)`` for a top-level module not imported yet, without importlib.util."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        spec = find(name, None) if find is not None else None
+        if spec is not None:
+            return spec
+    return None
+
+
+# An entry: this line, then "CODE LEN(KEY) LEN(OUT) LEN(ERR)", then key, out and err as they are.
+_MAGIC = "ptsh help 1\n"
+
+
+def _load(path: str, key: str) -> tuple[int, str, str] | None:
+    """(exit code, stdout, stderr) kept for ``key`` at ``path``, else None."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+        if not text.startswith(_MAGIC):
+            return None
+        sizes, _, rest = text[len(_MAGIC) :].partition("\n")
+        code, n_key, n_out, n_err = (int(n) for n in sizes.split())
+        if len(rest) != n_key + n_out + n_err or rest[:n_key] != key:
+            return None
+        return code, rest[n_key : n_key + n_out], rest[n_key + n_out :]
+    except (OSError, ValueError):
+        return None
+
+
+def _save(path: str, entry: tuple[str, int, str, str]) -> None:
     """Write the entry whole or not at all (a temporary file renamed into place)."""
-    import json
     import tempfile
 
+    key, code, out, err = entry
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".help-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
+        folder = os.path.dirname(path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".help-")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(f"{_MAGIC}{int(code)} {len(key)} {len(out)} {len(err)}\n{key}{out}{err}")
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 

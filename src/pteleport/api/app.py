@@ -65,6 +65,19 @@ class Call:
     query: MultiDict[str]
     headers: dict[str, str]
 
+    @classmethod
+    def of(cls, request: web.Request, headers: dict[str, str] | None = None) -> Call:
+        """The Call of ``request`` (read on the loop): its app's auth, peer, address, path and query."""
+        return cls(
+            request.app[AUTH],
+            request.app[INFO],
+            peer_der(request),
+            remote_addr(request),
+            dict(request.match_info),
+            MultiDict(request.query),
+            headers or {},
+        )
+
     def me(self) -> Identity:
         """The verified caller (blocking: may read storage)."""
         return caller_from_der(self.cert_der, self.auth)
@@ -75,19 +88,20 @@ RAW = bytes
 """``route(RAW)``: the handler gets the request's body as it came (bytes)."""
 
 
-def route(model: type[Any] | None = None) -> Callable[[Work], Callable[[web.Request], Any]]:
-    """A handler from ``work(call, body)``: ``body`` is ``model`` parsed from the request (or None)."""
+def route(
+    model: type[Any] | None = None, *, background: bool = False
+) -> Callable[[Work], Callable[[web.Request], Any]]:
+    """A handler from ``work(call, body)``: ``body`` is ``model`` parsed from the request (or None).
+
+    ``background``: the work runs in the agents' pool (``offload.BACKGROUND``), not the users'.
+    """
+    pool = offload.BACKGROUND if background else offload.POOL
 
     def wrap(work: Work) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
             raw = await request.read() if model is not None else b""
-            call = Call(
-                request.app[AUTH],
-                request.app[INFO],
-                peer_der(request),
-                remote_addr(request),
-                dict(request.match_info),
-                MultiDict(request.query),
+            call = Call.of(
+                request,
                 {"If-None-Match": request.headers.get("If-None-Match", ""), "Content-Type": request.content_type},
             )
 
@@ -98,7 +112,7 @@ def route(model: type[Any] | None = None) -> Callable[[Work], Callable[[web.Requ
                     body = model.model_validate_json(raw or b"{}") if model is not None else None
                 return offload.encode(work(call, body))
 
-            return offload.response(await offload.run(request, job))
+            return offload.response(await offload.run(request, job, pool=pool))
 
         handle.__name__ = work.__name__
         handle.__doc__ = work.__doc__
@@ -336,7 +350,7 @@ def db_client_cert(c: Call, req: models.DbClientCertRequest) -> Any:
     return {"cert": cert.decode(), "ca": auth.public_cas()["db"]}
 
 
-@route(models.HeartbeatRequest)
+@route(models.HeartbeatRequest, background=True)
 def heartbeat(c: Call, req: models.HeartbeatRequest) -> Any:
     refused = c.auth.databases.heartbeat(c.me(), req.databases, req.hostname)
     return {"ok": True, "refused": refused}
@@ -486,6 +500,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     # A short burst before shutdown is not lost; then the workers finish what they hold.
     await loop.run_in_executor(pool, _flush, auth, log_filter, True)
     await loop.run_in_executor(None, pool.shutdown)
+    await loop.run_in_executor(None, app[offload.BACKGROUND].shutdown)
 
 
 def build_app(auth: AuthServer, info: ProxyInfo, workers: ThreadPoolExecutor | None = None) -> web.Application:
@@ -494,6 +509,7 @@ def build_app(auth: AuthServer, info: ProxyInfo, workers: ThreadPoolExecutor | N
     app[AUTH] = auth
     app[INFO] = info
     app[offload.POOL] = workers or offload.new_pool()
+    app[offload.BACKGROUND] = offload.new_pool(offload.BACKGROUND_WORKERS, "background")
     app.cleanup_ctx.append(_housekeeping)
     r = app.router
     r.add_get("/webapi/ping", ping)

@@ -7,6 +7,10 @@ threads, ``auth-N``): the body is validated, the caller's certificate checked, t
 service called and the answer encoded as JSON in that thread; the loop only writes the
 bytes back. docs/design-notes.md has the measurements behind this choice.
 
+Agents' heartbeats run in a pool of their own (``BACKGROUND``, ``BACKGROUND_WORKERS``
+threads): a hundred agents renewing their registrations every few seconds would otherwise
+fill every worker thread and queue a user's ``ptsh db ls`` behind their storage writes.
+
 JSON is encoded one list item (or one top-level value) at a time: each ``json.dumps`` call
 holds the GIL for as long as it runs, so encoding a 2,000-event page in one call would
 hold up the relays for milliseconds; item by item, the loop gets the GIL between items.
@@ -27,17 +31,19 @@ from aiohttp import web
 T = TypeVar("T")
 
 WORKERS = 8
+BACKGROUND_WORKERS = 2
 POOL = web.AppKey("auth_workers", ThreadPoolExecutor)
+BACKGROUND = web.AppKey("background_workers", ThreadPoolExecutor)
 
 
-def new_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="auth")
+def new_pool(workers: int = WORKERS, name: str = "auth") -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
 
-async def run(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in the app's auth worker threads."""
+async def run(request: web.Request, fn: Callable[..., T], *args: Any, pool: web.AppKey = POOL) -> T:
+    """``fn(*args)`` in the app's auth worker threads (``pool``: ``POOL`` or ``BACKGROUND``)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app[POOL], functools.partial(fn, *args))
+    return await loop.run_in_executor(request.app[pool], functools.partial(fn, *args))
 
 
 @dataclass

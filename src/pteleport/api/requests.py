@@ -14,13 +14,11 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from aiohttp import web
-from multidict import MultiDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import BadParameter
 from pteleport.api import offload
-from pteleport.api.app import AUTH, INFO, Call, route
-from pteleport.api.identity import peer_der, remote_addr
+from pteleport.api.app import Call, route
 
 MAX_WAIT = 25.0  # below the clients' 30 s read timeout
 POLL_EVERY = 0.2
@@ -108,15 +106,7 @@ async def requests_get(request: web.Request) -> web.Response:
         wait = min(max(float(raw), 0.0), MAX_WAIT)
     except ValueError:
         raise BadParameter("wait must be a number of seconds") from None
-    call = Call(
-        request.app[AUTH],
-        request.app[INFO],
-        peer_der(request),
-        remote_addr(request),
-        dict(request.match_info),
-        MultiDict(request.query),
-        {},
-    )
+    call = Call.of(request)
 
     def job() -> dict[str, Any]:
         return call.auth.requests.get(call.me(), call.match["id"])

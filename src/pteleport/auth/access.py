@@ -103,6 +103,11 @@ class AccessStateSource:
                 grants[str(doc["metadata"]["name"])] = RequestGrant(str(spec.get("user")), frozenset(spec.get("roles") or []))
         return grants
 
+    @property
+    def kept_current(self) -> bool:
+        """Whether ``run`` keeps the snapshot current (every role change moves ``roles_version``)."""
+        return self._wake is not None
+
     def current(self) -> AccessState:
         """The latest snapshot (built now, blocking, if there is none yet)."""
         return self._state if self._state is not None else self.build()

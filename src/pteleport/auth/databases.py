@@ -15,6 +15,7 @@ from common.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from common.identity import Identity
 from pteleport.auth.context import AuthContext
 from pteleport.auth.hosts import HostService
+from pteleport.storage.base import Item
 
 # pteleport's own events (Teleport has none for registrations): a host registering a database.
 DB_SERVER_CREATE = "db_server.create"
@@ -99,10 +100,16 @@ def parse_db(doc: dict) -> dict:
 class RegistrationIndex:
     """Which hosts have a live registration for each database, kept in memory for the proxy.
 
-    The proxy routes a database session only to a host found here. ``build`` reads storage
-    (call it off the event loop, or right after a heartbeat this process stored); ``run``
-    rebuilds it every ``poll_every`` seconds and when ``poke``d (the backend's change feed:
-    registrations stored by any process), at most once per ``MIN_GAP``.
+    The proxy routes a database session only to a host found here, and ``ptsh db ls``
+    lists from here (``DatabaseService.list_for``), so a proxy lists what it routes to.
+    ``build`` reads storage (call it off the event loop, or right after a heartbeat this
+    process stored); ``run`` rebuilds it every ``poll_every`` seconds and when ``poke``d (the
+    backend's change feed: registrations stored by any process), at most once per ``MIN_GAP``.
+
+    A build reads every registration but parses none: the database name and the host id
+    are the two parts of the key (``db_servers/<name>/<host id>``, as ``heartbeat`` stores
+    them). ``documents`` parses only what changed since it was last called: heartbeats
+    renew every registration every few seconds, but a listing needs each one parsed once.
     """
 
     MIN_GAP = 0.5  # heartbeats renew registrations all the time: one rebuild per burst
@@ -110,6 +117,10 @@ class RegistrationIndex:
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
         self._hosts: dict[str, list[tuple[str, datetime | None]]] = {}
+        self._items: list[Item] | None = None  # None: never built
+        # key -> (the stored bytes, their parsed document); only ``documents`` touches it.
+        self._parsed: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        self._parsed_lock = threading.Lock()
         # Builds run in worker threads (after a heartbeat, and every second): one at a time,
         # so an older read never replaces a newer one. Readers take the dict as it is.
         self._build_lock = threading.Lock()
@@ -121,15 +132,42 @@ class RegistrationIndex:
             self._wake.set()
 
     def build(self) -> None:
+        store = self.ctx.db_servers
         with self._build_lock:
+            items = store.backend.get_range(store.prefix)
             index: dict[str, list[tuple[str, datetime | None]]] = {}
-            for _key, doc, item in self.ctx.db_servers.items():
-                index.setdefault(doc["metadata"]["name"], []).append((doc["spec"]["host_id"], item.expires))
-            self._hosts = index
+            for item in items:
+                name, _, host_id = item.key[len(store.prefix) :].partition("/")
+                index.setdefault(name, []).append((host_id, item.expires))
+            self._hosts, self._items = index, items
 
     def hosts_for(self, name: str) -> list[str]:
         now = self.ctx.clock()
         return [host for host, expires in self._hosts.get(name, []) if expires is None or expires > now]
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The live registrations (``db_server`` documents) as of the last build, in key order
+        (read from storage now when no ``run`` keeps the index current).
+
+        The documents are shared between calls: read them, do not change them.
+        """
+        if self._items is None or self._wake is None:
+            self.build()  # never built, or nothing keeps it current (no ``run``): read storage now
+        items = self._items or []
+        now = self.ctx.clock()
+        with self._parsed_lock:
+            before, after = self._parsed, {}
+            out = []
+            for item in items:
+                if item.expires is not None and item.expires <= now:
+                    continue
+                seen = before.get(item.key)
+                if seen is None or seen[0] != item.value:
+                    seen = (item.value, json.loads(item.value))
+                after[item.key] = seen
+                out.append(seen[1])
+            self._parsed = after
+        return out
 
     async def run(self, poll_every: float = 1.0) -> None:
         import asyncio
@@ -155,6 +193,7 @@ class DatabaseService:
         self.registrations = RegistrationIndex(ctx)
         self._refusals_seen: set[tuple[str, str, str]] = set()
         self._seen_lock = threading.Lock()
+        self._checkers: dict[str, Any] = {}  # see ``_checker``
         # Called after a heartbeat changed what is registered (the proxy's index is rebuilt).
         self.on_registered: Callable[[], None] | None = None
 
@@ -204,8 +243,8 @@ class DatabaseService:
         # (not every registration in the cluster: a heartbeat costs the same with 10 or 10,000
         # databases registered).
         wanted = {str((db.get("metadata") or {}).get("name", "")) for db in databases if isinstance(db, dict)}
-        live = {name: self.servers_named(name) for name in (wanted | self.hosts.registered_names(actor.username))
-                if name}
+        noted = self.hosts.registered_names(actor.username)
+        live = {name: self.servers_named(name) for name in (wanted | noted) if name}
         mine = {name for name, servers in live.items() if any(s["spec"]["host_id"] == actor.username for s in servers)}
         served: set[str] = set()
         refused: list[dict[str, str]] = []
@@ -236,7 +275,8 @@ class DatabaseService:
                 },
                 expires=expires,
             )
-            if self.hosts.note_registered(actor.username, name, hostname, now):
+            # (a renewal: the host record already names it, so it is not read again per database)
+            if name not in noted and self.hosts.note_registered(actor.username, name, hostname, now):
                 self.ctx.emit(
                     DB_SERVER_CREATE,
                     DB_SERVER_CREATE_CODE,
@@ -316,28 +356,62 @@ class DatabaseService:
         except NotFound:
             raise NotFound(f'database "{name}" not found; run "ptsh db ls" to see the databases you can use') from None
 
-    def list_for(self, actor: Identity, now: datetime | None = None) -> list[dict]:
-        """Databases with a live agent that the actor's roles let them see, with allowed users."""
-        checker = None if actor.is_admin else self.ctx.checker(actor)
+    def list_for(self, actor: Identity) -> list[dict]:
+        """Databases with a live agent that the actor's roles let them see, with allowed users.
+
+        From the registration index (what this proxy routes to: at most a change-feed
+        round, about a second, behind storage), so a listing waits for no storage read but
+        the caller's roles. Databases with the same labels get the same answer from RBAC,
+        so it is asked once per set of labels.
+        """
+        checker = None if actor.is_admin else self._checker(actor)
         by_name: dict[str, dict] = {}
         hosts: dict[str, list[str]] = {}
-        for server in self.servers():
+        for server in self.registrations.documents():
             name = server["metadata"]["name"]
             by_name.setdefault(name, server["spec"]["database"])
             hosts.setdefault(name, []).append(server["spec"]["hostname"] or server["spec"]["host_id"])
+        decided: dict[tuple[tuple[str, str], ...], dict[str, Any] | None] = {}
         result = []
         for name in sorted(by_name):
             db = dict(by_name[name])
             labels = db["metadata"].get("labels", {})
-            if checker is not None and not checker.can_see_db(labels):
+            key = tuple(sorted(labels.items()))
+            if key not in decided:
+                decided[key] = self._access(checker, labels)
+            access = decided[key]
+            if access is None:
                 continue
-            if checker is not None:
-                allowed, denied = checker.allowed_db_users(labels)
-                names_allowed, names_denied = checker.allowed_db_names(labels)
-            else:
-                allowed, denied, names_allowed, names_denied = ["*"], [], ["*"], []
-            db["users"] = {"allowed": allowed, "denied": denied}
-            db["names"] = {"allowed": names_allowed, "denied": names_denied}
+            db.update(access)
             db["agents"] = sorted(hosts[name])
             result.append(db)
         return result
+
+    def _checker(self, actor: Identity) -> Any:
+        """The actor's AccessChecker; kept while the roles are unchanged, when the access
+        snapshot is kept current (its roles version moves with every role change), so that a
+        listing does not wait behind heartbeats for the storage connection to read roles."""
+        access = self.ctx.access
+        if not access.kept_current:
+            return self.ctx.checker(actor)
+        version = access.current().roles_version
+        kept = self._checkers
+        if kept.get("version") != version or len(kept) > 1000:
+            kept = self._checkers = {"version": version}  # swapped whole: other threads keep theirs
+        key = repr((tuple(actor.roles), sorted(actor.traits.items())))
+        checker = kept.get(key)
+        if checker is None:
+            checker = kept[key] = self.ctx.checker(actor)
+        return checker
+
+    @staticmethod
+    def _access(checker: Any, labels: dict[str, str]) -> dict[str, Any] | None:
+        """``users`` and ``names`` of a listed database with ``labels``; None: not listed."""
+        if checker is None:
+            return {"users": {"allowed": ["*"], "denied": []}, "names": {"allowed": ["*"], "denied": []}}
+        if not checker.can_see_db(labels):
+            return None
+        allowed, denied = checker.allowed_db_users(labels)
+        names_allowed, names_denied = checker.allowed_db_names(labels)
+        return {"users": {"allowed": allowed, "denied": denied},
+                "names": {"allowed": names_allowed, "denied": names_denied}}
