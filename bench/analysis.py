@@ -212,7 +212,7 @@ but now (design-notes.md, same section): the console script handles `db connect`
 Typer, pydantic, yaml or cryptography (certificate facts kept beside each certificate; TLS
 contexts from the standard library), and starts psql at once on a pre-bound port, so
 psql's own start-up overlaps ptsh's and psql is accepted when the probe session is open.
-Measured by hand on this machine with `farm-bench --vs` (psql direct as B, medians of
+Measured by hand on this machine in paired runs (psql direct as the baseline, medians of
 9–11 pairs, under load from other work): 735 → 300 ms CPU, A/B wall ~8.5× → ~4.7×; the
 previous report, on a quiet machine, had 9.8× and 13.5×. What
 bounds it: the Python interpreter ({floor_py:.0f} ms here) plus asyncio and ssl (~20–40 ms),
