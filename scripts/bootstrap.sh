@@ -22,4 +22,4 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # compiles our modules from source on every start: ~40 ms of `ptsh db connect`. Write their
 # bytecode once here, as pip does for a package it installs; a source file changed later is
 # compiled fresh again (its stale bytecode is ignored), so this never runs old code.
-.venv/bin/python -m compileall -q -j 0 src >/dev/null
+.venv/bin/python -m compileall -q -j 0 src

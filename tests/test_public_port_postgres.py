@@ -270,3 +270,17 @@ class _RawSession:
             pass
         self.sock.close()
 
+
+
+def test_past_the_limit_plain_cancels_from_one_address_are_dropped(signed: Signed) -> None:
+    """Last in this module: 127.0.0.1 has no plain cancels left for a minute afterwards."""
+    with _RawSession(signed) as session:
+        session.query("select pg_sleep(60)")
+        _wait_running(signed, "raw-cancel")
+        wrong = bytes(b ^ 0xFF for b in session.secret)
+        for _ in range(120):
+            _send_cancel(signed, session.pid, wrong)
+        _send_cancel(signed, session.pid, session.secret)  # the right key, but over the limit
+        assert session.answer_within(2.0) is None  # still running
+    assert "cancel requests within a minute; ignoring more from it" in signed.env.cluster.log()
+    signed.env.pg.execute("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'raw-cancel'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 
 import pytest
 from cryptography import x509
@@ -73,6 +74,8 @@ async def _connections(count: int, fresh_client_each_time: bool = False) -> list
             results.append(transport.get_extra_info("ssl_object").session_reused)
             transport.close()
             await conn.closed
+            del transport, conn  # gone before the next dial, as one psql after another
+            gc.collect()
     finally:
         server.close()
     user_der = user_cert.public_bytes(Encoding.DER)
@@ -103,3 +106,29 @@ def test_a_new_context_starts_with_a_full_handshake(loop: str) -> None:
     """A renewed certificate means a new context: its first connection proves the new certificate."""
     results = _run(loop, _connections(3, fresh_client_each_time=True))
     assert [reused for reused, _ in results] == [False, False, False]
+
+
+def test_the_agent_mesh_gives_each_proxy_a_context_of_its_own() -> None:
+    """Tickets are per proxy: one shared context would offer proxy A's ticket to proxy B."""
+    from pteleport.tunnel.mesh import TunnelMesh
+
+    async def scenario() -> list[object]:
+        async def on_session(conn: Connection) -> None:
+            conn.close()
+
+        made: list[object] = []
+
+        def context_for():  # type: ignore[no-untyped-def]
+            made.append(client_context())
+            return made[-1]
+
+        mesh = TunnelMesh("127.0.0.1", 9, client_context(), "agent", lambda: [], on_session, context_for=context_for)
+        mesh._start("proxy-a", ("127.0.0.1", 9))
+        mesh._start("proxy-b", ("127.0.0.1", 9))
+        contexts = [member.agent.ssl_context for member in mesh.members.values()]
+        await mesh.stop()
+        assert contexts == made
+        return contexts
+
+    first, second = asyncio.run(scenario())
+    assert first is not second

@@ -16,7 +16,6 @@ import contextlib
 import os
 import ssl
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,10 +71,11 @@ class ResumingContext(ssl.SSLContext):
     """A client context whose connections offer the last session it saw per server name.
 
     asyncio and uvloop build each connection's TLS object with ``wrap_bio``; this one passes
-    the cached session, and remembers the new object so that the ticket the server sends
-    after the handshake can be taken from it for the next connection. A ticket the server no
+    the cached session, and keeps the new object so that the ticket the server sends after
+    the handshake can be taken from it for the next connection. A ticket the server no
     longer accepts (it restarted, or it is another server) costs only a full handshake, as
-    without resumption. The peer's identity carried by a resumed session is the one its
+    without resumption; a dialer that talks to several servers under one name (the agent
+    mesh) should use one context per server. The peer's identity carried by a resumed session is the one its
     full handshake verified; what the application checks per connection (the certificate's
     expiry, locks) it still checks.
     """
@@ -98,18 +98,19 @@ class ResumingContext(ssl.SSLContext):
         if session is None:
             session = self._reusable(server_hostname)
         obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
-        self._recent[server_hostname] = weakref.ref(obj)
+        # Held (not weakly): a connection that is closed and gone before the next one is
+        # dialled (one psql after another through a tunnel) still leaves its ticket here.
+        self._recent[server_hostname] = obj
         return obj
 
     def _reusable(self, name: str | None) -> ssl.SSLSession | None:
-        ref = self._recent.get(name)
-        last = ref() if ref is not None else None
+        last = self._recent.get(name)
         fresh = _session_of(last) if last is not None else None
         if fresh is not None:
             self._sessions[name] = fresh
         cached = self._sessions.get(name)
         if cached is not None and cached.time + cached.timeout <= time.time():
-            del self._sessions[name]
+            self._sessions.pop(name, None)
             return None
         return cached
 

@@ -129,7 +129,9 @@ def sign(
     if fmt == "db":
         prefix = Path(out)
         _write_key_cert_cas(prefix, private_key_pem(key), body["cert"], cas["host"], overwrite)
-        proxy_host, _, proxy_port = (proxy or addr).rpartition(":")
+        from common.addresses import split_host_port
+
+        proxy_host, proxy_port = split_host_port(proxy or addr, 3080)
         eprint(
             f"Database credentials for {user} at {db_service} written to {prefix}.key, {prefix}.crt and "
             f"{prefix}.cas ({validity}). psql: host={proxy_host} port={proxy_port} sslcert={prefix}.crt "

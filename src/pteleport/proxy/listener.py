@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -29,6 +30,7 @@ ConnHandler = Callable[[Connection], Awaitable[None]]
 TLS_HANDSHAKE_RECORD = 0x16
 FIRST_BYTE_TIMEOUT = 15.0  # as long as a TLS handshake may take
 ACCEPT_BATCH = 64
+ACCEPT_PAUSE = 1.0  # seconds without accepting after running out of file descriptors
 
 
 def build_contexts(
@@ -85,6 +87,7 @@ class PublicListener:
         self.sockets: list[socket.socket] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[socket.socket, asyncio.TimerHandle] = {}
+        self._paused: asyncio.TimerHandle | None = None
 
     async def run(self, handler: ConnHandler, conn: Connection) -> None:
         try:
@@ -97,8 +100,9 @@ class PublicListener:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _name, addr in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            sock = None
             try:
+                sock = socket.socket(family, kind, proto)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -108,7 +112,8 @@ class PublicListener:
                 sock.listen(1024)
                 sock.setblocking(False)
             except OSError as exc:
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 self._close_sockets()
                 # The words asyncio's create_server uses, which the start-up error quotes.
                 reason = (exc.strerror or str(exc)).lower()
@@ -124,12 +129,24 @@ class PublicListener:
                 sock, _addr = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # e.g. out of file descriptors: keep the listener alive
-                log.warning("accept failed: %s", exc)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: the socket stays readable, so stop
+                    # watching it for a while instead of failing in a tight loop.
+                    log.warning("cannot accept connections (%s); trying again in %.0f s", exc, ACCEPT_PAUSE)
+                    loop.remove_reader(listening.fileno())
+                    self._paused = loop.call_later(ACCEPT_PAUSE, self._resume_accepting, listening)
+                else:
+                    log.debug("accept failed: %s", exc)  # e.g. the client reset before we accepted
                 return
             sock.setblocking(False)
             self._waiting[sock] = loop.call_later(FIRST_BYTE_TIMEOUT, self._give_up, sock)
             loop.add_reader(sock.fileno(), self._first_byte, sock)
+
+    def _resume_accepting(self, listening: socket.socket) -> None:
+        self._paused = None
+        if listening in self.sockets:
+            asyncio.get_running_loop().add_reader(listening.fileno(), self._accept, listening)
 
     def _stop_waiting(self, sock: socket.socket) -> None:
         timer = self._waiting.pop(sock, None)
@@ -178,6 +195,9 @@ class PublicListener:
 
     def _close_sockets(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         for sock in self.sockets:
             with contextlib.suppress(Exception):
                 loop.remove_reader(sock.fileno())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import secrets
 import ssl
@@ -46,7 +47,8 @@ from pteleport.tunnel.server import TunnelServer
 
 log = logging.getLogger("pteleport.proxy")
 CANCEL_PACKET_LENGTH = 16
-CANCELS_PER_MINUTE = 120  # plain CancelRequests per client address
+CANCELS_PER_MINUTE = 120  # plain CancelRequests per client address (IPv6: per /64)
+ALL_CANCELS_PER_MINUTE = 6000  # and from everyone together
 PLAIN_HTTP_STARTS = {b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN"}
 _HTTP_BODY = b"This port speaks HTTPS (and PostgreSQL with TLS); use https:// in the address.\n"
 PLAIN_HTTP_ANSWER = (
@@ -77,6 +79,7 @@ class ProxyServer:
         self.closing: str | None = None
         self.sessions: dict[str, Splice] = {}
         self.cancel_limiter = FailureLimiter(clock, max_failures=CANCELS_PER_MINUTE)
+        self.all_cancels = FailureLimiter(clock, max_failures=ALL_CANCELS_PER_MINUTE)
         self.identities = VerifiedIdentities()
 
     def _identity(self, conn: Connection, ca_type: str) -> Identity:
@@ -134,7 +137,7 @@ class ProxyServer:
             assert conn.transport is not None
             transport = await loop.start_tls(conn.transport, conn, tls, server_side=True, ssl_handshake_timeout=15)
         except (ConnectionError, TimeoutError, OSError, ssl.SSLError) as exc:
-            log.info("native postgres connection from %s failed: %s", conn.peername(), exc)
+            log.debug("native postgres connection from %s failed: %r", conn.peername(), exc)
             conn.close()
             return
         conn.transport = transport  # type: ignore[assignment]
@@ -214,16 +217,23 @@ class ProxyServer:
     def _plain_cancel(self, conn: Connection, key: bytes) -> None:
         """A certificate-less CancelRequest: ``cancel_key`` to every agent here; PostgreSQL closes after it too.
 
-        Rate-limited per address (``CANCELS_PER_MINUTE``), so the 64 bits of (pid, secret)
-        cannot be guessed through us any faster than against PostgreSQL's own port.
+        Limited per client (``CANCELS_PER_MINUTE`` per address, an IPv6 /64 counting as one)
+        and for the whole proxy (``ALL_CANCELS_PER_MINUTE``), so the 64 bits of (pid, secret)
+        cannot be guessed through us faster than against PostgreSQL's own port, and a flood
+        cannot make the proxy write to every agent without end. Dropped ones are logged once
+        per address, when it reaches the limit.
         """
-        ip = client_ip(conn.peername())
-        if self.cancel_limiter.retry_after(ip):
-            log.warning("ignored a cancel request from %s: too many in the last minute", ip)
-        else:
-            self.cancel_limiter.failed(ip)  # every plain cancel counts: we cannot tell which were right
-            pid, secret = struct.unpack("!i4s", key)
-            self.tunnel.broadcast({"type": "cancel_key", "pid": pid, "secret": secret.hex()})
+        source = cancel_source(conn.peername())
+        if self.cancel_limiter.retry_after(source) or self.all_cancels.retry_after("*"):
+            conn.close()
+            return
+        self.cancel_limiter.failed(source)  # every plain cancel counts: we cannot tell which were right
+        self.all_cancels.failed("*")
+        if self.cancel_limiter.retry_after(source):
+            log.warning("%s sent %d cancel requests within a minute; ignoring more from it for now",
+                        source, CANCELS_PER_MINUTE)
+        pid, secret = struct.unpack("!i4s", key)
+        self.tunnel.broadcast({"type": "cancel_key", "pid": pid, "secret": secret.hex()})
         conn.close()
 
     def _refuse(self, conn: Connection, err: PteleportError, identity: Identity | None) -> None:
@@ -243,6 +253,20 @@ class ProxyServer:
             )
         conn.write(error_response(err.message, sqlstate_for(err)))
         conn.close()
+
+
+def cancel_source(remote: str) -> str:
+    """Whom a plain cancel counts against: its IPv4 address, or the /64 of its IPv6 address."""
+    ip = client_ip(remote)
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _is_cancel(packet: bytes) -> bool:
