@@ -199,7 +199,7 @@ def proxy_config(root: Path, name: str, dsn: str, extra: str = "") -> Path:
     return path
 
 
-def make_ha_env(root: Path, pg: PgServer, dbname: str, count: int = 2, start_timeout: float = 20.0) -> HaEnv:
+def make_ha_env(root: Path, pg: PgServer, dbname: str, count: int = 2, start_timeout: float = 60.0) -> HaEnv:
     """``count`` auth+proxy processes on a fresh PostgreSQL database ``dbname``, haproxy in front."""
     pg.execute(f"DROP DATABASE IF EXISTS {dbname}")
     pg.execute(f"CREATE DATABASE {dbname}")

@@ -173,11 +173,13 @@ def test_nobody_approves_their_own_request(env: DbEnv) -> None:
 
 
 def test_an_expired_request_cannot_be_assumed(env: DbEnv) -> None:
-    created = json_of(env.ptsh("alice", "request", "create", "--roles=db", "--nowait", "--request-ttl=2s",
-                               "--session-ttl=3s", "--format=json"))
+    # 6 s: time enough for bob's approval on a busy machine (with 2 s it could expire first).
+    asked = time.monotonic()
+    created = json_of(env.ptsh("alice", "request", "create", "--roles=db", "--nowait", "--request-ttl=6s",
+                               "--session-ttl=6s", "--format=json"))
     rid = created["metadata"]["name"]
     assert env.ptsh("bob", "request", "review", "--approve", rid).returncode == 0
-    time.sleep(3.5)  # the session TTL passes (a real clock: the daemon's)
+    time.sleep(max(0.0, asked + 6.5 - time.monotonic()))  # the session TTL passes (a real clock: the daemon's)
     login = env.ptsh("alice", "login", f"--request-id={rid}")
     assert login.returncode == 4 and f"access request {rid} expired at" in login.stderr, login.stderr
     listed = env.ptsh("alice", "request", "ls")

@@ -163,8 +163,12 @@ spec:
       env: dev
 """
     assert env.pctl("create", "-f", input=deny).returncode == 0
-    time.sleep(6)  # the agent re-reads roles every few seconds
+    # The proxy tells the agent that roles changed; it also re-reads them every few seconds.
+    deadline = time.monotonic() + 30
     result = connect(env, "bob", "aurora")
+    while result.returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        result = connect(env, "bob", "aurora")
     assert result.returncode != 0
     assert "denied" in result.stderr
     refusals = [e for e in env.events(type="db.session.start", user="bob") if e["code"] == "TDB00W"]
