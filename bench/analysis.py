@@ -194,12 +194,11 @@ haproxy {sess_h:.0f}/s. A pteleport session costs a TLS handshake tunnel→proxy
 certificate, a spare data link taken from the pool (its replacement is dialled after the
 session starts), the RBAC check, and a new TLS connection agent→PostgreSQL with the agent's
 client certificate, plus the server's own backend start; haproxy does three TLS handshakes
-in C. With OpenSSL 3.0 a full mutual-TLS handshake costs both ends ~5.6 ms of CPU here, so
-for this run the tunnel's and the agent's links to the proxy **resume TLS sessions** (a
-resumed handshake ~2.6 ms), and the proxy and agent verify and parse each user certificate
-once (design-notes.md, "TLS session resumption"; measured by hand before and after: 18.7 →
-31.4 sessions a second through the tunnel with 4 clients). PostgreSQL does not resume
-sessions, so the agent's handshake with it stays full.
+in C. With OpenSSL 3.0 a full mutual-TLS handshake costs both ends ~5.6 ms of CPU here
+(a resumed one 2.6 ms); the proxy and agent now verify and parse each user certificate
+once (design-notes.md, "Identities verified once"). TLS session resumption was measured
+and not kept (same section: the agent's memory grew with it under stock asyncio).
+PostgreSQL does not resume sessions, so the agent's handshake with it is always full.
 
 ### `ptsh db connect NAME -- -c 'select 1'`: target ≤ 2× psql (≤ 3× with a new certificate) — measured {login_ms / psql_ms:.1f}× and {fresh_ms / psql_ms:.1f}× ({verdict(login_ms / psql_ms, 2, True)}, {verdict(fresh_ms / psql_ms, 3, True)})
 

@@ -3,11 +3,6 @@
 ``client_context`` and ``load_cert_chain`` are what ``ptsh db connect`` needs before psql
 starts; ``common.tls`` re-exports them with the rest of the certificate helpers.
 
-Client contexts that trust the cluster's CAs resume TLS sessions (``ResumingContext``):
-each new connection offers the last session ticket this context got for the same server
-name, so the long-lived dialers (an agent's data links, a ``ptsh`` tunnel's sessions) skip
-the certificate signatures and chain checks of a full handshake, about half its CPU with
-OpenSSL 3.0 (docs/design-notes.md, "TLS session resumption").
 """
 
 from __future__ import annotations
@@ -15,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import time
 from collections.abc import Iterator
-from typing import Any
 
 ALPN_HTTP = "http/1.1"
 ALPN_POSTGRES = "pteleport-postgres"
@@ -67,65 +60,6 @@ def _load_cas(ctx: ssl.SSLContext, ca_pems: bytes) -> None:
         ctx.load_verify_locations(cadata=ca_pems.decode("ascii"))
 
 
-class ResumingContext(ssl.SSLContext):
-    """A client context whose connections offer the last session it saw per server name.
-
-    asyncio and uvloop build each connection's TLS object with ``wrap_bio``; this one passes
-    the cached session, and keeps the new object so that the ticket the server sends after
-    the handshake can be taken from it for the next connection. A ticket the server no
-    longer accepts (it restarted, or it is another server) costs only a full handshake, as
-    without resumption; a dialer that talks to several servers under one name (the agent
-    mesh) should use one context per server. The peer's identity carried by a resumed session is the one its
-    full handshake verified; what the application checks per connection (the certificate's
-    expiry, locks) it still checks.
-    """
-
-    _recent: dict[str | None, Any]
-    _sessions: dict[str | None, ssl.SSLSession]
-
-    def wrap_bio(  # type: ignore[override]
-        self,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLObject:
-        if server_side:
-            return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
-        if not hasattr(self, "_sessions"):
-            self._recent, self._sessions = {}, {}
-        if session is None:
-            session = self._reusable(server_hostname)
-        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
-        # Held (not weakly): a connection that is closed and gone before the next one is
-        # dialled (one psql after another through a tunnel) still leaves its ticket here.
-        self._recent[server_hostname] = obj
-        return obj
-
-    def _reusable(self, name: str | None) -> ssl.SSLSession | None:
-        last = self._recent.get(name)
-        fresh = _session_of(last) if last is not None else None
-        if fresh is not None:
-            self._sessions[name] = fresh
-        cached = self._sessions.get(name)
-        if cached is not None and cached.time + cached.timeout <= time.time():
-            self._sessions.pop(name, None)
-            return None
-        return cached
-
-
-def _session_of(obj: ssl.SSLObject) -> ssl.SSLSession | None:
-    """The session of a finished handshake, if the server gave one we can offer again."""
-    try:
-        session = obj.session
-    except (ValueError, ssl.SSLError):
-        return None
-    if session is None or not session.has_ticket:  # TLS 1.3: the ticket comes after the handshake
-        return None
-    return session
-
-
 def client_context(
     *,
     cas: bytes | None = None,
@@ -136,7 +70,7 @@ def client_context(
     ca_file: str | None = None,
 ) -> ssl.SSLContext:
     """A TLS client context: trust ``cas`` (or the system store), present ``cert`` if given."""
-    ctx = ssl.create_default_context(cafile=ca_file) if cas is None else ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = ssl.create_default_context(cafile=ca_file) if cas is None else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cas is not None:
         _load_cas(ctx, cas)

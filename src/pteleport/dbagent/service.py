@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -159,18 +158,15 @@ class DatabaseAgent:
                     self._proxy_sessions.pop(conn.transport, None)
 
         host, _, port = proxy.rpartition(":")
-        def tunnel_context() -> ssl.SSLContext:
-            return client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
-
+        ctx = client_context(cas=self.host_ca_pem, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL])
         self.tunnel = TunnelMesh(
             host.strip("[]"),
             int(port),
-            tunnel_context(),
+            ctx,
             cfg.teleport.nodename,
             lambda: sorted(self.databases()),
             on_session,
             on_control=self._on_control,
-            context_for=tunnel_context,
         )
         await self._refresh_dynamic()
         with contextlib.suppress(Exception):

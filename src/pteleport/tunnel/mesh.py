@@ -59,13 +59,9 @@ class TunnelMesh:
         on_session: Callable[[Connection], Awaitable[None]],
         on_control: Callable[[dict], None] | None = None,
         backoff: Callable[[], Backoff] | None = None,
-        context_for: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self.seed = (proxy_host, proxy_port)
         self.ssl_context = ssl_context
-        # A context of its own per proxy (when given), so that each tunnel resumes TLS with
-        # the tickets of the proxy it dials (common.tlsctx.ResumingContext).
-        self.context_for = context_for
         self.hostname = hostname
         self.databases = databases
         self.on_session = on_session
@@ -181,7 +177,7 @@ class TunnelMesh:
         agent = TunnelAgent(
             addr[0],
             addr[1],
-            self.context_for() if self.context_for is not None else self.ssl_context,
+            self.ssl_context,
             self.hostname,
             self.databases,
             self.on_session,
