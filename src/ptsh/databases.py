@@ -204,12 +204,14 @@ def direct_connection(login: Login, database: str, db_user: str, db_name: str) -
     Only when psql can read every file: a key kept in the system keyring never goes to disk,
     and without ``ptsh db login`` there is no database certificate (None: use the tunnel).
     """
+    from common.profile import FILE
+
     path = db_cert_path(login, database)
     store, profile = login.store, login.profile
     if path is None or store is None or profile is None or not path.exists():
         return None
     key, cas = store.key_path(profile), store.ca_path(profile)
-    if profile.key_storage != "file" or not key.exists() or not cas.exists():
+    if profile.key_storage != FILE or not key.exists() or not cas.exists():
         return None
     host, port = proxy_host_port(login)
     facts = {"host": host, "port": port, "user": db_user, "database": db_name,
