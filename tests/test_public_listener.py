@@ -58,21 +58,29 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(monkeypatc
     assert asyncio.run(scenario()) == (1, 2)
 
 
-def test_a_client_that_sends_nothing_is_closed_after_the_first_byte_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listener_module, "FIRST_BYTE_TIMEOUT", 0.3)
+def _exchange(public: PublicListener, send: bytes) -> bytes:
+    """Start ``public``, send ``send`` as a client, and return all it answers before closing."""
 
     async def scenario() -> bytes:
-        public = _listener()
         port = await public.start("127.0.0.1", 0)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            data = await asyncio.wait_for(reader.read(), 5)
+            writer.write(send)
+            try:
+                answer = await asyncio.wait_for(reader.read(), 5)
+            except ConnectionResetError:  # closed with our bytes unread: a reset
+                answer = b""
             writer.close()
-            return data
+            return answer
         finally:
             await public.stop()
 
-    assert asyncio.run(scenario()) == b""
+    return asyncio.run(scenario())
+
+
+def test_a_client_that_sends_nothing_is_closed_after_the_first_byte_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener_module, "FIRST_BYTE_TIMEOUT", 0.3)
+    assert _exchange(_listener(), b"") == b""
 
 
 def test_plain_bytes_reach_the_native_handler_untouched() -> None:
@@ -83,39 +91,12 @@ def test_plain_bytes_reach_the_native_handler_untouched() -> None:
         conn.write(b"N")
         conn.close()
 
-    async def scenario() -> bytes:
-        public = _listener(native)
-        port = await public.start("127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # an SSLRequest
-            answer = await asyncio.wait_for(reader.read(), 5)
-            writer.close()
-            return answer
-        finally:
-            await public.stop()
-
-    assert asyncio.run(scenario()) == b"N"
+    assert _exchange(_listener(native), b"\x00\x00\x00\x08\x04\xd2\x16\x2f") == b"N"  # an SSLRequest
     assert seen == [b"\x00\x00\x00\x08\x04\xd2\x16\x2f"]
 
 
 def test_without_a_native_handler_plain_clients_are_closed() -> None:
-    async def scenario() -> bytes:
-        public = _listener()
-        port = await public.start("127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\n\r\n")
-            try:
-                answer = await asyncio.wait_for(reader.read(), 5)
-            except ConnectionResetError:  # closed with our bytes unread: a reset
-                answer = b""
-            writer.close()
-            return answer
-        finally:
-            await public.stop()
-
-    assert asyncio.run(scenario()) == b""
+    assert _exchange(_listener(), b"GET / HTTP/1.1\r\n\r\n") == b""
 
 
 def test_a_busy_port_is_the_sentence_asyncio_would_give() -> None:
