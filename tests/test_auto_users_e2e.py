@@ -95,6 +95,8 @@ def env(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DbEn
         " CREATE SCHEMA IF NOT EXISTS au_sandbox;"
         " GRANT USAGE, CREATE ON SCHEMA au_sandbox TO au_creator;"
     )
+    # The cluster is shared by the whole run: the automatic users' names must be free here.
+    pg.execute("DROP ROLE IF EXISTS carol, erin, hank, ivan")
     pg.create_role("au_admin", "cert")
     pg.execute("ALTER ROLE au_admin CREATEROLE")
     pg.create_role("au_weak", "cert")  # may log in, may not create roles

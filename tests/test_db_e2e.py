@@ -309,13 +309,13 @@ def test_no_psql_says_what_to_do_instead(env: DbEnv) -> None:
 
 
 def test_scram_password_database(env: DbEnv, pg, tmp_path: Path) -> None:
-    pg.create_role("carol", "scram", password="s3cret-carol")
-    secret = tmp_path / "carol.pw"
-    secret.write_text("s3cret-carol\n")
+    pg.create_role("scram_sam", "scram", password="s3cret-sam")
+    secret = tmp_path / "sam.pw"
+    secret.write_text("s3cret-sam\n")
     env.start_agent("scramdb", f"--password-file={secret}")
-    result = connect(env, "alice", "--db-user=carol", "--db-name=postgres", "scramdb")
+    result = connect(env, "alice", "--db-user=scram_sam", "--db-name=postgres", "scramdb")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "carol"
+    assert result.stdout.strip() == "scram_sam"
     wrong = env.ptsh(
         "alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "scramdb", "--", "-c", "select 1"
     )
