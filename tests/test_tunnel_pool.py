@@ -20,13 +20,17 @@ from pteleport.tunnel.server import TunnelServer
 from tests.pgserver import ThrowawayCA
 
 HOST = Identity("host-1", kind=KIND_HOST)
+RUNS: dict[int, asyncio.Task[None]] = {}  # id(agent) -> the task running it, for tests that stop it
 
 
 @asynccontextmanager
-async def tunnel_pair(pool_size: int) -> AsyncIterator[tuple[TunnelServer, TunnelAgent, list[dict]]]:
+async def tunnel_pair(
+    pool_size: int, warmup: float = 30.0, agent_after: float | None = None
+) -> AsyncIterator[tuple[TunnelServer, TunnelAgent, list[dict]]]:
+    """A tunnel server and an agent dialling it; ``agent_after``: the agent starts that late, unawaited."""
     ca = ThrowawayCA.create("tunnel test CA")
     cert, key = ca.issue("proxy", [INTERNAL_SNI], server=True)
-    server = TunnelServer(pool_size=pool_size)
+    server = TunnelServer(pool_size=pool_size, warmup=warmup)
     handlers: set[asyncio.Task[None]] = set()
 
     def accept() -> Connection:
@@ -53,9 +57,16 @@ async def tunnel_pair(pool_size: int) -> AsyncIterator[tuple[TunnelServer, Tunne
         await conn.closed
 
     agent = TunnelAgent("127.0.0.1", port, client_context(cas=ca.cert_pem), "agent-1", lambda: ["db1"], on_session)
-    run = asyncio.get_running_loop().create_task(agent.run())
+    async def run_agent() -> None:
+        if agent_after is not None:
+            await asyncio.sleep(agent_after)
+        await agent.run()
+
+    run = asyncio.get_running_loop().create_task(run_agent())
+    RUNS[id(agent)] = run
     try:
-        await asyncio.wait_for(agent.connected.wait(), 10)
+        if agent_after is None:
+            await asyncio.wait_for(agent.connected.wait(), 10)
         yield server, agent, sessions
     finally:
         run.cancel()
@@ -64,6 +75,7 @@ async def tunnel_pair(pool_size: int) -> AsyncIterator[tuple[TunnelServer, Tunne
         for task in list(handlers):
             task.cancel()
         await asyncio.gather(run, *handlers, return_exceptions=True)
+        RUNS.pop(id(agent), None)
 
 
 async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -126,7 +138,7 @@ def test_dial_routes_only_to_registered_hosts_whatever_agents_announce() -> None
     """The agent announces db1, but a host that auth holds no registration for gets no session."""
 
     async def main() -> None:
-        async with tunnel_pair(pool_size=1) as (server, _agent, sessions):
+        async with tunnel_pair(pool_size=1, warmup=0) as (server, _agent, sessions):
             await _until(lambda: "host-1" in server.agents)
             from common.errors import ConnectionProblem
 
@@ -137,6 +149,74 @@ def test_dial_routes_only_to_registered_hosts_whatever_agents_announce() -> None
                     assert 'no database service is serving "db1"' in err.message
                 else:
                     raise AssertionError("dialled a host without a registration")
+            assert sessions == []
+
+    asyncio.run(main())
+
+
+def test_a_young_proxy_waits_for_a_registered_agent_whose_tunnel_is_on_its_way() -> None:
+    """Behind a load balancer a proxy that just started takes sessions before the agents redial it."""
+
+    async def main() -> None:
+        async with tunnel_pair(pool_size=0, agent_after=0.5) as (server, _agent, sessions):
+            assert "host-1" not in server.agents
+            started = asyncio.get_running_loop().time()
+            link = await _use(server, "early")
+            assert asyncio.get_running_loop().time() - started >= 0.4  # it did wait for the agent
+            assert sessions == [{"type": "session", "marker": "early"}]
+            link.close()
+
+    asyncio.run(main())
+
+
+def test_past_its_warm_up_a_proxy_refuses_an_absent_agent_at_once() -> None:
+    from common.errors import ConnectionProblem
+
+    async def main() -> None:
+        async with tunnel_pair(pool_size=0, warmup=0.0, agent_after=0.5) as (server, _agent, sessions):
+            started = asyncio.get_running_loop().time()
+            try:
+                await server.dial("db1", ["host-1"])
+            except ConnectionProblem as err:
+                assert 'no database service is serving "db1"' in err.message
+            else:
+                raise AssertionError("an absent agent was dialled")
+            assert asyncio.get_running_loop().time() - started < 0.3
+            assert sessions == []
+
+    asyncio.run(main())
+
+
+def test_an_agent_whose_tunnel_just_dropped_is_waited_for_while_it_redials() -> None:
+    async def main() -> None:
+        async with tunnel_pair(pool_size=0) as (server, _agent, sessions):
+            server.started -= 60  # an old proxy: only the agent's recent absence makes it wait
+            await _until(lambda: "host-1" in server.agents)
+            server.agents["host-1"].control.close()  # the tunnel drops; the agent redials with backoff
+            await _until(lambda: "host-1" not in server.agents)
+            link = await _use(server, "after-drop")
+            assert sessions == [{"type": "session", "marker": "after-drop"}]
+            link.close()
+
+    asyncio.run(main())
+
+
+def test_an_agent_that_says_bye_is_refused_at_once_even_by_a_young_proxy() -> None:
+    from common.errors import ConnectionProblem
+
+    async def main() -> None:
+        async with tunnel_pair(pool_size=0) as (server, agent, sessions):
+            await _until(lambda: "host-1" in server.agents)
+            RUNS[id(agent)].cancel()  # the agent stops (as on SIGTERM): it says bye
+            await _until(lambda: "host-1" not in server.agents)
+            started = asyncio.get_running_loop().time()
+            try:
+                await server.dial("db1", ["host-1"])
+            except ConnectionProblem as err:
+                assert 'no database service is serving "db1"' in err.message
+            else:
+                raise AssertionError("a stopped agent was dialled")
+            assert asyncio.get_running_loop().time() - started < 0.3
             assert sessions == []
 
     asyncio.run(main())

@@ -7,6 +7,9 @@ drive reconnects.
 When the proxy asks for a pool (``pool`` line on the control link), the agent keeps that
 many *spare* data links open, so a new session starts without a round trip on the
 control link and a TLS handshake; each spare that is used is replaced at once.
+
+An agent that stops says ``bye`` on the control link, so the proxy refuses its database at
+once instead of waiting for a redial (``TunnelServer``'s arrivals).
 """
 
 from __future__ import annotations
@@ -124,6 +127,9 @@ class TunnelAgent:
                     self.on_control(message)
         except (ConnectionError, ValueError, TypeError):
             pass
+        except asyncio.CancelledError:
+            control.write(encode({"type": "bye"}))  # stopping: the proxy need not wait for a redial
+            raise
         finally:
             self._control = None
             beat.cancel()

@@ -17,12 +17,22 @@ the set of running proxies (``set_proxies``, from the proxy registry) and tells 
 on its control link (``proxies`` line, right after ``hello`` and whenever the set changes);
 a link whose first line is ``discover`` gets that line and is closed. An agent keeps one
 tunnel to each proxy in the set.
+
+Arrivals: a proxy that has just started (or that has just lost an agent's tunnel) holds
+registrations for agents whose tunnels are still on their way (an agent redials with
+backoff, up to ``BACKOFF_MAX`` = 10 s, after a proxy was down). Behind a load balancer such
+a proxy takes sessions at once, so ``dial`` waits up to ``ARRIVAL_WAIT`` for a registered
+agent it has not seen yet during the proxy's first ``WARMUP`` seconds, and up to
+``REDIAL_WAIT`` for one whose tunnel dropped less than ``WARMUP`` seconds ago, instead of
+refusing a session another proxy would have carried. After that, or when the agent said ``bye``
+(it is stopping), an absent tunnel is refused at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 import time
@@ -37,6 +47,9 @@ log = logging.getLogger("pteleport.tunnel")
 DIAL_TIMEOUT = 5.0
 POOL_SIZE = 2  # spare data links each agent keeps open
 SPARE_FRESH = 30.0  # use spares only if the control link was heard from within this many seconds
+WARMUP = 30.0  # a proxy this young, or an agent gone this recently, may be about to (re)connect
+ARRIVAL_WAIT = 10.0  # how long a dial on a young proxy waits (the agents' longest redial backoff)
+REDIAL_WAIT = 3.0  # how long a dial waits for an agent whose tunnel just dropped (it redials in ~0.25 s)
 
 
 @dataclass
@@ -48,6 +61,7 @@ class AgentLink:
     last_used: float = 0.0
     last_seen: float = field(default_factory=time.monotonic)
     spares: collections.deque[Connection] = field(default_factory=collections.deque)
+    leaving: bool = False  # the agent said ``bye``: it is stopping, not redialling
 
     def take_spare(self) -> Connection | None:
         """A warm data link, if one is open and the agent is alive."""
@@ -65,9 +79,13 @@ class AgentLink:
 
 
 class TunnelServer:
-    def __init__(self, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, pool_size: int = POOL_SIZE, warmup: float = WARMUP) -> None:
         self.agents: dict[str, AgentLink] = {}
         self.pool_size = pool_size
+        self.warmup = warmup
+        self.started = time.monotonic()
+        self._left: dict[str, tuple[float, bool]] = {}  # host id -> (when its link closed, said bye)
+        self._arrival = asyncio.Event()  # set (and replaced) whenever an agent says hello
         self._pending: dict[str, asyncio.Future[Connection]] = {}
         self.self_id = ""
         self.proxies: list[dict[str, str]] = []  # {"id", "addr"} of every running proxy
@@ -118,6 +136,9 @@ class TunnelServer:
             old.control.close()
             old.close_spares()
         self.agents[link.host_id] = link
+        self._left.pop(link.host_id, None)
+        self._arrival.set()
+        self._arrival = asyncio.Event()
         log.info("agent %s (%s) connected, serving %s", link.host_id, link.hostname, sorted(link.databases))
         if self.pool_size > 0:
             conn.write(encode({"type": "pool", "size": self.pool_size}))
@@ -130,11 +151,17 @@ class TunnelServer:
                 if message["type"] == "heartbeat":
                     link.databases = set(message.get("databases", []))
                     conn.write(encode({"type": "pong"}))
+                elif message["type"] == "bye":
+                    link.leaving = True
+                    break
         except (ConnectionError, ValueError):
             pass
         finally:
             if self.agents.get(link.host_id) is link:
                 del self.agents[link.host_id]
+                now = time.monotonic()
+                self._left = {h: gone for h, gone in self._left.items() if now - gone[0] < self.warmup}
+                self._left[link.host_id] = (now, link.leaving)
             link.close_spares()
             conn.close()
             log.info("agent %s (%s) disconnected", link.host_id, link.hostname)
@@ -157,7 +184,7 @@ class TunnelServer:
         What agents announce on their control link never decides routing: only the
         registrations auth holds (``host_ids``) do.
         """
-        candidates = sorted(self.connected(host_ids), key=lambda a: a.last_used)
+        candidates = sorted(self.connected(host_ids) or await self._arrived(host_ids), key=lambda a: a.last_used)
         if not candidates:
             raise ConnectionProblem(
                 f'no database service is serving "{database}" right now; check that its pteleport '
@@ -172,6 +199,35 @@ class TunnelServer:
         raise ConnectionProblem(
             f'the database service(s) serving "{database}" did not answer; they may be restarting, try again'
         )
+
+    def _may_arrive(self, host_ids: list[str]) -> float:
+        """Seconds to wait for one of ``host_ids`` to connect: 0 unless one may be on its way.
+
+        One is on its way when its tunnel dropped lately without a ``bye``, or when this proxy
+        is young and has not seen it yet.
+        """
+        now = time.monotonic()
+        wait = 0.0
+        for host_id in host_ids:
+            if host_id in self._left:
+                when, said_bye = self._left[host_id]
+                if not said_bye and now - when < self.warmup:
+                    wait = max(wait, REDIAL_WAIT)
+            elif now - self.started < self.warmup:
+                wait = max(wait, ARRIVAL_WAIT)
+        return wait
+
+    async def _arrived(self, host_ids: list[str]) -> list[AgentLink]:
+        """The agents among ``host_ids`` that connect within the arrival wait (none if it does not apply)."""
+        wait = self._may_arrive(host_ids)
+        if wait <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not (links := self.connected(host_ids)) and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrival.wait(), left)
+        return links
 
     async def dial_each(self, host_ids: list[str]) -> list[Connection]:
         """A data link to every connected agent among ``host_ids`` (for a cancel, whose session only one holds)."""
