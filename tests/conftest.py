@@ -5,12 +5,12 @@ inherit that, so the tests that press Ctrl+C on a ptsh or pteleport (SIGINT) wou
 deaf. The test process takes SIGINT back, so the programs it starts get it as a terminal
 would give it.
 
-The suite can run in parallel (pytest-xdist, ``-n 4 --dist loadfile`` on the command line): each
+The suite runs in parallel by default (pytest-xdist, ``-n 4 --dist loadfile`` in pyproject's addopts): each
 file's tests run in one worker, in order, so a file's module fixtures (a cluster, agents)
 start once. Each worker has its own PostgreSQL (the session fixture ``pg``), temporary
 directories and free ports. The files that take longest start first (``LONGEST_FIRST``,
 from measured wall times), so no worker is left with a long file at the end while the
-others are idle. Without ``-n`` everything runs in this one process (the default).
+others are idle. With ``-n 0`` everything runs in this one process.
 
 Tests marked ``fault`` measure a deployment under load they make themselves (restarts under
 20 busy sessions, 2,500 sessions and the memory they leave): they run alone. Every test
