@@ -159,3 +159,11 @@ def test_the_tunnel_agent_waits_with_the_backoff_while_the_proxy_is_down() -> No
 
     asyncio.run(scenario())
     assert slept == [0.25, 0.5, 1.0, 1.0, 1.0]
+
+
+def test_longest_is_the_top_of_the_jittered_maximum() -> None:
+    """A proxy waits this long for an agent's redial (tunnel/server.py ARRIVAL_WAIT)."""
+    top = Backoff(0.25, 10.0, random=lambda: 0.999999)
+    delays = [top.next_delay() for _ in range(12)]
+    assert top.longest == 15.0
+    assert max(delays) <= top.longest and max(delays) > 14.9

@@ -85,6 +85,20 @@ async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-u
         await asyncio.sleep(0.02)
 
 
+async def _refused_at_once(server: TunnelServer, host_ids: list[str]) -> None:
+    """``dial`` refuses ``db1`` on ``host_ids`` with the sentence users see, without waiting."""
+    from common.errors import ConnectionProblem
+
+    started = asyncio.get_running_loop().time()
+    try:
+        await server.dial("db1", host_ids)
+    except ConnectionProblem as err:
+        assert 'no database service is serving "db1"' in err.message
+    else:
+        raise AssertionError(f"dialled {host_ids} though none may serve db1 now")
+    assert asyncio.get_running_loop().time() - started < 0.3
+
+
 async def _use(server: TunnelServer, marker: str) -> Connection:
     link = await server.dial("db1", ["host-1"])
     link.write(encode({"type": "session", "marker": marker}))
@@ -140,15 +154,8 @@ def test_dial_routes_only_to_registered_hosts_whatever_agents_announce() -> None
     async def main() -> None:
         async with tunnel_pair(pool_size=1, warmup=0) as (server, _agent, sessions):
             await _until(lambda: "host-1" in server.agents)
-            from common.errors import ConnectionProblem
-
             for registered in ([], ["host-2"]):
-                try:
-                    await server.dial("db1", registered)
-                except ConnectionProblem as err:
-                    assert 'no database service is serving "db1"' in err.message
-                else:
-                    raise AssertionError("dialled a host without a registration")
+                await _refused_at_once(server, registered)
             assert sessions == []
 
     asyncio.run(main())
@@ -170,18 +177,10 @@ def test_a_young_proxy_waits_for_a_registered_agent_whose_tunnel_is_on_its_way()
 
 
 def test_past_its_warm_up_a_proxy_refuses_an_absent_agent_at_once() -> None:
-    from common.errors import ConnectionProblem
-
     async def main() -> None:
-        async with tunnel_pair(pool_size=0, warmup=0.0, agent_after=0.5) as (server, _agent, sessions):
-            started = asyncio.get_running_loop().time()
-            try:
-                await server.dial("db1", ["host-1"])
-            except ConnectionProblem as err:
-                assert 'no database service is serving "db1"' in err.message
-            else:
-                raise AssertionError("an absent agent was dialled")
-            assert asyncio.get_running_loop().time() - started < 0.3
+        async with tunnel_pair(pool_size=0, agent_after=0.5) as (server, _agent, sessions):
+            server.started -= 60  # an old proxy that never saw host-1
+            await _refused_at_once(server, ["host-1"])
             assert sessions == []
 
     asyncio.run(main())
@@ -202,21 +201,13 @@ def test_an_agent_whose_tunnel_just_dropped_is_waited_for_while_it_redials() -> 
 
 
 def test_an_agent_that_says_bye_is_refused_at_once_even_by_a_young_proxy() -> None:
-    from common.errors import ConnectionProblem
-
     async def main() -> None:
         async with tunnel_pair(pool_size=0) as (server, agent, sessions):
             await _until(lambda: "host-1" in server.agents)
-            RUNS[id(agent)].cancel()  # the agent stops (as on SIGTERM): it says bye
+            await agent.stop()  # the agent stops (as on SIGTERM): it says bye
+            RUNS[id(agent)].cancel()
             await _until(lambda: "host-1" not in server.agents)
-            started = asyncio.get_running_loop().time()
-            try:
-                await server.dial("db1", ["host-1"])
-            except ConnectionProblem as err:
-                assert 'no database service is serving "db1"' in err.message
-            else:
-                raise AssertionError("a stopped agent was dialled")
-            assert asyncio.get_running_loop().time() - started < 0.3
+            await _refused_at_once(server, ["host-1"])
             assert sessions == []
 
     asyncio.run(main())

@@ -44,6 +44,11 @@ class Backoff:
         self.attempts = 0
         """How many delays were handed out since the last ``reset()``."""
 
+    @property
+    def longest(self) -> float:
+        """The longest single delay this schedule can hand out (``maximum`` at the top of its jitter)."""
+        return self.maximum * (1 + self.jitter)
+
     def next_delay(self) -> float:
         """The delay to wait now (jittered); the following one is ``factor`` times longer, up to ``maximum``."""
         delay = self._base * (1 - self.jitter + 2 * self.jitter * self._random())

@@ -127,9 +127,6 @@ class TunnelAgent:
                     self.on_control(message)
         except (ConnectionError, ValueError, TypeError):
             pass
-        except asyncio.CancelledError:
-            control.write(encode({"type": "bye"}))  # stopping: the proxy need not wait for a redial
-            raise
         finally:
             self._control = None
             beat.cancel()
@@ -191,5 +188,13 @@ class TunnelAgent:
             self._spawn(self._run_session(conn))
 
     async def stop(self) -> None:
+        """Stop for good: say ``bye`` on the control link (if up), end the session tasks.
+
+        The caller cancels ``run()``, which closes the control link after what was written.
+        A tunnel that is only replaced (its task cancelled, no ``stop``) says nothing, so the
+        proxy still waits for the replacement.
+        """
+        if self._control is not None:
+            self._control.write(encode({"type": "bye"}))
         for task in list(self._tasks):
             task.cancel()

@@ -77,9 +77,11 @@ class TunnelMesh:
             member.agent.announce()
 
     async def stop(self) -> None:
-        for member in list(self.members.values()):
+        members = list(self.members.values())
+        for member in members:
+            await member.agent.stop()  # says bye on its control link
             member.task.cancel()
-            await member.agent.stop()
+        await asyncio.gather(*(m.task for m in members), return_exceptions=True)  # links closed, bye sent
         self.members.clear()
 
     @property

@@ -20,12 +20,13 @@ tunnel to each proxy in the set.
 
 Arrivals: a proxy that has just started (or that has just lost an agent's tunnel) holds
 registrations for agents whose tunnels are still on their way (an agent redials with
-backoff, up to ``BACKOFF_MAX`` = 10 s, after a proxy was down). Behind a load balancer such
+jittered backoff, up to ~15 s apart after a proxy was down). Behind a load balancer such
 a proxy takes sessions at once, so ``dial`` waits up to ``ARRIVAL_WAIT`` for a registered
 agent it has not seen yet during the proxy's first ``WARMUP`` seconds, and up to
 ``REDIAL_WAIT`` for one whose tunnel dropped less than ``WARMUP`` seconds ago, instead of
 refusing a session another proxy would have carried. After that, or when the agent said ``bye``
-(it is stopping), an absent tunnel is refused at once.
+(it is stopping), an absent tunnel is refused at once. The price: a dead agent whose
+registration has not expired yet makes such dials wait before the same refusal.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from common.backoff import Backoff
 from common.errors import ConnectionProblem
 from common.identity import Identity
 from common.relay import Connection
+from pteleport.tunnel.agent import BACKOFF_MAX, BACKOFF_MIN
 from pteleport.tunnel.protocol import encode, read_message
 
 log = logging.getLogger("pteleport.tunnel")
@@ -48,8 +51,11 @@ DIAL_TIMEOUT = 5.0
 POOL_SIZE = 2  # spare data links each agent keeps open
 SPARE_FRESH = 30.0  # use spares only if the control link was heard from within this many seconds
 WARMUP = 30.0  # a proxy this young, or an agent gone this recently, may be about to (re)connect
-ARRIVAL_WAIT = 10.0  # how long a dial on a young proxy waits (the agents' longest redial backoff)
-REDIAL_WAIT = 3.0  # how long a dial waits for an agent whose tunnel just dropped (it redials in ~0.25 s)
+# How long a dial on a young proxy waits: an agent's longest redial delay (15 s), and a handshake.
+ARRIVAL_WAIT = Backoff(BACKOFF_MIN, BACKOFF_MAX).longest + 1.0
+# How long a dial waits for an agent whose tunnel just dropped: one whose link had stayed up
+# redials in ~0.25 s; one that was flapping backs off longer and is refused after this.
+REDIAL_WAIT = 3.0
 
 
 @dataclass
