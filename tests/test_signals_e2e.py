@@ -245,8 +245,11 @@ def test_sigterm_on_the_proxy_refuses_new_sessions_lets_open_ones_finish_then_en
             psycopg.connect(dsn, autocommit=True)
         busy.join(10)
         assert finished and finished[0][1] == "proxy-drain-busy"  # it had the time to finish  # type: ignore[index]
-        with pytest.raises(psycopg.errors.AdminShutdown, match="the server is shutting down"):
-            wait_for(lambda: idle.execute("select 1") and False, timeout=10, what="the FATAL")
+        try:
+            with pytest.raises(psycopg.errors.AdminShutdown, match="the server is shutting down"):
+                wait_for(lambda: idle.execute("select 1") and False, timeout=10, what="the FATAL")
+        except (psycopg.Error, AssertionError) as exc:  # rare under load (about 1 run in 15): keep the logs
+            raise AssertionError(f"{exc!r}\n{env.cluster.log()}\n{env.agents[-1].log()}") from exc
         idle.close()
         env.cluster.proc.wait(30)
         assert env.cluster.stop() == 0, env.cluster.log()
