@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.profile import _plain_mapping
+from common.plainyaml import plain_mapping
 from ptsh.dbls import options
 from ptsh.entry import connect_args
 from tests.harness import PTSH
@@ -96,7 +96,7 @@ def test_db_ls_without_a_login_says_what_typer_says(tmp_path: Path) -> None:
     ],
 )
 def test_a_profile_read_without_yaml_is_what_yaml_reads(text: str) -> None:
-    plain = _plain_mapping(text)
+    plain = plain_mapping(text)
     assert plain is None or plain == yaml.safe_load(text)
     if text.startswith("web_proxy_addr: 127") or text.startswith("web_proxy_addr: proxy"):
         assert plain is not None  # the form ptsh login writes takes the fast way
@@ -152,3 +152,51 @@ def test_db_connect_refusals_keep_their_sentence_and_exit_code(env) -> None:
             return re.sub(r"port \d+", "port N", text)
 
         assert same(fast.stderr) == same(slow.stderr) and fast.stdout == slow.stdout == ""
+
+
+@pytest.mark.slow
+def test_db_connect_with_a_new_certificate_asks_auth_once(env) -> None:
+    """Without ``ptsh db login``, the quick path asks auth for a certificate with one POST of its
+    own (no httpx): one ``cert.create`` per connect, and a refusal is asked for (and audited) once."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    env.ptsh("alice", "db", "logout")  # (in case an earlier test logged in to it)
+    facts = next(Path(env.user_env("alice")["PTSH_HOME"]).glob("keys/*/alice.crt.facts"))
+    assert "public_key" in facts.read_text()  # what the quick path sends, kept at login
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)  # (the filter has whole seconds)
+    time.sleep((start - datetime.now(UTC)).total_seconds())
+    since = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for _ in range(2):
+        ok = env.ptsh("alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "aurora", "--", "-Atc",
+                      "select 'quick'")
+        assert (ok.returncode, ok.stdout.strip()) == (0, "quick"), ok.stderr
+    issued = [e for e in env.events(type="cert.create", **{"from": since})
+              if e["identity"]["user"] == "alice" and e["identity"].get("route_to_database")]
+    assert len(issued) == 2, issued
+    # A user whose role denies the db user "root": refused by auth, with the Typer path's sentence.
+    created = env.pctl("create", input=DENY_ROOT_ROLE)
+    assert created.returncode == 0, created.stderr
+    env.add_user("erin", "access,db,deny-root")
+    env.login("erin")
+    words = ["db", "connect", "-u", "root", "-n", "postgres", "aurora", "--", "-c", "select 1"]
+    refused = env.ptsh("erin", *words)
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stderr.startswith("ERROR: ") and "root" in refused.stderr, refused.stderr
+    denied = [e for e in env.events(type="db.session.start", user="erin", **{"from": since}) if e["code"] == "TDB00W"]
+    assert len(denied) == 1, denied  # asked once: the quick path does not repeat a refused request
+    typer = subprocess.run([*TYPER, *words], capture_output=True, text=True, env=env.user_env("erin"),
+                           stdin=subprocess.DEVNULL)
+    assert (typer.returncode, typer.stderr) == (refused.returncode, refused.stderr)
+    assert not list(Path(env.user_env("alice")["PTSH_HOME"]).rglob("aurora.crt"))  # nothing saved by connect
+
+
+DENY_ROOT_ROLE = """kind: role
+version: v3
+metadata:
+  name: deny-root
+spec:
+  deny:
+    db_users:
+    - root
+"""

@@ -24,11 +24,10 @@ import httpx
 from common.errors import (
     ConnectionProblem,
     InternalError,
-    LimitExceeded,
     NotLoggedIn,
     PteleportError,
     UsageError,
-    from_kind,
+    from_http_answer,
 )
 from common.tls import INTERNAL_SNI, client_context, describe_ssl_error
 
@@ -86,19 +85,9 @@ def _raise_for(response: httpx.Response) -> None:
         return
     try:
         body = response.json()
-        error = body.get("error", {})
-        message, kind = error.get("message"), error.get("kind")
     except ValueError:
-        message, kind = None, None
-    if not message:
-        message = f"the cluster answered HTTP {response.status_code}"
-    if response.status_code == 429 and not kind:
-        kind = "limit_exceeded"
-    err = from_kind(kind or ("not_logged_in" if response.status_code == 401 else "internal"), message)
-    if isinstance(err, LimitExceeded):
-        retry = response.headers.get("Retry-After", "")
-        err.retry_after = int(retry) if retry.isdigit() else None
-    raise err
+        body = None
+    raise from_http_answer(response.status_code, body, response.headers.get("Retry-After", ""))
 
 
 def _network_error(addr: str, exc: Exception, with_cert: bool = False) -> PteleportError:

@@ -178,3 +178,22 @@ def from_sqlstate(sqlstate: str, message: str) -> PteleportError:
 def from_kind(kind: str, message: str) -> PteleportError:
     """Rebuild an error received over the API (the client side of ``http_status_for``)."""
     return ALL_KINDS.get(kind, InternalError)(message)
+
+
+def from_http_answer(status: int, body: object, retry_after: str = "") -> PteleportError:
+    """The error an API answer of ``status`` >= 400 carries (``body``: its decoded JSON, or None).
+
+    The API's error middleware writes ``{"error": {"kind", "message"}}``; anything else is
+    described by its status.
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    kind = error.get("kind") if isinstance(error, dict) else None
+    if not message:
+        message = f"the cluster answered HTTP {status}"
+    if status == 429 and not kind:
+        kind = "limit_exceeded"
+    err = from_kind(kind or ("not_logged_in" if status == 401 else "internal"), message)
+    if isinstance(err, LimitExceeded):
+        err.retry_after = int(retry_after) if retry_after.isdigit() else None
+    return err

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.errors import BadParameter, NotLoggedIn, UsageError
+from common.plainyaml import plain_mapping
 
 HOME_ENV = "PTSH_HOME"
 KEY_STORAGE_ENV = "PTSH_KEY_STORAGE"
@@ -190,7 +190,7 @@ class ProfileStore:
             raise NotLoggedIn(f'Not logged in to "{name}"; run "ptsh login --proxy={name}:PORT"') from None
         except OSError as exc:
             raise BadParameter(f"cannot read the profile {path}: {exc}; log in again") from None
-        doc = _plain_mapping(text)
+        doc = plain_mapping(text)
         if doc is None:  # not the plain form ``save`` writes: let the YAML parser read it
             import yaml
 
@@ -350,24 +350,6 @@ class ProfileStore:
         if not folder.is_dir():
             return []
         return sorted(p.stem for p in folder.glob("*.crt"))
-
-
-# Values YAML reads as the same string: a word starting with a letter (not a YAML boolean
-# or null), or an IPv4 address with a port. Anything else goes through the YAML parser.
-_PLAIN_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:@/-]*|[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?::[0-9]{1,5})?")
-_YAML_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "null", "y", "n"})
-
-
-def _plain_mapping(text: str) -> dict[str, str] | None:
-    """``key: value`` lines of plain words, as ``save`` writes them (read without importing
-    yaml, which costs more than the rest of a ``ptsh db connect``); None for anything else."""
-    doc: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(": ")
-        if not sep or not key.isidentifier() or not _PLAIN_VALUE.fullmatch(value) or value.lower() in _YAML_WORDS:
-            return None
-        doc[key] = value
-    return doc
 
 
 def _forget_keyring(profile: Profile) -> None:

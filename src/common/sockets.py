@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 RELAY_BUFFER = 128 * 1024  # bytes per direction per socket (the kernel books twice this)
 SHORT_RTT = 2000  # microseconds

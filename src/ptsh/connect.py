@@ -6,9 +6,12 @@ the session before psql starts").
 
 When the db user and db name are on the command line, psql is started at once, on a port
 bound before anything else: it loads and dials while ptsh reads the profile and opens the
-first session, and waits in the port's backlog. The tunnel accepts it only once that
-session is open; if it cannot be opened, psql is killed before it printed anything, and the
-error and its exit code are ptsh's, as when psql starts last.
+first session, and waits in the port's backlog. It is accepted only once that session is
+open; if it cannot be opened, psql is killed before it printed anything, and the error and
+its exit code are ptsh's, as when psql starts last.
+
+The first session is opened and relayed without asyncio (``ptsh.firstsession``); the asyncio
+tunnel starts only if psql opens a second connection (a cancel, ``\\connect``).
 """
 
 from __future__ import annotations
@@ -16,85 +19,174 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def connect(database: str, db_user: str | None, db_name: str | None, proxy: str | None, psql_args: list[str]) -> int:
     """Open the session, then run psql on it; psql's exit code (errors raise a PteleportError)."""
-    import shutil
+    path = _which("psql")
+    if path is None:
+        from common.errors import BadParameter
 
-    from common.errors import BadParameter
-
-    psql = shutil.which("psql")
-    if psql is None:
         raise BadParameter(
             f"psql was not found on PATH; install the PostgreSQL client, or run "
             f'"ptsh proxy db --tunnel {database}" and connect with any PostgreSQL client'
         )
-    early: Any = None
-    sock: socket.socket | None = None
+    sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+    psql = _Psql(path, psql_args, sock.getsockname()[1])
     if db_user and db_name:
-        sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-        early = _spawn([psql, connection_url(db_user, sock.getsockname()[1], db_name), *psql_args])
+        psql.start(db_user, db_name)
     try:
-        return _connect(database, db_user, db_name, proxy, psql, psql_args, early, sock)
+        return _connect(database, db_user, db_name, proxy, psql, sock)
     except BaseException:
-        if early is not None and early.poll() is None:
-            early.kill()  # still waiting for its connection: it has printed nothing
-            early.wait()
+        psql.kill()  # still waiting for its connection: it has printed nothing
         raise
     finally:
-        if sock is not None:
-            sock.close()
+        sock.close()
 
 
-def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str | None, psql: str,
-             psql_args: list[str], early: Any, sock: socket.socket | None) -> int:
-    from ptsh.databases import BackgroundTunnel, cert_for, psql_startup
-    from ptsh.login_state import current_login
+def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str | None, psql: _Psql,
+             sock: socket.socket) -> int:
+    import signal
 
-    login = current_login(proxy)
-    cert = cert_for(login, database, db_user, db_name)
-    if early is not None and (cert.db_user, cert.db_name) != (db_user, db_name):
-        early.kill()  # the cluster named them differently: psql must ask for the certificate's
-        early.wait()
-        early = None
-    tunnel = BackgroundTunnel(login, cert)
-    tunnel.begin()
+    from common.tlsctx import ALPN_POSTGRES, client_context
+    from ptsh.firstsession import FirstSession, serve
+    from ptsh.flags import GLOBALS, IDENTITY_FLAG
+    from ptsh.pgstartup import ProxyTrouble, psql_startup, split_proxy_addr
+    from ptsh.savedcert import issue, load
+
+    # The certificate of ``ptsh db login``, or else a new one, read and asked for without the
+    # profile classes or httpx (``ptsh.savedcert``). When that quick path does not recognise
+    # what it finds, the login and a certificate come from the full path, which has the
+    # sentences for what is wrong.
+    quick = proxy is None and GLOBALS["proxy"] is None and IDENTITY_FLAG["path"] is None
+    saved = (load(database, db_user, db_name) or issue(database, db_user, db_name)) if quick else None
+    full: list[Any] = []  # (login, DbCert) from the full path, once read
+
+    def full_path(allow_expired: bool = False) -> tuple[Any, Any]:
+        if not full:
+            from ptsh.databases import DbCert, cert_for
+            from ptsh.login_state import current_login
+
+            login = current_login(proxy, allow_expired=allow_expired)
+            if saved is None:
+                dbcert = cert_for(login, database, db_user, db_name)
+            else:  # the one the first session has: the tunnel renews it when it is due
+                from datetime import datetime
+
+                expires = datetime.fromisoformat(saved.expires) if saved.expires else None
+                dbcert = DbCert(saved.service, saved.db_user, saved.db_name, saved.cert, expires)
+            full.extend((login, dbcert))
+        return full[0], full[1]
+
+    def relogin() -> str:
+        if saved is not None:  # a profile's login (the quick path never reads identity files)
+            from ptsh.login_state import login_command
+
+            return f"run `{login_command(saved.proxy, user='')}`"
+        from ptsh.databases import relogin_hint
+
+        return relogin_hint(full_path()[0])
+
+    if saved is not None:
+        proxy_addr, cert, key, cas = saved.proxy, saved.cert, saved.key, saved.cas
+        user, dbname = saved.db_user, saved.db_name
+    else:
+        login, dbcert = full_path()
+        proxy_addr, cert, key, cas = login.proxy, dbcert.cert, login.key, login.host_cas
+        user, dbname = dbcert.db_user, dbcert.db_name
+    psql.start(user, dbname)  # (again, when the cluster named them differently: psql must ask for the certificate's)
+    host, port = split_proxy_addr(proxy_addr)
+    ctx = client_context(cas=cas, cert=cert, key=key, alpn=[ALPN_POSTGRES])
+    session = FirstSession(host, port, ctx, ProxyTrouble(proxy_addr, relogin))
+    # Before psql gets a connection: the proxy, the agent and the database answer, or the error and its exit code.
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    session.open(psql_startup(user, dbname, dict(os.environ), terminal))
+    later: list[Any] = []  # the asyncio tunnel for psql's later connections, once there is one
+
+    def more() -> None:
+        """Serve psql's later connections with the asyncio tunnel (raises what stops it)."""
+        from ptsh.databases import BackgroundTunnel
+
+        # (An expired login still makes a tunnel: its refusals say what to do, as ErrorResponses.)
+        tunnel = BackgroundTunnel(*full_path(allow_expired=True))
+        later.append(tunnel)
+        tunnel.start(sock=sock)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is psql's: it sends a cancel
     try:
-        # Before psql gets a connection: the proxy, the agent and the database answer, or the error and its exit code.
-        terminal = sys.stdin.isatty() and sys.stdout.isatty()
-        tunnel.preflight(psql_startup(cert.db_user, cert.db_name, dict(os.environ), terminal))
-        if early is not None:
-            tunnel.start(sock=sock)
-            return _wait(early)
-        port = tunnel.start()
-        return _wait(_spawn([psql, connection_url(cert.db_user, port, cert.db_name), *psql_args]))
+        code = serve(sock, psql.pid, session, more)
+        psql.pid, psql.names = 0, None  # exited, and reaped: nothing of it to kill any more
+        return code
     finally:
-        tunnel.stop()
-        for message in tunnel.warnings[:1]:
-            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, previous)
+        for tunnel in later:
+            tunnel.stop()
+            for message in tunnel.warnings[:1]:
+                print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def connection_url(user: str, port: int, dbname: str) -> str:
     """The URL psql gets for the local tunnel (plain TCP on 127.0.0.1)."""
-    from urllib.parse import quote
-
-    return f"postgres://{quote(user, safe='')}@127.0.0.1:{port}/{quote(dbname, safe='')}?sslmode=disable"
+    return f"postgres://{_quote(user)}@127.0.0.1:{port}/{_quote(dbname)}?sslmode=disable"
 
 
-def _spawn(argv: list[str]) -> Any:
-    import subprocess
-
-    return subprocess.Popen(argv)
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
 
-def _wait(process: Any) -> int:
-    """Wait for psql in the foreground; Ctrl+C belongs to psql (it sends a cancel through the tunnel)."""
+def _quote(text: str) -> str:
+    """``urllib.parse.quote(text, safe="")`` (which would import more than the rest of this module)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+
+
+def _which(name: str) -> str | None:
+    """``shutil.which`` for a bare command name (importing shutil costs more than this search)."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(folder or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class _Psql:
+    """psql, started on the tunnel's port as soon as the db user and name are known."""
+
+    def __init__(self, path: str, args: list[str], port: int) -> None:
+        self.path, self.args, self.port = path, args, port
+        self.pid = 0
+        self.names: tuple[str, str] | None = None
+
+    def start(self, user: str, dbname: str) -> None:
+        """Start psql for these names, unless it runs for them already (else it is restarted)."""
+        if self.names == (user, dbname):
+            return
+        self.kill()
+        argv = [self.path, connection_url(user, self.port, dbname), *self.args]
+        self.pid, self.names = _spawn(argv), (user, dbname)
+
+    def kill(self) -> None:
+        """Stop a psql that has not connected yet (it has printed nothing)."""
+        pid, self.pid, self.names = self.pid, 0, None
+        if not pid:
+            return
+        import signal
+
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass  # already gone, and reaped
+
+
+def _spawn(argv: list[str]) -> int:
+    """Start psql with this process's environment and standard streams; its pid.
+
+    Python ignores SIGPIPE, and an ignored signal stays ignored across exec: psql gets the
+    defaults back, as ``subprocess`` gives them (``restore_signals``).
+    """
     import signal
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return process.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return os.posix_spawn(argv[0], argv, os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from common.errors import BadParameter, NotFound
+from common.errors import NotFound
 from ptsh.connect import connection_url  # noqa: F401  (ptsh proxy db and ptsh db config use it from here)
 from ptsh.login_state import Login
 
@@ -100,6 +100,7 @@ def db_table(login: Login, dbs: list[dict], verbose: bool) -> str:
 def issue_db_cert(login: Login, database: str, db_user: str, db_name: str) -> DbCert:
     from common.identity import identity_from_pem
     from common.tls import load_private_key, public_key_pem
+    from ptsh.login_state import remember_public_key
 
     public = public_key_pem(load_private_key(login.key)).decode()
     with login.client() as client:
@@ -107,6 +108,7 @@ def issue_db_cert(login: Login, database: str, db_user: str, db_name: str) -> Db
             "/v1/certs/database",
             {"database": database, "db_user": db_user, "db_name": db_name, "public_key": public},
         )
+    remember_public_key(login, public)
     cert = body["cert"].encode()
     return DbCert(body["database"], body["db_user"], body["db_name"], cert, identity_from_pem(cert).expires)
 
@@ -133,8 +135,7 @@ def saved_db_cert(login: Login, database: str) -> DbCert | None:
 
         ident = identity_from_pem(cert)
         route = ident.route
-        facts = {"db_user": route.username if route else None, "db_name": route.database if route else None,
-                 "expires": ident.expires.isoformat() if ident.expires else None}
+        facts = db_cert_facts(route.username if route else None, route.database if route else None, ident.expires)
         certfacts.save(path, cert, facts)
     if facts.get("db_user") is None:
         return None
@@ -149,8 +150,16 @@ def save_db_cert(login: Login, cert: DbCert) -> None:
     path = db_cert_path(login, cert.database)
     if path is None:
         return
+    from common import certfacts
+
     ProfileStore()._mkdir(path.parent)
     write_private(path, cert.cert)
+    # Its facts now, so that ``ptsh db connect`` reads them instead of the certificate (``ptsh.savedcert``).
+    certfacts.save(path, cert.cert, db_cert_facts(cert.db_user, cert.db_name, cert.expires))
+
+
+def db_cert_facts(db_user: str | None, db_name: str | None, expires: datetime | None) -> dict[str, Any]:
+    return {"db_user": db_user, "db_name": db_name, "expires": expires.isoformat() if expires else None}
 
 
 def logged_in_databases(login: Login) -> list[str]:
@@ -181,7 +190,7 @@ def logout_databases(login: Login, database: str | None) -> list[str]:
 
 def cert_for(login: Login, database: str, db_user: str | None, db_name: str | None) -> DbCert:
     """A usable certificate: the saved one when it matches and is fresh, else a new one."""
-    from ptsh.tunnel import RENEW_BEFORE
+    from ptsh.pgstartup import RENEW_BEFORE
 
     saved = saved_db_cert(login, database)
     now = datetime.now(UTC)
@@ -230,10 +239,9 @@ def _conninfo_value(value: str) -> str:
 
 
 def proxy_host_port(login: Login) -> tuple[str, int]:
-    host, _, port = login.proxy.rpartition(":")
-    if not port.isdigit():
-        raise BadParameter(f'the proxy address "{login.proxy}" has no port')
-    return host.strip("[]"), int(port)
+    from ptsh.pgstartup import split_proxy_addr
+
+    return split_proxy_addr(login.proxy)
 
 
 def relogin_hint(login: Login) -> str:
@@ -334,37 +342,6 @@ class BackgroundTunnel:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
-
-
-def psql_startup(user: str, dbname: str, env: dict[str, str], terminal: bool) -> dict[str, str]:
-    """The startup parameters psql (libpq) will send for ``connection_url(user, port, dbname)``.
-
-    libpq adds ``application_name`` (``$PGAPPNAME``, else "psql"), ``options`` from
-    ``$PGOPTIONS``, ``datestyle``/``timezone``/``geqo`` from ``$PGDATESTYLE``/``$PGTZ``/
-    ``$PGGEQO``, and ``client_encoding`` from ``$PGCLIENTENCODING`` or, when psql runs on a
-    terminal, from the locale. A guess that is wrong only costs the preflight's session
-    being closed and psql getting its own.
-    """
-    params = {"user": user, "database": dbname}
-    if env.get("PGOPTIONS"):
-        params["options"] = env["PGOPTIONS"]
-    params["application_name"] = env.get("PGAPPNAME") or "psql"
-    encoding = env.get("PGCLIENTENCODING") or (_locale_encoding(env) if terminal else None)
-    if encoding:
-        params["client_encoding"] = encoding
-    for var, name in (("PGDATESTYLE", "datestyle"), ("PGTZ", "timezone"), ("PGGEQO", "geqo")):
-        if env.get(var) and env[var].lower() != "default":
-            params[name] = env[var]
-    return params
-
-
-def _locale_encoding(env: dict[str, str]) -> str | None:
-    """libpq's client_encoding=auto for the locale psql will run in (UTF-8 and C only)."""
-    ctype = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or "C"
-    if ctype in ("C", "POSIX"):
-        return "SQL_ASCII"
-    codeset = ctype.partition(".")[2].partition("@")[0].replace("-", "").lower()
-    return "UTF8" if codeset == "utf8" else None
 
 
 async def run_tunnel(

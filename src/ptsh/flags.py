@@ -8,3 +8,5 @@ paths of ``ptsh.entry`` can read them without importing Typer.
 from __future__ import annotations
 
 GLOBALS: dict[str, object] = {"proxy": None, "user": None, "insecure": False, "ca_file": None}
+# ``ptsh -i FILE``: the identity file to use instead of the profile (``ptsh.login_state``).
+IDENTITY_FLAG: dict[str, str | None] = {"path": None}

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import BadParameter, ConnectionProblem, NotLoggedIn
+from ptsh.flags import IDENTITY_FLAG
 
 if TYPE_CHECKING:
     from common.identity import Identity
     from common.profile import Profile, ProfileStore
 
 IDENTITY_ENV = "PTSH_IDENTITY_FILE"
-IDENTITY_FLAG: dict[str, str | None] = {"path": None}
 RENEW_HINT = '"pctl auth sign --user=NAME --out=FILE" or "ptsh login --bot --token=TOKEN --out=FILE"'
 
 
@@ -202,7 +202,8 @@ def profile_login(store: ProfileStore, profile: Profile) -> Login:
         except Exception:
             raise NotLoggedIn(f"the certificate in {path} cannot be read; log in again") from None
         roles, expires = identity.roles, identity.expires
-        certfacts.save(path, cert, {"roles": list(roles), "expires": expires.isoformat() if expires else None})
+        certfacts.save(path, cert, {"roles": list(roles), "expires": expires.isoformat() if expires else None,
+                                    "public_key": _public_key_of(cert)})
     return Login(
         proxy=profile.web_proxy_addr,
         cert=cert,
@@ -215,6 +216,30 @@ def profile_login(store: ProfileStore, profile: Profile) -> Login:
         profile=profile,
         store=store,
     )
+
+
+def _public_key_of(cert: bytes) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(cert).public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def remember_public_key(login: Login, public_pem: str) -> None:
+    """Keep the public half of the login's key in its certificate's facts (``ptsh.savedcert`` sends it).
+
+    The key pair is the login's, so the public half is the certificate's; a profile whose
+    facts were written before they held it gets it the first time a command needs it.
+    """
+    if login.store is None or login.profile is None:
+        return
+    from common import certfacts
+
+    path = login.store.cert_path(login.profile)
+    facts = certfacts.load(path, login.cert)
+    if facts is not None and facts.get("public_key") != public_pem:
+        certfacts.save(path, login.cert, {**facts, "public_key": public_pem})
 
 
 def current_login(proxy: str | None = None, *, allow_expired: bool = False) -> Login:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import struct
 from collections.abc import Callable, Coroutine
@@ -33,17 +32,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.errors import (
-    BadParameter,
-    ConnectionProblem,
-    InternalError,
-    NotLoggedIn,
-    PteleportError,
-    from_sqlstate,
-    sqlstate_for,
-)
+from common.errors import BadParameter, InternalError, PteleportError
 from common.relay import Connection, splice
-from common.tlsctx import ALPN_POSTGRES, INTERNAL_SNI, client_context, describe_ssl_error
+from common.tlsctx import ALPN_POSTGRES, INTERNAL_SNI, client_context
+from ptsh.pgstartup import (
+    DIAL_TIMEOUT,
+    GREETING_TIMEOUT,
+    GSSENC_REQUEST,
+    HANDSHAKE_TIMEOUT,
+    MAX_STARTUP,
+    NO_STARTUP,
+    NOT_POSTGRES,
+    RENEW_BEFORE,
+    SSL_REQUEST,
+    TERMINATE,
+    TOO_MANY_REQUESTS,
+    ProxyTrouble,
+    greeting_error,
+    is_cancel,
+    refusal,
+    startup_packet,
+    startup_params,
+)
 
 log = logging.getLogger("ptsh.tunnel")
 
@@ -62,11 +72,6 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
         runner.run(coro)
 
 
-SSL_REQUEST = 80877103
-GSSENC_REQUEST = 80877104
-CANCEL_REQUEST = 80877102
-MAX_STARTUP = 10000
-RENEW_BEFORE = timedelta(minutes=2)
 # After a renewal attempt, the next one waits this long unless the certificate has expired.
 RENEW_INTERVAL = timedelta(seconds=30)
 
@@ -184,24 +189,6 @@ class _Upstream(Connection):
         super().connection_lost(exc)
 
 
-def startup_packet(params: dict[str, str]) -> bytes:
-    """A protocol 3.0 StartupMessage with these parameters (user, database, ...)."""
-    body = struct.pack("!i", 196608)
-    for key, value in params.items():
-        body += key.encode() + b"\x00" + value.encode() + b"\x00"
-    body += b"\x00"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def startup_params(packet: bytes) -> dict[str, str] | None:
-    """The parameters of a StartupMessage (None for anything else: a CancelRequest, say)."""
-    if len(packet) < 9 or struct.unpack_from("!i", packet, 4)[0] != 196608:
-        return None
-    parts = packet[8:].split(b"\x00")
-    pairs = [p.decode(errors="replace") for p in parts[:-2]] if len(parts) >= 2 else []
-    return dict(zip(pairs[0::2], pairs[1::2], strict=False))
-
-
 @dataclass
 class _Parked:
     """A session opened by ``preflight``, waiting for the client it was opened for."""
@@ -211,11 +198,8 @@ class _Parked:
     greeting: bytes  # the server's answer up to and including ReadyForQuery
 
     def discard(self) -> None:
-        self.upstream.write(b"X\x00\x00\x00\x04")  # Terminate: end the session cleanly
+        self.upstream.write(TERMINATE)  # end the session cleanly
         self.upstream.close()
-
-
-GREETING_TIMEOUT = 30.0
 
 
 class LocalTunnel:
@@ -232,6 +216,7 @@ class LocalTunnel:
         self.certs = certs
         self.on_error = on_error
         self.relogin = relogin or f"run `ptsh login --proxy={self.proxy_addr}`"
+        self.trouble = ProxyTrouble(self.proxy_addr, self.relogin)
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -280,28 +265,23 @@ class LocalTunnel:
                 head = await asyncio.wait_for(upstream.read_exactly(5), GREETING_TIMEOUT)
                 kind, length = head[:1], struct.unpack_from("!i", head, 1)[0]
                 if length < 4 or length > 1 << 24:
-                    raise ConnectionProblem(f"the proxy at {self.proxy_addr} answered with something that is not PostgreSQL")
+                    raise self.trouble.not_postgres()
                 payload = await asyncio.wait_for(upstream.read_exactly(length - 4), GREETING_TIMEOUT)
                 if kind == b"E":
-                    fields = _error_fields(payload)
-                    code = fields.get("C", "")
-                    if "R" in fields and not code.startswith(("08", "57P")):
-                        # PostgreSQL's own refusal (only the server names its routine): psql
-                        # shows it and exits as it would connected directly.
+                    err = greeting_error(payload)
+                    if err is None:  # PostgreSQL's own refusal: psql shows it, as connected directly
                         upstream.close()
                         return
-                    raise from_sqlstate(code, fields.get("M", "the database refused the connection"))
+                    raise err
                 greeting += head + payload
                 if kind == b"Z":
                     break
         except TimeoutError:
             upstream.close()
-            raise ConnectionProblem(
-                f"no answer from the database through the proxy at {self.proxy_addr} within {GREETING_TIMEOUT:.0f} s"
-            ) from None
+            raise self.trouble.no_greeting() from None
         except ConnectionError:
             upstream.close()
-            raise self._closed_without_answer(upstream) from None
+            raise self.trouble.closed_without_answer(upstream.error) from None
         except PteleportError:
             upstream.close()
             raise
@@ -338,8 +318,8 @@ class LocalTunnel:
         try:
             upstream = await self._dial(await self.certs.current())
             upstream.write(first)
-            if not _is_cancel(first) and not await upstream.wait_data():
-                raise self._closed_without_answer(upstream)
+            if not is_cancel(first) and not await upstream.wait_data():
+                raise self.trouble.closed_without_answer(upstream.error)
         except PteleportError as err:
             self._refuse(client, err)
             return
@@ -359,24 +339,16 @@ class LocalTunnel:
                 head = await asyncio.wait_for(client.read_exactly(8), 60)
                 length, code = struct.unpack("!ii", head)
                 if length < 8 or length > MAX_STARTUP:
-                    raise BadParameter(
-                        "protocol violation: the client did not send a PostgreSQL startup message; this is a "
-                        "local PostgreSQL tunnel, connect with a PostgreSQL client and sslmode=disable"
-                    )
+                    raise BadParameter(NOT_POSTGRES)
                 if length == 8 and code in (SSL_REQUEST, GSSENC_REQUEST):
                     requests += 1
                     if requests > 2:
-                        raise BadParameter(
-                            "protocol violation: more than two encryption requests before the startup message; "
-                            "connect with sslmode=disable (the tunnel encrypts the way to the proxy itself)"
-                        )
+                        raise BadParameter(TOO_MANY_REQUESTS)
                     client.write(b"N")
                     continue
                 return head + await asyncio.wait_for(client.read_exactly(length - 8), 60)
         except TimeoutError:
-            raise BadParameter(
-                "protocol violation: no PostgreSQL startup message within 60 seconds; the tunnel closed the connection"
-            ) from None
+            raise BadParameter(NO_STARTUP) from None
 
     async def _dial(self, ctx: ssl.SSLContext) -> _Upstream:
         loop = asyncio.get_running_loop()
@@ -388,54 +360,13 @@ class LocalTunnel:
                     self.proxy_port,
                     ssl=ctx,
                     server_hostname=INTERNAL_SNI,
-                    ssl_handshake_timeout=15,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
                 ),
-                20,
+                DIAL_TIMEOUT,
             )
-        except ssl.SSLError as exc:
-            raise self._tls_refusal(exc) from None
-        except TimeoutError:
-            raise self._unreachable("no answer within 20 seconds") from None
-        except OSError as exc:
-            raise self._unreachable(os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__) from None
+        except OSError as exc:  # (ssl.SSLError and TimeoutError among them)
+            raise self.trouble.dial_failed(exc) from None
         return conn
-
-    def _unreachable(self, reason: str) -> ConnectionProblem:
-        return ConnectionProblem(
-            f"cannot reach the proxy at {self.proxy_addr} ({reason}); check that the proxy is running "
-            "and that this machine can reach it"
-        )
-
-    def _tls_refusal(self, exc: BaseException) -> PteleportError:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return NotLoggedIn(
-                f"the proxy at {self.proxy_addr} presented a certificate this login does not trust "
-                f"({exc.verify_message or exc}); it may be another cluster's: {self.relogin}"
-            )
-        text = describe_ssl_error(exc, relogin=self.relogin)
-        if "refused your certificate" in text:
-            return NotLoggedIn(text)
-        return ConnectionProblem(f"cannot connect securely to the proxy at {self.proxy_addr}: {text}")
-
-    def _closed_without_answer(self, upstream: _Upstream) -> PteleportError:
-        if isinstance(upstream.error, ssl.SSLError):
-            return self._tls_refusal(upstream.error)
-        return ConnectionProblem(
-            f"the proxy at {self.proxy_addr} closed the connection without answering; "
-            "try again, and if it persists ask the cluster's administrator to check the proxy's log"
-        )
-
-
-def _error_fields(payload: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in payload.split(b"\x00"):
-        if part:
-            fields[chr(part[0])] = part[1:].decode(errors="replace")
-    return fields
-
-
-def _is_cancel(packet: bytes) -> bool:
-    return len(packet) >= 8 and struct.unpack_from("!i", packet, 4)[0] == CANCEL_REQUEST
 
 
 class _Accepted(Connection):
@@ -446,10 +377,3 @@ class _Accepted(Connection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.tunnel._spawn(self)
-
-
-def refusal(err: PteleportError) -> bytes:
-    """A PostgreSQL ErrorResponse (FATAL) that carries the error's sentence and SQLSTATE."""
-    message = err.message.replace("\x00", " ")
-    fields = b"SFATAL\x00VFATAL\x00C" + sqlstate_for(err).encode() + b"\x00M" + message.encode() + b"\x00\x00"
-    return b"E" + struct.pack("!i", len(fields) + 4) + fields

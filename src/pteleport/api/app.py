@@ -23,7 +23,7 @@ from multidict import MultiDict
 from common import __version__
 from common.client import NDJSON
 from common.errors import AccessDenied, BadParameter
-from common.identity import Identity
+from common.identity import Identity, identity_from_pem
 from pteleport.api import httplog, models, offload
 from pteleport.api.errors import error_middleware
 from pteleport.api.identity import caller_from_der, peer_der, remote_addr
@@ -296,12 +296,14 @@ def database_cert(c: Call, req: models.DatabaseCertRequest) -> Any:
             error=exc.message,
         )
         raise
+    expires = identity_from_pem(cert).expires  # (so that a client needs no X.509 parser to know it)
     return {
         "cert": cert.decode(),
         "db_user": route_.username,
         "db_name": route_.database,
         "database": route_.service_name,
         "protocol": route_.protocol,
+        "expires": expires.isoformat() if expires else None,
     }
 
 

@@ -1,0 +1,388 @@
+"""The first session of ``ptsh db connect``, opened and relayed without asyncio.
+
+Importing asyncio (and uvloop, logging, concurrent.futures with it) costs more than
+PostgreSQL takes to open a session, and psql waits for it. So ``ptsh db connect`` opens its
+first session with a blocking TLS socket (``FirstSession.open``: the preflight of
+docs/design-notes.md, with the same sentences and exit codes as the asyncio tunnel's, from
+``ptsh.pgstartup``), and ``serve`` relays psql's first connection with ``selectors`` in the
+main thread. psql's later connections (its Ctrl+C, which sends a CancelRequest on a new
+connection; ``\\connect``; a reconnect) are handed, with the listening socket, to the asyncio
+tunnel, started only then (``more``), which renews the certificate when it is due.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import ssl
+import struct
+
+from common.errors import BadParameter, PteleportError
+from common.sockets import limit_buffers
+from common.tlsctx import INTERNAL_SNI
+from ptsh.pgstartup import (
+    DIAL_TIMEOUT,
+    GREETING_TIMEOUT,
+    GSSENC_REQUEST,
+    HANDSHAKE_TIMEOUT,
+    MAX_STARTUP,
+    NO_STARTUP,
+    NOT_POSTGRES,
+    SSL_REQUEST,
+    TERMINATE,
+    TOO_MANY_REQUESTS,
+    ProxyTrouble,
+    greeting_error,
+    refusal,
+    startup_packet,
+    startup_params,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+CHUNK = 256 * 1024  # bytes read per call, as the asyncio relay does
+HIGH_WATER = 1024 * 1024  # pending bytes for one side past which the other side is not read
+STARTUP_TIMEOUT = 60.0  # seconds for psql to send its startup message
+
+
+class FirstSession:
+    """One session to the proxy with the user's database certificate, opened before psql uses it."""
+
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, trouble: ProxyTrouble) -> None:
+        self.host = host
+        self.port = port
+        self.ctx = ctx
+        self.trouble = trouble
+        self.params: dict[str, str] | None = None
+        self.upstream: ssl.SSLSocket | None = None
+        self.greeting = b""
+
+    def dial(self) -> ssl.SSLSocket:
+        """A TLS connection to the proxy (ALPN ``pteleport-postgres``); raises the sentence for what failed."""
+        # (Names as bytes when they are ASCII: a str goes through the IDNA codec, an import.)
+        host = self.host.encode() if self.host.isascii() else self.host
+        try:
+            raw = socket.create_connection((host, self.port), DIAL_TIMEOUT)
+        except OSError as exc:
+            raise self.trouble.dial_failed(exc) from None
+        try:
+            raw.settimeout(HANDSHAKE_TIMEOUT)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the handshake's flights at once
+            return self.ctx.wrap_socket(raw, server_hostname=INTERNAL_SNI.encode())
+        except TimeoutError:
+            raw.close()
+            raise self.trouble.unreachable(f"the TLS handshake took longer than {HANDSHAKE_TIMEOUT:.0f} seconds") from None
+        except OSError as exc:
+            raw.close()
+            raise self.trouble.dial_failed(exc) from None
+
+    def open(self, params: dict[str, str]) -> None:
+        """Open a session with ``params`` and read the answer up to ReadyForQuery (see ``LocalTunnel.preflight``).
+
+        Raises pteleport's refusals and "cannot reach" with their exit codes; a refusal by
+        PostgreSQL itself leaves no session (psql then connects and reports it).
+        """
+        upstream = self.dial()
+        greeting = bytearray()
+        try:
+            upstream.settimeout(GREETING_TIMEOUT)
+            upstream.sendall(startup_packet(params))
+            while True:
+                head = _read_exactly(upstream, 5)
+                kind, length = head[:1], struct.unpack_from("!i", head, 1)[0]
+                if length < 4 or length > 1 << 24:
+                    raise self.trouble.not_postgres()
+                payload = _read_exactly(upstream, length - 4)
+                if kind == b"E":
+                    err = greeting_error(payload)
+                    if err is None:  # PostgreSQL's own refusal: psql shows it, as connected directly
+                        upstream.close()
+                        return
+                    raise err
+                greeting += head + payload
+                if kind == b"Z":
+                    break
+        except TimeoutError:
+            upstream.close()
+            raise self.trouble.no_greeting() from None
+        except PteleportError:
+            upstream.close()
+            raise
+        except OSError as exc:  # closed, reset, or a TLS alert (the proxy refused the certificate)
+            upstream.close()
+            raise self.trouble.closed_without_answer(exc if isinstance(exc, ssl.SSLError) else None) from None
+        self.params, self.upstream, self.greeting = params, upstream, bytes(greeting)
+
+    def discard(self) -> None:
+        """End the opened session cleanly (Terminate), if it was not handed to psql."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            try:
+                upstream.settimeout(1)
+                upstream.sendall(TERMINATE)
+            except OSError:
+                pass
+            upstream.close()
+
+    def take(self, first: bytes) -> tuple[ssl.SSLSocket, bytes]:
+        """The upstream for a client whose startup packet is ``first``, and what to answer it first.
+
+        The opened session when the client asks for what it was opened with; otherwise that
+        one is ended and a new one is dialled, to which ``first`` goes unchanged.
+        """
+        if self.upstream is not None and startup_params(first) == self.params:
+            upstream, self.upstream = self.upstream, None
+            return upstream, self.greeting
+        self.discard()
+        upstream = self.dial()
+        try:
+            upstream.sendall(first)
+        except OSError as exc:
+            upstream.close()
+            raise self.trouble.closed_without_answer(exc if isinstance(exc, ssl.SSLError) else None) from None
+        return upstream, b""
+
+
+def serve(listening: socket.socket, pid: int, session: FirstSession, more: Callable[[], None]) -> int:
+    """Relay psql's first connection until psql (process ``pid``) exits; its exit code.
+
+    A second connection on ``listening`` calls ``more()`` once, which must start serving
+    ``listening`` elsewhere (the asyncio tunnel); this loop then stops watching it. When
+    ``more()`` raises a PteleportError instead, every later connection gets it as an
+    ErrorResponse.
+    """
+    sel = selectors.DefaultSelector()
+    exited = _watch_exit(sel, pid)
+    listening.setblocking(False)
+    sel.register(listening, selectors.EVENT_READ, "listening")
+    relay: _Relay | None = None
+    refused: PteleportError | None = None
+    code: int | None = None
+    try:
+        while code is None:
+            for key, _mask in sel.select(None if exited is not None else 0.05):
+                if key.data == "exited":
+                    code = _reap(pid, block=True)
+                elif key.data == "listening":
+                    if relay is None:
+                        relay = _first_client(listening, session, sel)
+                    elif refused is not None:
+                        _refuse_next(listening, refused)
+                    else:
+                        try:
+                            sel.unregister(listening)
+                            more()
+                        except PteleportError as err:  # no tunnel: each later connection gets the sentence
+                            refused = err
+                            sel.register(listening, selectors.EVENT_READ, "listening")
+                else:
+                    relay.on_event(key.data, _mask)  # type: ignore[union-attr]
+            if exited is None:
+                code = _reap(pid, block=False)
+        return code
+    finally:
+        if relay is not None:
+            relay.close()
+        session.discard()
+        if exited is not None:
+            os.close(exited)
+        sel.close()
+
+
+def _first_client(listening: socket.socket, session: FirstSession, sel: selectors.BaseSelector) -> _Relay | None:
+    try:
+        client, _addr = listening.accept()
+    except (BlockingIOError, InterruptedError):
+        return None
+    try:
+        client.setblocking(True)
+        client.settimeout(STARTUP_TIMEOUT)
+        first = _negotiate(client)
+        upstream, answer = session.take(first)
+    except PteleportError as err:
+        _refuse(client, err)
+        return _Relay.ended()
+    except OSError:
+        client.close()
+        return _Relay.ended()
+    relay = _Relay(client, upstream, sel)
+    if answer:
+        relay.send_to_client(answer)
+    return relay
+
+
+def _refuse_next(listening: socket.socket, err: PteleportError) -> None:
+    try:
+        client, _addr = listening.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    client.setblocking(True)
+    client.settimeout(5)
+    try:
+        _negotiate(client)  # (read what it sends first: closing on unread bytes would reset it)
+    except (PteleportError, OSError):
+        pass
+    _refuse(client, err)
+
+
+def _negotiate(client: socket.socket) -> bytes:
+    """Answer SSLRequest/GSSENCRequest with N; the startup packet (raises BadParameter for anything else)."""
+    requests = 0
+    try:
+        while True:
+            head = _read_exactly(client, 8)
+            length, code = struct.unpack("!ii", head)
+            if length < 8 or length > MAX_STARTUP:
+                raise BadParameter(NOT_POSTGRES)
+            if length == 8 and code in (SSL_REQUEST, GSSENC_REQUEST):
+                requests += 1
+                if requests > 2:
+                    raise BadParameter(TOO_MANY_REQUESTS)
+                client.sendall(b"N")
+                continue
+            return head + _read_exactly(client, length - 8)
+    except TimeoutError:
+        raise BadParameter(NO_STARTUP) from None
+
+
+def _refuse(client: socket.socket, err: PteleportError) -> None:
+    try:
+        client.sendall(refusal(err))
+    except OSError:
+        pass
+    client.close()
+
+
+class _Relay:
+    """psql's connection and its session upstream, spliced in both directions without blocking."""
+
+    def __init__(self, client: socket.socket | None, upstream: ssl.SSLSocket | None, sel: selectors.BaseSelector | None) -> None:
+        self.sel = sel
+        self.socks = {"client": client, "upstream": upstream}
+        self.pending = {"client": bytearray(), "upstream": bytearray()}  # to write to that side
+        self.eof = {"client": False, "upstream": False}
+        self.wanted: dict[str, int] = {}
+        if client is not None and upstream is not None:
+            for sock in (client, upstream):
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                limit_buffers(sock)  # as the asyncio relay does (common.sockets)
+            self._update()
+
+    @classmethod
+    def ended(cls) -> _Relay:
+        return cls(None, None, None)
+
+    def send_to_client(self, data: bytes) -> None:
+        self.pending["client"] += data
+        self._flush("client")
+        self._update()
+
+    def on_event(self, side: str, mask: int) -> None:
+        if self.sel is None:  # closed by an earlier event of the same select()
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(side)
+        if mask & selectors.EVENT_READ:
+            self._read(side)
+        self._update()
+
+    def _read(self, side: str) -> None:
+        other = "upstream" if side == "client" else "client"
+        sock = self.socks[side]
+        assert sock is not None
+        while True:
+            try:
+                data = sock.recv(CHUNK)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except OSError:  # reset, or TLS trouble: the session is over
+                data = b""
+            if not data:
+                self.eof[side] = True
+                break
+            self.pending[other] += data
+            if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                break
+        self._flush(other)
+
+    def _flush(self, side: str) -> None:
+        sock, buf = self.socks[side], self.pending[side]
+        while buf and sock is not None:
+            try:
+                sent = sock.send(buf[:CHUNK])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except OSError:
+                buf.clear()
+                self.eof[side] = True
+                return
+            del buf[:sent]
+
+    def _update(self) -> None:
+        """Watch each side for what it needs now; close both once either side ended and its bytes are out."""
+        if self.sel is None:
+            return
+        for side, other in (("client", "upstream"), ("upstream", "client")):
+            if self.eof[side] and not self.pending[other]:
+                self.close()
+                return
+        for side, other in (("client", "upstream"), ("upstream", "client")):
+            sock = self.socks[side]
+            events = 0
+            if not self.eof[side] and len(self.pending[other]) < HIGH_WATER:
+                events |= selectors.EVENT_READ
+            if self.pending[side]:
+                events |= selectors.EVENT_WRITE
+            before = self.wanted.get(side, 0)
+            if events == before:
+                continue
+            if before and events:
+                self.sel.modify(sock, events, side)
+            elif events:
+                self.sel.register(sock, events, side)
+            else:
+                self.sel.unregister(sock)
+            self.wanted[side] = events
+
+    def close(self) -> None:
+        for side, sock in self.socks.items():
+            if sock is None:
+                continue
+            if self.sel is not None and self.wanted.get(side):
+                self.sel.unregister(sock)
+            sock.close()
+        self.socks = {"client": None, "upstream": None}
+        self.wanted.clear()
+        self.sel = None
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionResetError("closed")
+        data += chunk
+    return bytes(data)
+
+
+def _watch_exit(sel: selectors.BaseSelector, pid: int) -> int | None:
+    """A pidfd for ``pid`` registered in ``sel`` (Linux 5.3+), else None (then the loop polls)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+    sel.register(fd, selectors.EVENT_READ, "exited")
+    return fd
+
+
+def _reap(pid: int, *, block: bool) -> int | None:
+    """psql's exit code once it has exited (a signal ``-N``, as subprocess reports it), else None."""
+    done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+    if done == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
