@@ -205,19 +205,21 @@ PostgreSQL does not resume sessions, so the agent's handshake with it is always 
 psql alone took {psql_ms:.0f} ms; `ptsh db connect` {login_ms:.0f} ms with the certificate saved by
 `ptsh db login` and {fresh_ms:.0f} ms when it asks auth for a new one; a plain psql connect through
 the tunnel costs {conn_tunnel - conn_direct:.0f} ms more than direct ({conn_tunnel:.0f} vs {conn_direct:.0f} ms in the sequential-connect
-test), so most of the difference is ptsh's own start. `ptsh db connect` still
-opens its probe session before psql may use the connection (exit codes: design-notes.md),
-but now (design-notes.md, same section): the console script handles `db connect` without
-Typer, pydantic, yaml or cryptography (certificate facts kept beside each certificate; TLS
-contexts from the standard library), and starts psql at once on a pre-bound port, so
-psql's own start-up overlaps ptsh's and psql is accepted when the probe session is open.
-Measured by hand on this machine in paired runs (psql direct as the baseline, medians of
-9–11 pairs, under load from other work): 735 → 300 ms CPU, A/B wall ~8.5× → ~4.7×; the
-previous report, on a quiet machine, had 9.8× and 13.5×. What
-bounds it: the Python interpreter ({floor_py:.0f} ms here) plus asyncio and ssl (~20–40 ms),
-the probe session through the whole chain, and psql's own session, which cannot start until
-the probe's is open. With a new certificate, the HTTPS request (httpx, the key's public
-half with cryptography) comes on top.
+test). `ptsh db connect` still opens its session before psql may use it (exit codes:
+design-notes.md, "`ptsh db connect` opens the session before psql starts"), but it no longer
+imports asyncio for it: the first session is opened on a blocking TLS socket and psql's
+connection is relayed with `selectors` in the main thread (`ptsh/firstsession.py`); only a
+second connection from psql (a cancel, `\\connect`) starts the asyncio tunnel. The saved
+certificate, the key and the CAs are read with `os` and `json` (`ptsh/savedcert.py`, no
+profile classes), a new certificate is one POST written by hand (`common/minihttps.py`, no
+httpx, the key's public half kept in the login's facts, so no cryptography), psql starts as
+soon as the db user and name are known, and the console script skips the interpreter's
+teardown after psql exits. Measured by hand on a quiet machine (farm-bench, paired with psql
+direct, 15–21 pairs): 83 → 38 ms with the saved certificate (3.2× → 1.6×), 191 → 48 ms with
+a new one (7.4× → 2.0×). What bounds it: the interpreter ({floor_py:.0f} ms here) and `ssl`
+(~12 ms), the session through the whole chain (a TLS handshake with the proxy, the agent's
+with PostgreSQL and the backend's start), psql's own start, which overlaps all of that, and,
+with a new certificate, one more TLS handshake and auth's signing.
 
 ### CLI start-up: `ptsh --help` and `ptsh version` ≤ 100 ms — measured {help_ms:.0f} and {version_ms:.0f} ms ({verdict(help_ms, 100, True)}, {verdict(version_ms, 100, True)})
 

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -48,6 +49,7 @@ class StandInProxy:
         self.port = self.listener.getsockname()[1]
         self.startups: list[bytes] = []
         self.echoed = 0
+        self.goodbyes = 0  # Terminate messages received
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -66,6 +68,7 @@ class StandInProxy:
                 tls.sendall(self.answer)
                 while data := tls.recv(65536):
                     if data == b"X\x00\x00\x00\x04":
+                        self.goodbyes += 1
                         return
                     self.echoed += len(data)
                     tls.sendall(data)
@@ -164,6 +167,10 @@ def test_the_opened_session_is_psqls_and_bytes_flow_both_ways_in_bulk(proxy: Sta
     assert len(proxy.startups) == 1, "psql got the session opened before it, not a second one"
     assert proxy.startups[0] == startup_packet(PARAMS)
     assert calls == []
+    deadline = time.monotonic() + 5
+    while proxy.goodbyes == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.goodbyes == 1, "psql's Terminate reached the proxy, though psql exited right after it"
 
 
 def test_a_client_that_asks_for_other_parameters_gets_its_own_session(proxy: StandInProxy) -> None:
@@ -271,3 +278,22 @@ def test_a_proxy_this_login_does_not_trust_is_not_logged_in(proxy: StandInProxy)
     session = FirstSession("127.0.0.1", proxy.port, client_context(cas=other), trouble)
     with pytest.raises(NotLoggedIn, match="presented a certificate this login does not trust"):
         session.open(PARAMS)
+
+
+def test_what_psql_sent_just_before_it_exited_is_still_forwarded() -> None:
+    """psql's exit can be seen before its last bytes (its Terminate): ``finish`` forwards them."""
+    import selectors
+
+    from ptsh.firstsession import _Relay
+
+    psql_end, client = socket.socketpair()
+    upstream, proxy_end = socket.socketpair()
+    sel = selectors.DefaultSelector()
+    relay = _Relay(client, upstream, sel)  # (plain sockets: the relay does not care)
+    psql_end.sendall(b"X\x00\x00\x00\x04")
+    psql_end.close()  # psql is gone; nothing was read from its socket yet
+    relay.finish()
+    proxy_end.settimeout(2)
+    assert proxy_end.recv(16) == b"X\x00\x00\x00\x04"
+    assert proxy_end.recv(16) == b""  # and then the session is closed
+    sel.close()

@@ -185,7 +185,7 @@ def serve(listening: socket.socket, pid: int, session: FirstSession, more: Calla
         return code
     finally:
         if relay is not None:
-            relay.close()
+            relay.finish()
         session.discard()
         if exited is not None:
             os.close(exited)
@@ -268,7 +268,8 @@ class _Relay:
         if client is not None and upstream is not None:
             for sock in (client, upstream):
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock.family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 limit_buffers(sock)  # as the asyncio relay does (common.sockets)
             self._update()
 
@@ -347,6 +348,28 @@ class _Relay:
             else:
                 self.sel.unregister(sock)
             self.wanted[side] = events
+
+    def finish(self, timeout: float = 1.0) -> None:
+        """psql has exited: forward what it sent last (its Terminate, say), then close both sides.
+
+        Its exit can be seen before the bytes it wrote just before it; without this the
+        session would end with a dropped connection instead of psql's goodbye.
+        """
+        client, upstream = self.socks["client"], self.socks["upstream"]
+        if client is not None and upstream is not None and not self.eof["client"]:
+            try:
+                client.settimeout(timeout)
+                while data := client.recv(CHUNK):
+                    self.pending["upstream"] += data
+            except OSError:
+                pass
+        if upstream is not None and self.pending["upstream"] and not self.eof["upstream"]:
+            try:
+                upstream.settimeout(timeout)
+                upstream.sendall(self.pending["upstream"])
+            except OSError:
+                pass
+        self.close()
 
     def close(self) -> None:
         for side, sock in self.socks.items():
