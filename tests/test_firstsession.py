@@ -297,3 +297,15 @@ def test_what_psql_sent_just_before_it_exited_is_still_forwarded() -> None:
     assert proxy_end.recv(16) == b"X\x00\x00\x00\x04"
     assert proxy_end.recv(16) == b""  # and then the session is closed
     sel.close()
+
+
+def test_psql_ended_by_a_signal_is_reported_as_the_signal(proxy: StandInProxy) -> None:
+    """``serve`` gives subprocess's -N; ``ptsh.connect`` turns it into a shell's 128 + N."""
+    session = proxy.session()
+    session.open(PARAMS)
+    listening = socket.create_server(("127.0.0.1", 0), backlog=8)
+    client = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
+    try:
+        assert serve(listening, client.pid, session, lambda: None) == -15
+    finally:
+        listening.close()

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 
 def connect(database: str, db_user: str | None, db_name: str | None, proxy: str | None, psql_args: list[str]) -> int:
-    """Open the session, then run psql on it; psql's exit code (errors raise a PteleportError)."""
+    """Open the session, then run psql on it; psql's exit code (errors raise a PteleportError).
+
+    When a signal N ended psql, 128 + N.
+    """
     path = _which("psql")
     if path is None:
         from common.errors import BadParameter
@@ -120,7 +123,7 @@ def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str
     try:
         code = serve(sock, psql.pid, session, more)
         psql.pid, psql.names = 0, None  # exited, and reaped: nothing of it to kill any more
-        return code
+        return code if code >= 0 else 128 - code  # signal N ended psql: 128 + N, as a shell reports it
     finally:
         signal.signal(signal.SIGINT, previous)
         for tunnel in later:

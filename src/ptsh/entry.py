@@ -123,11 +123,10 @@ def _run_connect(database: str, db_user: str | None, db_name: str | None, proxy:
         print("", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     # psql has exited and every socket and thread of the tunnel is closed: skip the
-    # interpreter's teardown (module by module, ~3 ms), which nothing here needs. psql killed
-    # by a signal N exits 128 + N, as a shell reports it.
+    # interpreter's teardown (module by module, ~3 ms), which nothing here needs.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code if code >= 0 else 128 - code)
+    os._exit(code)
 
 
 # --- help -----------------------------------------------------------------------------------------

@@ -169,7 +169,12 @@ class ProxyServer:
                 return
             if self.closing is not None:
                 raise ConnectionProblem(self.closing)
-            agent = await self.tunnel.dial(route.service_name, hosts)
+            agent = await self._dial_for(conn, route.service_name, hosts)
+            if agent is None:
+                return  # the client left while the proxy waited for an agent's tunnel
+            if self.closing is not None:  # the drain began while it waited
+                agent.close()
+                raise ConnectionProblem(self.closing)
         except PteleportError as err:
             self._refuse(conn, err, identity)
             return
@@ -190,6 +195,24 @@ class ProxyServer:
         finally:
             self.active_sessions -= 1
             self.sessions.pop(token, None)
+
+    async def _dial_for(self, conn: Connection, database: str, hosts: list[str]) -> Connection | None:
+        """A data link for ``conn``'s session; None when the client leaves before there is one.
+
+        A dial can wait for an agent's tunnel to arrive (``TunnelServer`` "Arrivals", up to
+        16 s): if the client goes away meanwhile, the wait is abandoned, and a link that
+        arrives anyway is closed instead of starting a session nobody reads.
+        """
+        if self.tunnel.connected(hosts):
+            return await self.tunnel.dial(database, hosts)  # (no arrival wait: the common case)
+        dial = asyncio.ensure_future(self.tunnel.dial(database, hosts))
+        await asyncio.wait({dial, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
+        if dial.done():
+            return dial.result()
+        dial.cancel()
+        dial.add_done_callback(_close_link)
+        conn.close()
+        return None
 
     def _session_line(self, conn: Connection, token: str | None = None) -> bytes:
         """The ``session`` line; ``token`` names the relay for the agent's drain notices."""
@@ -267,6 +290,12 @@ def cancel_source(remote: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+def _close_link(dial: asyncio.Future[Connection]) -> None:
+    """A dial abandoned by its client: close the link, should it have come all the same."""
+    if not dial.cancelled() and dial.exception() is None:
+        dial.result().close()
 
 
 def _is_cancel(packet: bytes) -> bool:
