@@ -36,15 +36,20 @@ GREETING = (
 
 
 class StandInProxy:
-    """Accepts TLS connections; answers each startup packet per ``answer``, then echoes."""
+    """Accepts TLS connections; answers each startup packet per ``answer``, then echoes.
 
-    def __init__(self, answer: bytes = GREETING) -> None:
+    ``end_first``: the first session is closed right after its greeting (an agent that
+    went away before psql connected).
+    """
+
+    def __init__(self, answer: bytes = GREETING, end_first: bool = False) -> None:
         from pteleport.ca.authority import self_signed_web_cert
 
         cert, key = self_signed_web_cert([INTERNAL_SNI], datetime.now(UTC))
         self.ca = cert
         self.ctx = server_context(cert, key)
         self.answer = answer
+        self.end_first = end_first
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.startups: list[bytes] = []
@@ -66,6 +71,8 @@ class StandInProxy:
                 head = _exactly(tls, 4)
                 self.startups.append(head + _exactly(tls, struct.unpack("!i", head)[0] - 4))
                 tls.sendall(self.answer)
+                if self.end_first and len(self.startups) == 1:
+                    return
                 while data := tls.recv(65536):
                     if data == b"X\x00\x00\x00\x04":
                         self.goodbyes += 1
@@ -238,7 +245,11 @@ def test_psql_exit_code_is_returned_even_when_it_never_connects(proxy: StandInPr
         assert serve(listening, client.pid, session, lambda: None) == 7
     finally:
         listening.close()
-    assert proxy.startups == [startup_packet(PARAMS)]  # and the unused session was ended (Terminate)
+    assert proxy.startups == [startup_packet(PARAMS)]
+    deadline = time.monotonic() + 5
+    while proxy.goodbyes == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.goodbyes == 1, "the session psql never took was ended with a Terminate"
 
 
 def test_our_refusal_at_the_start_is_the_error_with_its_kind() -> None:
@@ -286,10 +297,10 @@ def test_what_psql_sent_just_before_it_exited_is_still_forwarded() -> None:
 
     from ptsh.firstsession import _Relay
 
-    psql_end, client = socket.socketpair()
-    upstream, proxy_end = socket.socketpair()
+    psql_end, client = _tcp_pair()
+    upstream, proxy_end = _tcp_pair()
     sel = selectors.DefaultSelector()
-    relay = _Relay(client, upstream, sel)  # (plain sockets: the relay does not care)
+    relay = _Relay(client, upstream, sel)  # (plain TCP upstream: the relay does not care)
     psql_end.sendall(b"X\x00\x00\x00\x04")
     psql_end.close()  # psql is gone; nothing was read from its socket yet
     relay.finish()
@@ -309,3 +320,47 @@ def test_psql_ended_by_a_signal_is_reported_as_the_signal(proxy: StandInProxy) -
         assert serve(listening, client.pid, session, lambda: None) == -15
     finally:
         listening.close()
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        one = socket.create_connection(listener.getsockname())
+        two, _ = listener.accept()
+    return one, two
+
+
+def test_a_session_that_ended_before_psql_came_is_not_handed_on() -> None:
+    p = StandInProxy(end_first=True)
+    try:
+        code, out, _calls = _run(p, 4096)
+        assert (code, out.split()) == (0, ["ECHO", "4096", "True"])
+        assert p.startups == [startup_packet(PARAMS)] * 2  # psql got a new session
+    finally:
+        p.close()
+
+
+def test_when_the_tunnel_fails_to_start_psql_goes_on_and_later_connections_get_a_sentence(
+    proxy: StandInProxy,
+) -> None:
+    """Whatever ``more`` raises (here not one of ours), psql and its first session are left alone."""
+    def more() -> None:
+        raise RuntimeError("no event loop today")
+
+    session = proxy.session()
+    session.open(PARAMS)
+    listening = socket.create_server(("127.0.0.1", 0), backlog=8)
+    port = listening.getsockname()[1]
+    script = CLIENT.replace('print("ECHO"', 'import subprocess; print(subprocess.run([sys.executable, "-c", '
+                            'SECOND, str(port), "0", sys.argv[3], sys.argv[4]], capture_output=True, text=True).stdout,'
+                            ' end=""); print("ECHO"')
+    script = "SECOND = " + repr(CLIENT) + "\n" + script
+    client = subprocess.Popen([sys.executable, "-c", script, str(port), "256", startup_packet(PARAMS).hex(),
+                               GREETING.hex()], stdout=subprocess.PIPE, text=True)
+    try:
+        code = serve(listening, client.pid, session, more)
+    finally:
+        listening.close()
+    out = client.stdout.read() if client.stdout else ""
+    assert code == 0, out
+    assert "the local tunnel could not take a new connection (no event loop today)" in out, out
+    assert "ECHO 256 True" in out, out

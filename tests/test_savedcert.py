@@ -153,8 +153,8 @@ def test_a_login_that_expired_goes_to_the_full_path(home: Path) -> None:
     assert savedcert.load("aurora", None, None) is None
 
 
-def test_a_certificate_due_for_renewal_goes_to_the_full_path(home: Path) -> None:
-    """Within two minutes of its end, as ``cert_for`` decides (it then asks for a new one)."""
+def test_a_certificate_due_for_renewal_is_not_used_as_it_is(home: Path) -> None:
+    """Within two minutes of its end, as ``cert_for`` decides (``certificate`` then asks for a new one)."""
     _log_in(home, db_ttl=timedelta(seconds=90))
     assert savedcert.load("aurora", None, None) is None
     later = datetime.now(UTC) + timedelta(minutes=-10)
@@ -165,3 +165,60 @@ def test_a_certificate_due_for_renewal_goes_to_the_full_path(home: Path) -> None
 def test_database_names_that_are_not_file_names_go_to_the_full_path(home: Path, name: str) -> None:
     _log_in(home)
     assert savedcert.load(name, None, None) is None
+
+
+def _answering(monkeypatch: pytest.MonkeyPatch, status: int, doc: dict) -> list[dict]:
+    """Stand in for auth's POST /v1/certs/database (the request is what is checked here)."""
+    import common.minihttps
+
+    sent: list[dict] = []
+
+    def request(host: str, port: int, ctx: object, method: str, path: str, body: bytes | None = None) -> tuple:
+        sent.append({"method": method, "path": path, **json.loads(body or b"{}")})
+        return status, {}, json.dumps(doc).encode()
+
+    monkeypatch.setattr(common.minihttps, "request", request)
+    return sent
+
+
+def test_a_certificate_due_for_renewal_is_asked_for_again_with_its_names(home: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``cert_for`` does: the saved certificate's db user and name when none are given."""
+    _log_in(home, db_ttl=timedelta(seconds=90))
+    fresh = _material(timedelta(hours=8), timedelta(hours=8))[3]
+    sent = _answering(monkeypatch, 200, {"cert": fresh.decode(), "database": "aurora", "db_user": "alice",
+                                         "db_name": "postgres", "expires": "2030-01-01T00:00:00+00:00"})
+    got = savedcert.certificate("aurora", None, None)
+    assert [(s["path"], s["database"], s["db_user"], s["db_name"]) for s in sent] == [
+        ("/v1/certs/database", "aurora", "alice", "postgres")]
+    assert sent[0]["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert got is not None and got.cert == fresh and (got.db_user, got.db_name) == ("alice", "postgres")
+    # Names on the command line win over the saved ones.
+    savedcert.certificate("aurora", "reporter", None)
+    assert (sent[-1]["db_user"], sent[-1]["db_name"]) == ("reporter", "postgres")
+
+
+def test_a_fresh_saved_certificate_asks_auth_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _log_in(home)
+    sent = _answering(monkeypatch, 500, {})
+    assert savedcert.certificate("aurora", None, None) is not None
+    assert sent == []
+
+
+def test_an_error_answer_is_the_error_the_full_client_raises(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.errors import AccessDenied
+
+    _log_in(home)
+    _answering(monkeypatch, 403, {"error": {"kind": "access_denied", "message": "access to db denied"}})
+    with pytest.raises(AccessDenied, match=r"^access to db denied$"):
+        savedcert.certificate("other", "alice", "postgres")
+
+
+def test_unreadable_facts_of_a_saved_certificate_go_to_the_full_path(home: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """(The full path reads the certificate itself; asking auth without its names could fail.)"""
+    _log_in(home)
+    (home / "keys" / "127.0.0.1" / "alice-db" / "test-cluster" / "aurora.crt.facts").write_text("{not json")
+    sent = _answering(monkeypatch, 200, {})
+    assert savedcert.certificate("aurora", None, None) is None
+    assert sent == []

@@ -27,19 +27,17 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common import profile_layout as layout
 from common.errors import BadParameter, NotLoggedIn, UsageError
 from common.plainyaml import plain_mapping
 
-HOME_ENV = "PTSH_HOME"
 KEY_STORAGE_ENV = "PTSH_KEY_STORAGE"
-CURRENT_PROFILE = "current-profile"
 KEYRING = "keyring"
 FILE = "file"
 
 
 def ptsh_home() -> Path:
-    env = os.environ.get(HOME_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".ptsh"
+    return Path(layout.home())
 
 
 def profile_name(proxy_addr: str) -> str:
@@ -131,24 +129,25 @@ class ProfileStore:
         self.home = home if home is not None else ptsh_home()
 
     # paths
+    # (the layout itself: common.profile_layout, which ptsh.savedcert reads through too)
     def profile_path(self, name: str) -> Path:
-        return self.home / f"{name}.yaml"
+        return Path(layout.profile_file(str(self.home), name))
 
     def keys_dir(self, profile: Profile) -> Path:
-        return self.home / "keys" / profile.name
+        return Path(layout.keys_dir(str(self.home), profile.name))
 
     def cert_path(self, profile: Profile) -> Path:
-        return self.keys_dir(profile) / f"{profile.user}.crt"
+        return Path(layout.login_cert(str(self.home), profile.name, profile.user))
 
     def key_path(self, profile: Profile) -> Path:
-        return self.keys_dir(profile) / f"{profile.user}.key"
+        return Path(layout.login_key(str(self.home), profile.name, profile.user))
 
     def ca_path(self, profile: Profile) -> Path:
-        return self.keys_dir(profile) / "cas" / f"{profile.cluster}.pem"
+        return Path(layout.cluster_cas(str(self.home), profile.name, profile.cluster))
 
     def db_dir(self, profile: Profile) -> Path:
         """Where ``ptsh db login`` keeps database certificates: ``<user>-db/<cluster>/``."""
-        return self.keys_dir(profile) / f"{profile.user}-db" / profile.cluster
+        return Path(layout.db_dir(str(self.home), profile.name, profile.user, profile.cluster))
 
     def ensure_dir(self, path: Path) -> None:
         """Create ``path`` and its parents up to the home, all 0700 (mkdir's mode obeys umask)."""
@@ -166,7 +165,7 @@ class ProfileStore:
     # profiles
     def current_name(self) -> str | None:
         try:
-            name = (self.home / CURRENT_PROFILE).read_text().strip()
+            name = (self.home / layout.CURRENT_PROFILE).read_text().strip()
         except OSError:
             return None
         return name if name and self.profile_path(name).exists() else None
@@ -175,7 +174,7 @@ class ProfileStore:
         from common.identity_file import write_private
 
         self._mkdir(self.home)
-        write_private(self.home / CURRENT_PROFILE, f"{name}\n".encode())
+        write_private(self.home / layout.CURRENT_PROFILE, f"{name}\n".encode())
 
     def names(self) -> list[str]:
         if not self.home.is_dir():
@@ -320,7 +319,7 @@ class ProfileStore:
         shutil.rmtree(self.keys_dir(profile), ignore_errors=True)
         with contextlib.suppress(OSError):
             self.profile_path(profile.name).unlink()
-        current = self.home / CURRENT_PROFILE
+        current = self.home / layout.CURRENT_PROFILE
         try:
             if current.read_text().strip() == profile.name:
                 current.unlink()
@@ -342,7 +341,7 @@ class ProfileStore:
             removed.append(profile)
         shutil.rmtree(self.home / "keys", ignore_errors=True)
         with contextlib.suppress(OSError):
-            (self.home / CURRENT_PROFILE).unlink()
+            (self.home / layout.CURRENT_PROFILE).unlink()
         return removed
 
     def logged_in_databases(self, profile: Profile) -> list[str]:

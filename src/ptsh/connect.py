@@ -45,7 +45,7 @@ def connect(database: str, db_user: str | None, db_name: str | None, proxy: str 
     try:
         return _connect(database, db_user, db_name, proxy, psql, sock)
     except BaseException:
-        psql.kill()  # still waiting for its connection: it has printed nothing
+        psql.kill()  # (only before it may connect: it has printed nothing)
         raise
     finally:
         sock.close()
@@ -59,14 +59,14 @@ def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str
     from ptsh.firstsession import FirstSession, serve
     from ptsh.flags import GLOBALS, IDENTITY_FLAG
     from ptsh.pgstartup import ProxyTrouble, psql_startup, split_proxy_addr
-    from ptsh.savedcert import issue, load
+    from ptsh.savedcert import certificate
 
     # The certificate of ``ptsh db login``, or else a new one, read and asked for without the
     # profile classes or httpx (``ptsh.savedcert``). When that quick path does not recognise
     # what it finds, the login and a certificate come from the full path, which has the
     # sentences for what is wrong.
     quick = proxy is None and GLOBALS["proxy"] is None and IDENTITY_FLAG["path"] is None
-    saved = (load(database, db_user, db_name) or issue(database, db_user, db_name)) if quick else None
+    saved = certificate(database, db_user, db_name) if quick else None
     full: list[Any] = []  # (login, DbCert) from the full path, once read
 
     def full_path(allow_expired: bool = False) -> tuple[Any, Any]:
@@ -77,9 +77,11 @@ def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str
             login = current_login(proxy, allow_expired=allow_expired)
             if saved is None:
                 dbcert = cert_for(login, database, db_user, db_name)
-            else:  # the one the first session has: the tunnel renews it when it is due
+            else:  # the pair the first session has (the profile may hold a newer login by now)
+                from dataclasses import replace
                 from datetime import datetime
 
+                login = replace(login, host_cas=saved.cas, _key=saved.key)
                 expires = datetime.fromisoformat(saved.expires) if saved.expires else None
                 dbcert = DbCert(saved.service, saved.db_user, saved.db_name, saved.cert, expires)
             full.extend((login, dbcert))
@@ -120,9 +122,9 @@ def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str
         tunnel.start(sock=sock)
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is psql's: it sends a cancel
+    pid, psql.pid, psql.names = psql.pid, 0, None  # from here on psql is the user's: never killed
     try:
-        code = serve(sock, psql.pid, session, more)
-        psql.pid, psql.names = 0, None  # exited, and reaped: nothing of it to kill any more
+        code = serve(sock, pid, session, more)
         return code if code >= 0 else 128 - code  # signal N ended psql: 128 + N, as a shell reports it
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -13,12 +13,13 @@ tunnel, started only then (``more``), which renews the certificate when it is du
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import socket
 import ssl
 import struct
 
-from common.errors import BadParameter, PteleportError
+from common.errors import BadParameter, InternalError, PteleportError
 from common.sockets import limit_buffers
 from common.tlsctx import INTERNAL_SNI
 from ptsh.pgstartup import (
@@ -34,6 +35,7 @@ from ptsh.pgstartup import (
     TOO_MANY_REQUESTS,
     ProxyTrouble,
     greeting_error,
+    is_cancel,
     refusal,
     startup_packet,
     startup_params,
@@ -130,20 +132,37 @@ class FirstSession:
     def take(self, first: bytes) -> tuple[ssl.SSLSocket, bytes]:
         """The upstream for a client whose startup packet is ``first``, and what to answer it first.
 
-        The opened session when the client asks for what it was opened with; otherwise that
-        one is ended and a new one is dialled, to which ``first`` goes unchanged.
+        The opened session when the client asks for what it was opened with and nothing came
+        on it since (a session the proxy or the agent ended meanwhile is not handed on);
+        otherwise that one is ended, a new one is dialled, ``first`` goes to it unchanged, and
+        its first answer is waited for (a proxy that closes without one is a sentence).
         """
-        if self.upstream is not None and startup_params(first) == self.params:
+        if self.upstream is not None and startup_params(first) == self.params and _quiet(self.upstream):
             upstream, self.upstream = self.upstream, None
             return upstream, self.greeting
         self.discard()
         upstream = self.dial()
         try:
+            upstream.settimeout(GREETING_TIMEOUT)
             upstream.sendall(first)
+            answer = b"" if is_cancel(first) else upstream.recv(CHUNK)
+            if not answer and not is_cancel(first):
+                raise ConnectionResetError("closed without an answer")
+        except TimeoutError:
+            upstream.close()
+            raise self.trouble.no_greeting() from None
         except OSError as exc:
             upstream.close()
             raise self.trouble.closed_without_answer(exc if isinstance(exc, ssl.SSLError) else None) from None
-        return upstream, b""
+        return upstream, answer
+
+
+def _quiet(upstream: ssl.SSLSocket) -> bool:
+    """Nothing arrived on ``upstream`` since its ReadyForQuery (no bytes, no close)."""
+    if upstream.pending():
+        return False
+    readable, _, _ = select.select([upstream], [], [], 0)
+    return not readable
 
 
 def serve(listening: socket.socket, pid: int, session: FirstSession, more: Callable[[], None]) -> int:
@@ -151,8 +170,8 @@ def serve(listening: socket.socket, pid: int, session: FirstSession, more: Calla
 
     A second connection on ``listening`` calls ``more()`` once, which must start serving
     ``listening`` elsewhere (the asyncio tunnel); this loop then stops watching it. When
-    ``more()`` raises a PteleportError instead, every later connection gets it as an
-    ErrorResponse.
+    ``more()`` raises instead, every later connection gets the error as an ErrorResponse
+    (psql, and its first session, go on). Nothing here raises once psql runs.
     """
     sel = selectors.DefaultSelector()
     exited = _watch_exit(sel, pid)
@@ -175,8 +194,10 @@ def serve(listening: socket.socket, pid: int, session: FirstSession, more: Calla
                         try:
                             sel.unregister(listening)
                             more()
-                        except PteleportError as err:  # no tunnel: each later connection gets the sentence
-                            refused = err
+                        except Exception as exc:  # no tunnel: each later connection gets the sentence
+                            refused = exc if isinstance(exc, PteleportError) else InternalError(
+                                f"the local tunnel could not take a new connection ({exc}); psql's first "
+                                "session goes on, start ptsh db connect again for more")
                             sel.register(listening, selectors.EVENT_READ, "listening")
                 else:
                     relay.on_event(key.data, _mask)  # type: ignore[union-attr]
@@ -220,7 +241,7 @@ def _refuse_next(listening: socket.socket, err: PteleportError) -> None:
     except (BlockingIOError, InterruptedError):
         return
     client.setblocking(True)
-    client.settimeout(5)
+    client.settimeout(2)  # (psql sends at once; the first session's relay waits meanwhile)
     try:
         _negotiate(client)  # (read what it sends first: closing on unread bytes would reset it)
     except (PteleportError, OSError):
@@ -257,19 +278,29 @@ def _refuse(client: socket.socket, err: PteleportError) -> None:
 
 
 class _Relay:
-    """psql's connection and its session upstream, spliced in both directions without blocking."""
+    """psql's connection and its session upstream, spliced in both directions without blocking.
 
-    def __init__(self, client: socket.socket | None, upstream: ssl.SSLSocket | None, sel: selectors.BaseSelector | None) -> None:
+    Per side: the bytes still to be written to it, whether it finished sending (``eof``),
+    whether it can no longer be written to (``broken``: what is for it is dropped, and what
+    it sent before is still read and delivered), and TLS's inversions: a read that must
+    wait until the socket can be written (``SSLWantWriteError``, e.g. answering a key
+    update) and a write that must wait until it can be read.
+    """
+
+    def __init__(self, client: socket.socket | None, upstream: ssl.SSLSocket | None,
+                 sel: selectors.BaseSelector | None) -> None:
         self.sel = sel
         self.socks = {"client": client, "upstream": upstream}
         self.pending = {"client": bytearray(), "upstream": bytearray()}  # to write to that side
         self.eof = {"client": False, "upstream": False}
+        self.broken = {"client": False, "upstream": False}
+        self.read_needs_write = {"client": False, "upstream": False}
+        self.write_needs_read = {"client": False, "upstream": False}
         self.wanted: dict[str, int] = {}
         if client is not None and upstream is not None:
             for sock in (client, upstream):
                 sock.setblocking(False)
-                if sock.family != socket.AF_UNIX:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 limit_buffers(sock)  # as the asyncio relay does (common.sockets)
             self._update()
 
@@ -286,8 +317,12 @@ class _Relay:
         if self.sel is None:  # closed by an earlier event of the same select()
             return
         if mask & selectors.EVENT_WRITE:
+            if self.read_needs_write[side]:
+                self._read(side)
             self._flush(side)
         if mask & selectors.EVENT_READ:
+            if self.write_needs_read[side]:
+                self._flush(side)
             self._read(side)
         self._update()
 
@@ -295,31 +330,40 @@ class _Relay:
         other = "upstream" if side == "client" else "client"
         sock = self.socks[side]
         assert sock is not None
-        while True:
+        self.read_needs_write[side] = False
+        while not self.eof[side]:
             try:
                 data = sock.recv(CHUNK)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 break
-            except OSError:  # reset, or TLS trouble: the session is over
+            except ssl.SSLWantWriteError:
+                self.read_needs_write[side] = True
+                break
+            except OSError:  # reset, or TLS trouble: it sends no more
                 data = b""
             if not data:
                 self.eof[side] = True
                 break
-            self.pending[other] += data
+            if not self.broken[other]:
+                self.pending[other] += data
             if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
                 break
         self._flush(other)
 
     def _flush(self, side: str) -> None:
         sock, buf = self.socks[side], self.pending[side]
+        self.write_needs_read[side] = False
         while buf and sock is not None:
             try:
                 sent = sock.send(buf[:CHUNK])
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
                 return
-            except OSError:
+            except ssl.SSLWantReadError:
+                self.write_needs_read[side] = True
+                return
+            except OSError:  # it is gone: drop what was for it, keep reading what it sent
                 buf.clear()
-                self.eof[side] = True
+                self.broken[side] = True
                 return
             del buf[:sent]
 
@@ -334,9 +378,10 @@ class _Relay:
         for side, other in (("client", "upstream"), ("upstream", "client")):
             sock = self.socks[side]
             events = 0
-            if not self.eof[side] and len(self.pending[other]) < HIGH_WATER:
+            room = len(self.pending[other]) < HIGH_WATER
+            if (not self.eof[side] and room) or self.write_needs_read[side]:
                 events |= selectors.EVENT_READ
-            if self.pending[side]:
+            if (self.pending[side] and not self.write_needs_read[side]) or self.read_needs_write[side]:
                 events |= selectors.EVENT_WRITE
             before = self.wanted.get(side, 0)
             if events == before:
@@ -363,7 +408,7 @@ class _Relay:
                     self.pending["upstream"] += data
             except OSError:
                 pass
-        if upstream is not None and self.pending["upstream"] and not self.eof["upstream"]:
+        if upstream is not None and self.pending["upstream"] and not self.broken["upstream"]:
             try:
                 upstream.settimeout(timeout)
                 upstream.sendall(self.pending["upstream"])

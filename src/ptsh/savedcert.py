@@ -1,23 +1,20 @@
 """The certificate of ``ptsh db login``, read for ``ptsh db connect`` with ``os`` and ``json`` only.
 
 A session with a saved certificate needs four files and the proxy's address, all under the
-ptsh home as ``common.profile.ProfileStore`` lays them out::
+ptsh home as ``common.profile_layout`` places them (``ProfileStore`` writes through it): the
+active profile, the login certificate and its facts (expiry, the public half of the key),
+the private key, the cluster's host CAs, and the database certificate of ``ptsh db login``
+with its facts (db user, db name, expiry).
 
-    current-profile                      the active profile's name
-    NAME.yaml                            web_proxy_addr, user, cluster, key_storage (plain lines)
-    keys/NAME/USER.crt (+ .facts)        the login certificate; its facts hold its expiry
-    keys/NAME/USER.key                   the user's private key (key_storage: file)
-    keys/NAME/cas/CLUSTER.pem            the cluster's host CAs
-    keys/NAME/USER-db/CLUSTER/DB.crt (+ .facts)   the database certificate, its db user, name, expiry
-
-``load`` reads them without the profile classes (``dataclasses``, ``pathlib`` and
-``datetime`` parsing cost more than the rest of the command before the first session). It
-answers only the plain case; anything else returns None and the full path
-(``ptsh.login_state.current_login``, ``ptsh.databases.cert_for``) decides, with its
-sentences: an identity file, ``--proxy``, a key in the OS keyring, a profile not in the
-plain form ``ProfileStore.save`` writes, facts that are not the certificate's, a login
-that expired, or a database certificate that is missing, for other names, or due for
-renewal. tests/test_savedcert.py checks that it reads what the full path reads.
+``certificate`` reads them without the profile classes (``dataclasses``, ``pathlib``) and
+decides as ``ptsh.databases.cert_for`` does: the saved certificate when it fits the names
+asked for and is not due for renewal, else a new one from auth (one POST by hand,
+``common.minihttps``) for those names, or the saved certificate's. It answers only the plain
+case; anything else returns None and the full path (``ptsh.login_state.current_login``,
+``cert_for``) decides, with its sentences: an identity file, a key in the OS keyring, a
+profile not in the plain form ``ProfileStore.save`` writes, facts that are not the
+certificate's, a login that expired, a login whose facts lack the public key, a network
+error before auth answered. tests/test_savedcert.py checks it against the full path.
 """
 
 from __future__ import annotations
@@ -25,9 +22,9 @@ from __future__ import annotations
 import os
 import time
 
+from common import profile_layout as layout
 from common.plainyaml import plain_mapping
-
-RENEW_BEFORE_S = 120.0  # ptsh.pgstartup.RENEW_BEFORE, in seconds
+from ptsh.pgstartup import RENEW_BEFORE
 
 
 class Saved:
@@ -45,64 +42,103 @@ class _Active:
     """The active profile's login, as its files hold it."""
 
     def __init__(self, home: str, name: str, profile: dict[str, str], cert: bytes, facts: dict) -> None:
+        self.home, self.name = home, name
         self.proxy, self.user = profile["web_proxy_addr"], profile["user"]
         self.cluster = profile.get("cluster") or name
-        self.keys = os.path.join(home, "keys", name)
         self.cert, self.facts = cert, facts
 
     def credentials(self) -> tuple[bytes, bytes]:
         """The user's key and the cluster's CAs (OSError when a file is missing)."""
-        return _read(self.keys, f"{self.user}.key"), _read(self.keys, "cas", f"{self.cluster}.pem")
+        key = _read(layout.login_key(self.home, self.name, self.user))
+        return key, _read(layout.cluster_cas(self.home, self.name, self.cluster))
+
+    def db_cert_path(self, database: str) -> str:
+        return os.path.join(layout.db_dir(self.home, self.name, self.user, self.cluster), f"{database}.crt")
 
 
 def _active(database: str, now: float) -> _Active | None:
-    if os.environ.get("PTSH_IDENTITY_FILE") or not database or "/" in database or database.startswith("."):
+    if os.environ.get("PTSH_IDENTITY_FILE") or not _plain_name(database):
         return None
-    env_home = os.environ.get("PTSH_HOME")
-    home = os.path.expanduser(env_home) if env_home else os.path.join(os.path.expanduser("~"), ".ptsh")
+    home = layout.home()
     try:
-        name = _read(home, "current-profile").decode().strip()
-        if not name or "/" in name or name.startswith("."):
+        name = _read(os.path.join(home, layout.CURRENT_PROFILE)).decode().strip()
+        if not _plain_name(name):
             return None
-        profile = plain_mapping(_read(home, f"{name}.yaml").decode())
+        profile = plain_mapping(_read(layout.profile_file(home, name)).decode())
     except (OSError, UnicodeDecodeError):
         return None
     if profile is None or profile.get("key_storage", "file") != "file":
         return None
     user = profile.get("user")
-    if not profile.get("web_proxy_addr") or not user or "/" in user or user.startswith("."):
+    if not profile.get("web_proxy_addr") or not user or not _plain_name(user):
         return None
-    login = _with_facts(os.path.join(home, "keys", name, f"{user}.crt"))
+    login = _with_facts(layout.login_cert(home, name, user))
     if login is None or not _lasts(login[1], now, 0.0):
         return None
     return _Active(home, name, profile, *login)
+
+
+def _plain_name(name: str) -> bool:
+    """A name that is one file name (no ``/``, not hidden, not empty)."""
+    return bool(name) and "/" not in name and not name.startswith(".")
 
 
 def load(database: str, db_user: str | None, db_name: str | None, now: float | None = None) -> Saved | None:
     """The saved certificate for ``database`` in the active profile when it can be used as it is, else None."""
     now = time.time() if now is None else now
     active = _active(database, now)
+    found = _saved(active, database) if active is not None else None
+    if active is None or not isinstance(found, tuple):
+        return None
+    return _usable(active, database, db_user, db_name, found, now)
+
+
+def certificate(database: str, db_user: str | None, db_name: str | None) -> Saved | None:
+    """What ``ptsh.databases.cert_for`` decides, on the quick path: the saved certificate when it
+    fits and is fresh, else a new one from auth for the names asked for, falling back to the
+    saved certificate's names (raises auth's refusal); None: the full path decides."""
+    now = time.time()
+    active = _active(database, now)
     if active is None:
         return None
-    db = _with_facts(os.path.join(active.keys, f"{active.user}-db", active.cluster, f"{database}.crt"))
-    if db is None:
+    found = _saved(active, database)
+    if found is None:
+        return _issue(active, database, db_user, db_name)
+    if found == "unreadable":
+        return None  # (the full path reads the certificate itself)
+    usable = _usable(active, database, db_user, db_name, found, now)
+    if usable is not None:
+        return usable
+    _cert, facts = found
+    return _issue(active, database, db_user or facts["db_user"], db_name or facts["db_name"])
+
+
+def _saved(active: _Active, database: str) -> tuple[bytes, dict] | str | None:
+    """The saved certificate and its facts; None when there is none, "unreadable" when they do not fit."""
+    path = active.db_cert_path(database)
+    if not os.path.exists(path):
         return None
-    cert, facts = db
-    saved_user, saved_name = facts.get("db_user"), facts.get("db_name")
-    if not isinstance(saved_user, str) or not isinstance(saved_name, str):
+    found = _with_facts(path)
+    if found is None or not isinstance(found[1].get("db_user"), str) or not isinstance(found[1].get("db_name"), str):
+        return "unreadable"
+    return found
+
+
+def _usable(active: _Active, database: str, db_user: str | None, db_name: str | None,
+            found: tuple[bytes, dict], now: float) -> Saved | None:
+    cert, facts = found
+    if (db_user and db_user != facts["db_user"]) or (db_name and db_name != facts["db_name"]):
         return None
-    if (db_user and db_user != saved_user) or (db_name and db_name != saved_name):
-        return None
-    if not _lasts(facts, now, RENEW_BEFORE_S):
+    if not _lasts(facts, now, RENEW_BEFORE.total_seconds()):
         return None
     try:
         key, cas = active.credentials()
     except OSError:
         return None
-    return Saved(active.proxy, cert, key, cas, database, saved_user, saved_name, facts.get("expires"))
+    return Saved(active.proxy, cert, key, cas, database, facts["db_user"], facts["db_name"], facts.get("expires"))
 
 
-def issue(database: str, db_user: str | None, db_name: str | None) -> Saved | None:
+def _issue(active: _Active, database: str, db_user: str | None, db_name: str | None) -> Saved | None:
     """A new certificate for ``database`` from auth (one POST, ``common.minihttps``), not saved.
 
     Raises the cluster's refusal (RBAC, a lock, an unknown database) as the full client
@@ -112,9 +148,8 @@ def issue(database: str, db_user: str | None, db_name: str | None) -> Saved | No
     """
     import json
 
-    active = _active(database, time.time())
-    public = active.facts.get("public_key") if active is not None else None
-    if active is None or not isinstance(public, str):
+    public = active.facts.get("public_key")
+    if not isinstance(public, str):
         return None
     from common.errors import from_http_answer
     from common.minihttps import request
@@ -143,8 +178,8 @@ def issue(database: str, db_user: str | None, db_name: str | None) -> Saved | No
     return Saved(active.proxy, fresh[0], key, cas, fresh[1], fresh[2], fresh[3], expires)
 
 
-def _read(*parts: str) -> bytes:
-    with open(os.path.join(*parts), "rb") as fh:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
         return fh.read()
 
 
