@@ -18,11 +18,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common.addresses import split_host_port
 from common.client import AsyncClusterClient, ClusterCredentials
 from common.relay import Connection
 from common.tls import ALPN_TUNNEL, client_context
 from pteleport.dbagent.join import join
-from pteleport.tunnel.mesh import TunnelMesh, split_hostport
+from pteleport.tunnel.mesh import TunnelMesh
 
 HEARTBEAT_EVERY = 5.0
 
@@ -51,7 +52,7 @@ async def sim_agent(index: int, ident, proxy: str, per_agent: int) -> None:  # t
     async def on_session(conn: Connection) -> None:
         conn.close()
 
-    host, port = split_hostport(proxy)
+    host, port = split_host_port(proxy)
     mesh = TunnelMesh(host, port, client_context(cas=host_ca, cert=ident.cert, key=ident.key, alpn=[ALPN_TUNNEL]),
                       f"sim-agent-{index:03d}", lambda: [d["metadata"]["name"] for d in docs], on_session)
     task = asyncio.get_running_loop().create_task(mesh.run())

@@ -147,9 +147,9 @@ def test_db_connect_refusals_keep_their_sentence_and_exit_code(env) -> None:
                   ["db", "connect", "-u", "root", "-n", "postgres", "aurora", "--", "-c", "select 1"]):
         fast, slow = both(env, *words)
         assert fast.returncode == slow.returncode != 0, (fast.stderr, slow.stderr)
-        # psql reports PostgreSQL's own refusals with the tunnel's local port, which differs per run.
+        # psql reports PostgreSQL's own refusals with the tunnel's socket, which differs per run.
         def same(text: str) -> str:
-            return re.sub(r"port \d+", "port N", text)
+            return re.sub(r'socket "[^"]*"', 'socket "S"', re.sub(r"port \d+", "port N", text))
 
         assert same(fast.stderr) == same(slow.stderr) and fast.stdout == slow.stdout == ""
 
@@ -200,3 +200,40 @@ spec:
     db_users:
     - root
 """
+
+
+def test_psqls_socket_is_in_a_new_directory_only_its_owner_can_enter(monkeypatch) -> None:
+    import os
+    import socket
+    import stat
+    import tempfile
+
+    from ptsh.connect import SOCKET_NAME, _private_socket
+
+    runtime = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # (short: a socket's path has 108 bytes)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+    folder, sock = _private_socket()
+    try:
+        assert os.path.dirname(folder) == runtime
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        assert sock.family == socket.AF_UNIX and sock.getsockname() == os.path.join(folder, SOCKET_NAME)
+        again, other = _private_socket()  # a second one is a directory of its own
+        other.close()
+        assert again != folder
+    finally:
+        import shutil
+
+        sock.close()
+        shutil.rmtree(runtime)
+
+
+@pytest.mark.slow
+def test_db_connect_gives_psql_a_private_socket_and_removes_it(env) -> None:
+    import os
+
+    shown = env.ptsh("alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "aurora", "--", "-c",
+                     "\\conninfo")
+    assert shown.returncode == 0, shown.stderr
+    found = re.search(r'via socket in "([^"]+)"', shown.stdout)
+    assert found is not None, shown.stdout
+    assert not os.path.exists(found.group(1))  # gone with psql

@@ -38,8 +38,8 @@ def connect(database: str, db_user: str | None, db_name: str | None, proxy: str 
             f"psql was not found on PATH; install the PostgreSQL client, or run "
             f'"ptsh proxy db --tunnel {database}" and connect with any PostgreSQL client'
         )
-    sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-    psql = _Psql(path, psql_args, sock.getsockname()[1])
+    folder, sock = _private_socket()
+    psql = _Psql(path, psql_args, folder)
     if db_user and db_name:
         psql.start(db_user, db_name)
     try:
@@ -49,6 +49,39 @@ def connect(database: str, db_user: str | None, db_name: str | None, proxy: str 
         raise
     finally:
         sock.close()
+        for remove, name in ((os.unlink, os.path.join(folder, SOCKET_NAME)), (os.rmdir, folder)):
+            try:
+                remove(name)
+            except OSError:
+                pass
+
+
+SOCKET_NAME = ".s.PGSQL.5432"  # what libpq looks for in a socket directory (port 5432)
+
+
+def _private_socket() -> tuple[str, socket.socket]:
+    """A Unix socket psql can reach and no other user can: in a new 0700 directory of our own.
+
+    The session behind it carries the user's certificate, so a TCP port on 127.0.0.1 would
+    let every local user in; a directory only its owner can enter does not (the same user's
+    processes can read the key anyway).
+    """
+    # (mkdir of a new random name fails on anything already there, a symlink included, so a
+    # shared /tmp is safe here; tempfile would cost an import of shutil and random.)
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"  # noqa: S108
+    folder = os.path.join(base, f"ptsh-{os.getpid()}-{os.urandom(6).hex()}")
+    if not os.path.isdir(base) or len(os.path.join(folder, SOCKET_NAME)) > 100:  # (sun_path: 108 bytes)
+        folder = os.path.join("/tmp", os.path.basename(folder))  # noqa: S108
+    os.mkdir(folder, 0o700)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.path.join(folder, SOCKET_NAME))
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        os.rmdir(folder)
+        raise
+    return folder, sock
 
 
 def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str | None, psql: _Psql,
@@ -134,6 +167,19 @@ def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str
                 print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
+def socket_conninfo(user: str, folder: str, dbname: str) -> str:
+    """What psql gets for ``ptsh db connect``'s tunnel: the Unix socket in ``folder`` (no TLS on it)."""
+    parts = {"host": folder, "port": "5432", "user": user, "dbname": dbname, "sslmode": "disable"}
+    return " ".join(f"{key}={_conninfo_value(value)}" for key, value in parts.items())
+
+
+def _conninfo_value(value: str) -> str:
+    """A libpq conninfo value, quoted when it must be."""
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def connection_url(user: str, port: int, dbname: str) -> str:
     """The URL psql gets for the local tunnel (plain TCP on 127.0.0.1)."""
     return f"postgres://{_quote(user)}@127.0.0.1:{port}/{_quote(dbname)}?sslmode=disable"
@@ -157,10 +203,10 @@ def _which(name: str) -> str | None:
 
 
 class _Psql:
-    """psql, started on the tunnel's port as soon as the db user and name are known."""
+    """psql, started on the tunnel's socket as soon as the db user and name are known."""
 
-    def __init__(self, path: str, args: list[str], port: int) -> None:
-        self.path, self.args, self.port = path, args, port
+    def __init__(self, path: str, args: list[str], folder: str) -> None:
+        self.path, self.args, self.folder = path, args, folder
         self.pid = 0
         self.names: tuple[str, str] | None = None
 
@@ -169,7 +215,7 @@ class _Psql:
         if self.names == (user, dbname):
             return
         self.kill()
-        argv = [self.path, connection_url(user, self.port, dbname), *self.args]
+        argv = [self.path, socket_conninfo(user, self.folder, dbname), *self.args]
         self.pid, self.names = _spawn(argv), (user, dbname)
 
     def kill(self) -> None:

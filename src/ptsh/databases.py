@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import NotFound
-from ptsh.connect import connection_url  # noqa: F401  (ptsh proxy db and ptsh db config use it from here)
+from ptsh.connect import _conninfo_value, connection_url  # noqa: F401  (connection_url: ptsh proxy db and ptsh db config use it from here)
 from ptsh.login_state import Login
 
 DB_LS_HINT = "hint: filter the list with labels (ptsh db ls env=prod) or --search WORDS"
@@ -229,13 +229,6 @@ def direct_connection(login: Login, database: str, db_user: str, db_name: str) -
              "sslrootcert": cas, "sslcert": path, "sslkey": key}
     facts["dsn"] = " ".join(f"{k}={_conninfo_value(str(v))}" for k, v in parts.items())
     return facts
-
-
-def _conninfo_value(value: str) -> str:
-    """A libpq conninfo value, quoted when it must be."""
-    if value and not any(c in value for c in " '\\"):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def proxy_host_port(login: Login) -> tuple[str, int]:

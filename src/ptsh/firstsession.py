@@ -300,7 +300,8 @@ class _Relay:
         if client is not None and upstream is not None:
             for sock in (client, upstream):
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock.family != socket.AF_UNIX:  # (psql's side is a Unix socket: ptsh.connect)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 limit_buffers(sock)  # as the asyncio relay does (common.sockets)
             self._update()
 

@@ -13,6 +13,7 @@ import ssl
 import struct
 from datetime import timedelta
 
+from common.addresses import split_host_port
 from common.errors import BadParameter, ConnectionProblem, NotLoggedIn, PteleportError, from_sqlstate, sqlstate_for
 from common.tlsctx import describe_ssl_error
 
@@ -43,11 +44,11 @@ NO_STARTUP = "protocol violation: no PostgreSQL startup message within 60 second
 
 
 def split_proxy_addr(addr: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[V6]:PORT``) as a host and a port; BadParameter when there is no port."""
-    host, _, port = addr.rpartition(":")
-    if not port.isdigit():
-        raise BadParameter(f'the proxy address "{addr}" has no port')
-    return host.strip("[]"), int(port)
+    """``HOST:PORT`` (``[V6]:PORT``) as a host and a port (``common.addresses``), or the sentence."""
+    try:
+        return split_host_port(addr)
+    except BadParameter:
+        raise BadParameter(f'the proxy address "{addr}" has no port') from None
 
 
 def startup_packet(params: dict[str, str]) -> bytes:
