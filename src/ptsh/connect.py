@@ -86,6 +86,7 @@ def _private_socket() -> tuple[str, socket.socket]:
 
 def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str | None, psql: _Psql,
              sock: socket.socket) -> int:
+    import contextlib
     import signal
 
     from common.tlsctx import ALPN_POSTGRES, client_context
@@ -162,7 +163,8 @@ def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str
     finally:
         signal.signal(signal.SIGINT, previous)
         for tunnel in later:
-            tunnel.stop()
+            with contextlib.suppress(Exception):  # (psql has exited: its exit code is what is left to report)
+                tunnel.stop()
             for message in tunnel.warnings[:1]:
                 print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
