@@ -216,22 +216,7 @@ def test_when_no_tunnel_can_start_later_connections_get_the_sentence(proxy: Stan
     def more() -> None:
         raise NotLoggedIn("your ptsh login expired; run `ptsh login`")
 
-    session = proxy.session()
-    session.open(PARAMS)
-    listening = socket.create_server(("127.0.0.1", 0), backlog=8)
-    port = listening.getsockname()[1]
-    # First a session, then a second connection that must get the refusal as an ErrorResponse.
-    script = CLIENT.replace('print("ECHO"', 'import subprocess; print(subprocess.run([sys.executable, "-c", '
-                            'SECOND, str(port), "0", sys.argv[3], sys.argv[4]], capture_output=True, text=True).stdout,'
-                            ' end=""); print("ECHO"')
-    script = "SECOND = " + repr(CLIENT) + "\n" + script
-    client = subprocess.Popen([sys.executable, "-c", script, str(port), "256", startup_packet(PARAMS).hex(),
-                               GREETING.hex()], stdout=subprocess.PIPE, text=True)
-    try:
-        code = serve(listening, client.pid, session, more)
-    finally:
-        listening.close()
-    out = client.stdout.read() if client.stdout else ""
+    code, out = _with_a_second_connection(proxy, more)
     assert code == 0, out
     assert "ERROR SFATAL" in out and "your ptsh login expired; run `ptsh login`" in out, out
 
@@ -346,6 +331,15 @@ def test_when_the_tunnel_fails_to_start_psql_goes_on_and_later_connections_get_a
     def more() -> None:
         raise RuntimeError("no event loop today")
 
+    code, out = _with_a_second_connection(proxy, more)
+    assert code == 0, out
+    assert "the local tunnel could not take a new connection (no event loop today)" in out, out
+    assert "ECHO 256 True" in out, out
+
+
+def _with_a_second_connection(proxy: StandInProxy, more: object) -> tuple[int, str]:
+    """A stand-in psql with a session that, meanwhile, opens a second connection (which gets
+    what ``more`` leaves it: here an ErrorResponse); serve's result and what psql printed."""
     session = proxy.session()
     session.open(PARAMS)
     listening = socket.create_server(("127.0.0.1", 0), backlog=8)
@@ -357,10 +351,7 @@ def test_when_the_tunnel_fails_to_start_psql_goes_on_and_later_connections_get_a
     client = subprocess.Popen([sys.executable, "-c", script, str(port), "256", startup_packet(PARAMS).hex(),
                                GREETING.hex()], stdout=subprocess.PIPE, text=True)
     try:
-        code = serve(listening, client.pid, session, more)
+        code = serve(listening, client.pid, session, more)  # type: ignore[arg-type]
     finally:
         listening.close()
-    out = client.stdout.read() if client.stdout else ""
-    assert code == 0, out
-    assert "the local tunnel could not take a new connection (no event loop today)" in out, out
-    assert "ECHO 256 True" in out, out
+    return code, client.stdout.read() if client.stdout else ""

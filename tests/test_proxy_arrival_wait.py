@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -19,6 +21,7 @@ from common.relay import Connection
 from common.tls import INTERNAL_SNI, client_context, generate_private_key, private_key_pem, server_context
 from pteleport.ca.authority import new_authority, sign_identity
 from pteleport.proxy.server import ClusterView, ProxyServer
+from pteleport.tunnel.agent import TunnelAgent
 from tests.pgserver import ThrowawayCA
 from tests.test_tunnel_pool import HOST, tunnel_pair
 
@@ -65,48 +68,47 @@ async def _client(port: int, ca: bytes, cert: bytes, key: bytes) -> tuple[asynci
 
 
 def _proxy(server: object) -> ProxyServer:
-    emitted: list[tuple] = []
-
     async def no_refusal(_identity: Identity) -> None:
         return None
 
     view = ClusterView(ca_cert=lambda _kind: None, refusal=no_refusal,  # type: ignore[arg-type]
-                       registered_hosts=lambda _db: [HOST.username], emit=lambda *a, **k: emitted.append((a, k)))
+                       registered_hosts=lambda _db: [HOST.username], emit=lambda *a, **k: None)
     return ProxyServer(server, view, lambda: datetime.now(UTC))  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def _waiting_client() -> AsyncIterator[tuple[ProxyServer, TunnelAgent, list[dict], asyncio.StreamReader,
+                                                   asyncio.StreamWriter]]:
+    """A young proxy and a client whose session it is waiting on; the agent's tunnel comes 1 s late."""
+    async with tunnel_pair(pool_size=0, agent_after=1.0) as (server, agent, sessions):
+        proxy = _proxy(server)
+        port, ca, cert, key, front = await _proxy_front(proxy)
+        try:
+            reader, writer = await _client(port, ca, cert, key)
+            await asyncio.sleep(0.3)  # the proxy is now waiting for the agent's tunnel
+            yield proxy, agent, sessions, reader, writer
+        finally:
+            front.close()
 
 
 def test_a_client_that_leaves_while_the_proxy_waits_starts_no_session() -> None:
     async def main() -> None:
-        async with tunnel_pair(pool_size=0, agent_after=1.0) as (server, _agent, sessions):
-            proxy = _proxy(server)
-            port, ca, cert, key, front = await _proxy_front(proxy)
-            try:
-                _reader, writer = await _client(port, ca, cert, key)
-                await asyncio.sleep(0.3)  # the proxy is now waiting for the agent's tunnel
-                writer.close()
-                await asyncio.wait_for(_agent.connected.wait(), 10)
-                await asyncio.sleep(1.0)  # time for a session line to reach the agent, were one sent
-                assert sessions == [], "a session was started for a client that had left"
-                assert proxy.active_sessions == 0
-            finally:
-                front.close()
+        async with _waiting_client() as (proxy, agent, sessions, _reader, writer):
+            writer.close()
+            await asyncio.wait_for(agent.connected.wait(), 10)
+            await asyncio.sleep(1.0)  # time for a session line to reach the agent, were one sent
+            assert sessions == [], "a session was started for a client that had left"
+            assert proxy.active_sessions == 0
 
     asyncio.run(main())
 
 
 def test_a_drain_that_begins_while_the_proxy_waits_refuses_the_session() -> None:
     async def main() -> None:
-        async with tunnel_pair(pool_size=0, agent_after=1.0) as (server, _agent, sessions):
-            proxy = _proxy(server)
-            port, ca, cert, key, front = await _proxy_front(proxy)
-            try:
-                reader, _writer = await _client(port, ca, cert, key)
-                await asyncio.sleep(0.3)
-                proxy.closing = DRAINING  # what proxy/drain.py does on SIGTERM
-                answer = await asyncio.wait_for(reader.read(65536), 20)
-                assert answer[:1] == b"E" and DRAINING.encode() in answer, answer
-                assert sessions == []
-            finally:
-                front.close()
+        async with _waiting_client() as (proxy, _agent, sessions, reader, _writer):
+            proxy.closing = DRAINING  # what proxy/drain.py does on SIGTERM
+            answer = await asyncio.wait_for(reader.read(65536), 20)
+            assert answer[:1] == b"E" and DRAINING.encode() in answer, answer
+            assert sessions == []
 
     asyncio.run(main())

@@ -172,10 +172,10 @@ def _connect(database: str, db_user: str | None, db_name: str | None, proxy: str
 def socket_conninfo(user: str, folder: str, dbname: str) -> str:
     """What psql gets for ``ptsh db connect``'s tunnel: the Unix socket in ``folder`` (no TLS on it)."""
     parts = {"host": folder, "port": "5432", "user": user, "dbname": dbname, "sslmode": "disable"}
-    return " ".join(f"{key}={_conninfo_value(value)}" for key, value in parts.items())
+    return " ".join(f"{key}={conninfo_value(value)}" for key, value in parts.items())
 
 
-def _conninfo_value(value: str) -> str:
+def conninfo_value(value: str) -> str:
     """A libpq conninfo value, quoted when it must be."""
     if value and not any(c in value for c in " '\\"):
         return value

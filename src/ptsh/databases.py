@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import NotFound
-from ptsh.connect import _conninfo_value, connection_url  # noqa: F401  (connection_url: ptsh proxy db and ptsh db config use it from here)
+from ptsh.connect import connection_url, conninfo_value  # noqa: F401  (connection_url: ptsh proxy db and ptsh db config use it from here)
 from ptsh.login_state import Login
 
 DB_LS_HINT = "hint: filter the list with labels (ptsh db ls env=prod) or --search WORDS"
@@ -227,7 +227,7 @@ def direct_connection(login: Login, database: str, db_user: str, db_name: str) -
              "ca": str(cas), "cert": str(path), "key": str(key)}
     parts = {"host": host, "port": port, "user": db_user, "dbname": db_name, "sslmode": "verify-full",
              "sslrootcert": cas, "sslcert": path, "sslkey": key}
-    facts["dsn"] = " ".join(f"{k}={_conninfo_value(str(v))}" for k, v in parts.items())
+    facts["dsn"] = " ".join(f"{k}={conninfo_value(str(v))}" for k, v in parts.items())
     return facts
 
 

@@ -17,7 +17,6 @@ import select
 import selectors
 import socket
 import ssl
-import struct
 
 from common.errors import BadParameter, InternalError, PteleportError
 from common.sockets import limit_buffers
@@ -25,20 +24,16 @@ from common.tlsctx import INTERNAL_SNI
 from ptsh.pgstartup import (
     DIAL_TIMEOUT,
     GREETING_TIMEOUT,
-    GSSENC_REQUEST,
     HANDSHAKE_TIMEOUT,
-    MAX_STARTUP,
     NO_STARTUP,
-    NOT_POSTGRES,
-    SSL_REQUEST,
     TERMINATE,
-    TOO_MANY_REQUESTS,
+    Greeting,
     ProxyTrouble,
-    greeting_error,
     is_cancel,
     refusal,
     startup_packet,
     startup_params,
+    startup_rest,
 )
 
 TYPE_CHECKING = False
@@ -88,25 +83,17 @@ class FirstSession:
         PostgreSQL itself leaves no session (psql then connects and reports it).
         """
         upstream = self.dial()
-        greeting = bytearray()
+        greeting = Greeting(self.trouble)
         try:
             upstream.settimeout(GREETING_TIMEOUT)
             upstream.sendall(startup_packet(params))
             while True:
                 head = _read_exactly(upstream, 5)
-                kind, length = head[:1], struct.unpack_from("!i", head, 1)[0]
-                if length < 4 or length > 1 << 24:
-                    raise self.trouble.not_postgres()
-                payload = _read_exactly(upstream, length - 4)
-                if kind == b"E":
-                    err = greeting_error(payload)
-                    if err is None:  # PostgreSQL's own refusal: psql shows it, as connected directly
-                        upstream.close()
-                        return
-                    raise err
-                greeting += head + payload
-                if kind == b"Z":
+                if (done := greeting.take(head, _read_exactly(upstream, greeting.payload_length(head)))) is not None:
                     break
+            if not done:  # PostgreSQL's own refusal: psql shows it, as connected directly
+                upstream.close()
+                return
         except TimeoutError:
             upstream.close()
             raise self.trouble.no_greeting() from None
@@ -116,7 +103,7 @@ class FirstSession:
         except OSError as exc:  # closed, reset, or a TLS alert (the proxy refused the certificate)
             upstream.close()
             raise self.trouble.closed_without_answer(exc if isinstance(exc, ssl.SSLError) else None) from None
-        self.params, self.upstream, self.greeting = params, upstream, bytes(greeting)
+        self.params, self.upstream, self.greeting = params, upstream, bytes(greeting.data)
 
     def discard(self) -> None:
         """End the opened session cleanly (Terminate), if it was not handed to psql."""
@@ -253,18 +240,10 @@ def _negotiate(client: socket.socket) -> bytes:
     """Answer SSLRequest/GSSENCRequest with N; the startup packet (raises BadParameter for anything else)."""
     requests = 0
     try:
-        while True:
-            head = _read_exactly(client, 8)
-            length, code = struct.unpack("!ii", head)
-            if length < 8 or length > MAX_STARTUP:
-                raise BadParameter(NOT_POSTGRES)
-            if length == 8 and code in (SSL_REQUEST, GSSENC_REQUEST):
-                requests += 1
-                if requests > 2:
-                    raise BadParameter(TOO_MANY_REQUESTS)
-                client.sendall(b"N")
-                continue
-            return head + _read_exactly(client, length - 8)
+        while (rest := startup_rest(head := _read_exactly(client, 8), requests)) is None:
+            requests += 1
+            client.sendall(b"N")
+        return head + _read_exactly(client, rest)
     except TimeoutError:
         raise BadParameter(NO_STARTUP) from None
 

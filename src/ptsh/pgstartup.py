@@ -96,6 +96,50 @@ def greeting_error(payload: bytes) -> PteleportError | None:
     return from_sqlstate(code, fields.get("M", "the database refused the connection"))
 
 
+class Greeting:
+    """The server's answer to a StartupMessage, read message by message up to ReadyForQuery.
+
+    Both tunnels (blocking and asyncio) read a 5-byte head, then ``payload_length(head)``
+    bytes, and hand both to ``take``, until it answers True (the session is open; ``data``
+    holds the answer to hand on) or False (PostgreSQL's own refusal: no session, psql is to
+    connect and report it). Our refusals are raised, with their kind.
+    """
+
+    def __init__(self, trouble: ProxyTrouble) -> None:
+        self.trouble = trouble
+        self.data = bytearray()
+
+    def payload_length(self, head: bytes) -> int:
+        length = struct.unpack_from("!i", head, 1)[0]
+        if length < 4 or length > 1 << 24:
+            raise self.trouble.not_postgres()
+        return length - 4
+
+    def take(self, head: bytes, payload: bytes) -> bool | None:
+        kind = head[:1]
+        if kind == b"E":
+            err = greeting_error(payload)
+            if err is None:
+                return False
+            raise err
+        self.data += head + payload
+        return True if kind == b"Z" else None
+
+
+def startup_rest(head: bytes, requests: int) -> int | None:
+    """For the first 8 bytes of a client's packet: how many more to read, or None for an
+    encryption request (answer it N; ``requests`` of them came before). BadParameter for
+    anything that is not PostgreSQL, or a third encryption request."""
+    length, code = struct.unpack("!ii", head)
+    if length < 8 or length > MAX_STARTUP:
+        raise BadParameter(NOT_POSTGRES)
+    if length == 8 and code in (SSL_REQUEST, GSSENC_REQUEST):
+        if requests >= 2:
+            raise BadParameter(TOO_MANY_REQUESTS)
+        return None
+    return length - 8
+
+
 def refusal(err: PteleportError) -> bytes:
     """A PostgreSQL ErrorResponse (FATAL) that carries the error's sentence and SQLSTATE."""
     message = err.message.replace("\x00", " ")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,21 +37,17 @@ from common.tlsctx import ALPN_POSTGRES, INTERNAL_SNI, client_context
 from ptsh.pgstartup import (
     DIAL_TIMEOUT,
     GREETING_TIMEOUT,
-    GSSENC_REQUEST,
     HANDSHAKE_TIMEOUT,
-    MAX_STARTUP,
     NO_STARTUP,
-    NOT_POSTGRES,
     RENEW_BEFORE,
-    SSL_REQUEST,
     TERMINATE,
-    TOO_MANY_REQUESTS,
+    Greeting,
     ProxyTrouble,
-    greeting_error,
     is_cancel,
     refusal,
     startup_packet,
     startup_params,
+    startup_rest,
 )
 
 log = logging.getLogger("ptsh.tunnel")
@@ -259,23 +254,16 @@ class LocalTunnel:
         """
         upstream = await self._dial(await self.certs.current())
         upstream.write(startup_packet(params))
-        greeting = bytearray()
+        greeting = Greeting(self.trouble)
         try:
             while True:
                 head = await asyncio.wait_for(upstream.read_exactly(5), GREETING_TIMEOUT)
-                kind, length = head[:1], struct.unpack_from("!i", head, 1)[0]
-                if length < 4 or length > 1 << 24:
-                    raise self.trouble.not_postgres()
-                payload = await asyncio.wait_for(upstream.read_exactly(length - 4), GREETING_TIMEOUT)
-                if kind == b"E":
-                    err = greeting_error(payload)
-                    if err is None:  # PostgreSQL's own refusal: psql shows it, as connected directly
-                        upstream.close()
-                        return
-                    raise err
-                greeting += head + payload
-                if kind == b"Z":
+                payload = await asyncio.wait_for(upstream.read_exactly(greeting.payload_length(head)), GREETING_TIMEOUT)
+                if (done := greeting.take(head, payload)) is not None:
                     break
+            if not done:  # PostgreSQL's own refusal: psql shows it, as connected directly
+                upstream.close()
+                return
         except TimeoutError:
             upstream.close()
             raise self.trouble.no_greeting() from None
@@ -285,7 +273,7 @@ class LocalTunnel:
         except PteleportError:
             upstream.close()
             raise
-        self._parked = _Parked(params, upstream, bytes(greeting))
+        self._parked = _Parked(params, upstream, bytes(greeting.data))
 
     def _take_parked(self, first: bytes) -> _Parked | None:
         parked, self._parked = self._parked, None
@@ -335,18 +323,10 @@ class LocalTunnel:
         """Answer SSLRequest/GSSENCRequest with N (psql sends at most one of each); return the startup packet."""
         requests = 0
         try:
-            while True:
-                head = await asyncio.wait_for(client.read_exactly(8), 60)
-                length, code = struct.unpack("!ii", head)
-                if length < 8 or length > MAX_STARTUP:
-                    raise BadParameter(NOT_POSTGRES)
-                if length == 8 and code in (SSL_REQUEST, GSSENC_REQUEST):
-                    requests += 1
-                    if requests > 2:
-                        raise BadParameter(TOO_MANY_REQUESTS)
-                    client.write(b"N")
-                    continue
-                return head + await asyncio.wait_for(client.read_exactly(length - 8), 60)
+            while (rest := startup_rest(head := await asyncio.wait_for(client.read_exactly(8), 60), requests)) is None:
+                requests += 1
+                client.write(b"N")
+            return head + await asyncio.wait_for(client.read_exactly(rest), 60)
         except TimeoutError:
             raise BadParameter(NO_STARTUP) from None
 
