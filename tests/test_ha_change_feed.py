@@ -90,6 +90,36 @@ def test_a_user_changed_by_another_process_reaches_this_snapshot_by_the_feed(two
     asyncio.run(main())
 
 
+def test_a_role_and_a_lock_made_by_another_process_reach_this_snapshot_by_the_feed(two_processes) -> None:
+    """Issue 13 names role and lock changes too: they come by the same feed (the snapshot's kinds)."""
+    from pteleport.rbac.locks import Lock, LockMetadata, LockSpec, LockTarget, lock_to_dict
+
+    async def main() -> None:
+        here, there = two_processes(), two_processes()
+        clock = lambda: datetime.now(UTC)  # noqa: E731
+        source = AccessStateSource(JsonStore(here, "users"), JsonStore(here, "locks"), JsonStore(here, "roles"), clock)
+        watcher = ChangeWatcher(here)
+        watcher.subscribe(FEED_KINDS, source.poke)
+        assert watcher.start(asyncio.get_running_loop())
+        runner = asyncio.get_running_loop().create_task(source.run(poll_every=HOUR))
+        try:
+            await _until(lambda: source._state is not None)
+            before = source.current().roles_version
+            role = {"kind": "role", "version": "v3", "metadata": {"name": "reader"}, "spec": {"allow": {}}}
+            JsonStore(there, "roles").put("reader", role)
+            await _until(lambda: source.current().roles_version != before)
+            lock = Lock(metadata=LockMetadata(name="lock-1"),
+                        spec=LockSpec(target=LockTarget(user="zed"), message="gone", created_at=clock(),
+                                      created_by="admin"))
+            JsonStore(there, "locks").put("lock-1", lock_to_dict(lock))
+            await _until(lambda: [lk.name for lk in source.current().locks] == ["lock-1"])
+        finally:
+            runner.cancel()
+            watcher.stop()
+
+    asyncio.run(main())
+
+
 def test_a_registration_stored_by_another_process_reaches_this_index_by_the_feed(two_processes) -> None:
     from pteleport.auth.databases import RegistrationIndex
 
