@@ -237,7 +237,7 @@ def run_idle(dep: Deployment, s: Settings, results: dict[str, Any]) -> None:
     log(f"  haproxy: {hp.kib_per_session} KiB per session")
     results["idle"] = {"pteleport": asdict(pt), "haproxy": asdict(hp)}
     floor: dict[str, float] = {}
-    for kind in ("plain", "asyncio", "uvloop") if has_uvloop() else ("plain", "asyncio"):
+    for kind in ("plain", "asyncio", "uvloop", "socket") if has_uvloop() else ("plain", "asyncio", "socket"):
         try:
             run = subprocess.run([sys.executable, "-m", "bench.tlsfloor", kind], capture_output=True, text=True,
                                  cwd=REPO, timeout=300)

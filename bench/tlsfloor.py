@@ -1,6 +1,8 @@
 """``python -m bench.tlsfloor KIND``: resident memory of one idle server-side connection.
 
-KIND is ``plain`` (TCP), ``asyncio`` (TLS, stock event loop) or ``uvloop`` (TLS). The
+KIND is ``plain`` (TCP), ``asyncio`` (TLS, stock event loop's transport), ``uvloop`` (TLS,
+uvloop's transport) or ``socket`` (TLS on ``common.sockettransport``, what pteleport uses;
+on uvloop when it is installed). The
 server is this process, holding a do-nothing protocol per connection; the clients run in
 a child process so their memory is not counted. Prints one number: KiB per connection.
 This is the floor under any per-session memory of a Python TLS relay on this machine.
@@ -54,7 +56,11 @@ async def _measure(kind: str) -> float:
             (Path(tmp) / "c.pem").write_bytes(cert + key)
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(str(Path(tmp) / "c.pem"))
-    server = await asyncio.get_running_loop().create_server(_Idle, "127.0.0.1", 0, ssl=ctx)
+    if kind == "socket":
+        assert ctx is not None
+        server = _SocketServer(ctx)
+    else:
+        server = await asyncio.get_running_loop().create_server(_Idle, "127.0.0.1", 0, ssl=ctx)
     port = server.sockets[0].getsockname()[1]
 
     async def clients(count: int, hold: float) -> subprocess.Popen[bytes]:
@@ -74,9 +80,45 @@ async def _measure(kind: str) -> float:
     return (after - before) / COUNT
 
 
+class _SocketServer:
+    """Accepts with ``loop.sock_accept`` and carries each connection on a ``SocketTransport``."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        import socket
+
+        self.ctx = ctx
+        listening = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        listening.setblocking(False)
+        self.sockets = [listening]
+        self.transports: list[asyncio.Transport] = []
+        self.task = asyncio.ensure_future(self._accept())
+
+    async def _accept(self) -> None:
+        from common.sockettransport import accept_tls
+
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(self.sockets[0])
+            task = loop.create_task(accept_tls(sock, self.ctx, _Idle, 10))
+            task.add_done_callback(lambda done: self.transports.append(done.result()))
+
+    def close(self) -> None:
+        self.task.cancel()
+        for transport in self.transports:
+            transport.abort()
+        self.sockets[0].close()
+
+
 def main() -> None:
     kind = sys.argv[1]
-    if kind == "uvloop":
+    if kind == "socket":
+        try:
+            import uvloop
+        except ImportError:
+            print(f"{asyncio.run(_measure(kind)):.1f}")
+            return
+        print(f"{uvloop.run(_measure(kind)):.1f}")
+    elif kind == "uvloop":
         import uvloop
 
         print(f"{uvloop.run(_measure(kind)):.1f}")

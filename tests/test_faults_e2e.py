@@ -215,6 +215,9 @@ async def _open(port: int) -> asyncio.StreamWriter:
             return writer
 
 
+ROUNDS = 8
+
+
 async def _round(port: int, count: int) -> None:
     writers: list[asyncio.StreamWriter] = []
     for start in range(0, count, 50):
@@ -225,14 +228,17 @@ async def _round(port: int, count: int) -> None:
     await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
 
 
-def test_500_sessions_opened_and_closed_five_times_leave_memory_flat(env: DbEnv) -> None:
+def test_500_sessions_opened_and_closed_eight_times_leave_memory_flat(env: DbEnv) -> None:
     """Resident memory after each round, once the sessions are gone and freed memory was
     handed back (pteleport.memtrim: without it, each round added about 20 MiB to the proxy
     and to the agent). The first round may grow the processes (code paths run for the first
-    time, caches that fill once); after that a leak of even 1 KiB per session would add
-    500 KiB a round, 2 MiB over rounds 2-5. Allowed: 3 MiB from round 2 to round 5 per
-    process, and at most 1 MiB in the last round. (The auth worker does grow a little: its
-    three SQLite connections' page caches, 2 MiB each at most, fill as the audit log grows.)"""
+    time, caches that fill once). After that, how much of the freed heap the allocator can
+    hand back differs from round to round (the agent on common.sockettransport alternates
+    between two levels ~7 MiB apart, 500 sessions' worth of small chunks), so the test
+    compares high-water marks: a leak of even 1 KiB per session adds 500 KiB a round, and
+    the highest of rounds 6-8 would then stand 2 MiB above the highest of rounds 2-4.
+    Allowed: 1.5 MiB. (The auth worker does grow a little: its three SQLite connections'
+    page caches, 2 MiB each at most, fill as the audit log grows.)"""
     agent = env.start_agent("crowd")
     assert env.cluster.proc is not None
     daemon = env.cluster.proc.pid
@@ -242,19 +248,18 @@ def test_500_sessions_opened_and_closed_five_times_leave_memory_flat(env: DbEnv)
     rss: dict[str, list[int]] = {name: [] for name in watched}
     with _tunnel_to(env, "fay", "crowd") as dsn:
         port = int(dsn.split("@127.0.0.1:")[1].split("/")[0])
-        for _ in range(5):
+        for _ in range(ROUNDS):
             asyncio.run(_round(port, 500))
             time.sleep(2.0 + memtrim.EVERY)  # the ends reach the audit log; freed memory is handed back
             for name, pid in watched.items():
                 rss[name].append(_rss_kib(pid))
     report = json.dumps(rss)
     for name, values in rss.items():
-        assert values[4] - values[1] <= 3 * 1024, f"{name} grew: {report}"
-        assert values[4] - values[3] <= 1024, f"{name} keeps growing: {report}"
+        assert max(values[5:8]) - max(values[1:4]) <= 1536, f"{name} keeps growing: {report}"
     starts = [e for e in all_events(env, type="db.session.start") if e.get("db_service") == "crowd"]
-    assert len(starts) == 2500 and all(e["code"] == "TDB00I" for e in starts)
+    assert len(starts) == ROUNDS * 500 and all(e["code"] == "TDB00I" for e in starts)
     ends = [e for e in all_events(env, type="db.session.end") if e.get("db_service") == "crowd"]
-    assert {e["sid"] for e in ends} == {e["sid"] for e in starts} and len(ends) == 2500
+    assert {e["sid"] for e in ends} == {e["sid"] for e in starts} and len(ends) == ROUNDS * 500
 
 
 # --- the spool cannot be written while auth is unreachable ------------------------------------------------------

@@ -33,11 +33,11 @@ from typing import Any
 
 from common.errors import BadParameter, InternalError, PteleportError
 from common.relay import Connection, splice
+from common.sockettransport import open_tls
 from common.tlsctx import ALPN_POSTGRES, INTERNAL_SNI, client_context
 from ptsh.pgstartup import (
     DIAL_TIMEOUT,
     GREETING_TIMEOUT,
-    HANDSHAKE_TIMEOUT,
     NO_STARTUP,
     RENEW_BEFORE,
     TERMINATE,
@@ -331,19 +331,9 @@ class LocalTunnel:
             raise BadParameter(NO_STARTUP) from None
 
     async def _dial(self, ctx: ssl.SSLContext) -> _Upstream:
-        loop = asyncio.get_running_loop()
+        conn = _Upstream()
         try:
-            _transport, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    _Upstream,
-                    self.proxy_host,
-                    self.proxy_port,
-                    ssl=ctx,
-                    server_hostname=INTERNAL_SNI,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                ),
-                DIAL_TIMEOUT,
-            )
+            await open_tls(conn, self.proxy_host, self.proxy_port, ctx, INTERNAL_SNI, DIAL_TIMEOUT)
         except OSError as exc:  # (ssl.SSLError and TimeoutError among them)
             raise self.trouble.dial_failed(exc) from None
         return conn

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from common.relay import Connection
+from common.sockettransport import SocketTransport, accept_tls
 from common.tls import ALPN_HTTP, ALPN_POSTGRES, ALPN_TUNNEL, INTERNAL_SNI, server_context
 
 log = logging.getLogger("pteleport.proxy")
@@ -177,18 +178,16 @@ class PublicListener:
         task.add_done_callback(self.tasks.discard)
 
     async def _serve(self, sock: socket.socket, tls: bool) -> None:
-        loop = asyncio.get_running_loop()
         if not tls:
             if self.native is None:
                 sock.close()  # not TLS, and PostgreSQL's own protocol is not served here
                 return
-            _transport, conn = await loop.connect_accepted_socket(Connection, sock)
+            conn = Connection()
+            SocketTransport(sock, conn)
             await self.run(self.native, conn)
             return
         try:
-            await loop.connect_accepted_socket(
-                lambda: _Router(self), sock, ssl=self.ssl_context, ssl_handshake_timeout=FIRST_BYTE_TIMEOUT
-            )
+            await accept_tls(sock, self.ssl_context, lambda: _Router(self), FIRST_BYTE_TIMEOUT)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.debug("TLS handshake failed: %s", exc)
             sock.close()

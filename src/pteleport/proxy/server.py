@@ -30,6 +30,7 @@ from cryptography import x509
 from common.errors import AccessDenied, BadParameter, ConnectionProblem, NotLoggedIn, PteleportError, sqlstate_for
 from common.identity import Identity
 from common.relay import Connection, Splice
+from common.sockettransport import start_tls
 from common.tls import VerifiedIdentities
 from pteleport.audit.events import DB_SESSION_START, DB_SESSION_START_FAILURE_CODE
 from pteleport.auth.access import as_error
@@ -133,9 +134,8 @@ class ProxyServer:
             else:
                 conn.close()
                 return
-            loop = asyncio.get_running_loop()
             assert conn.transport is not None
-            transport = await loop.start_tls(conn.transport, conn, tls, server_side=True, ssl_handshake_timeout=15)
+            transport = await start_tls(conn.transport, tls, server_side=True, timeout=15)
         except (ConnectionError, TimeoutError, OSError, ssl.SSLError) as exc:
             log.debug("native postgres connection from %s failed: %r", conn.peername(), exc)
             conn.close()
