@@ -85,6 +85,7 @@ def analysis(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     floor_uv = floor.get("uvloop", float("nan"))
     floor_aio = floor.get("asyncio", float("nan"))
     floor_plain = floor.get("plain", float("nan"))
+    floor_sock = floor.get("socket", float("nan"))
     tunnel_kib = kib.get("ptsh tunnel", float("nan"))
 
     from bench.narrative import latency_verdict
@@ -145,12 +146,16 @@ machine before and after (one run each, same load): agent 207 → 158 µs per tr
 pteleport / haproxy 0.48 → 0.60 with 1 client and 0.45 → 0.63 with 8; building a Query
 event ~57 → ~13 µs (micro-benchmark). A cProfile of the agent under `pgbench -S -c 1`
 afterwards shows the tap at ~5 % of its time; the rest is `_Pipe.data_received`, whose
-cost is the uvloop TLS transport's write below it (Cython, so the profile cannot split it),
+cost was the uvloop TLS transport's write below it (Cython, so the profile cannot split it),
 and the event loop's own reads.
 
 What bounds it now: each of the three Python hops does a TLS read and a TLS write per
-message in uvloop's TLS transport (memory BIOs driven from Cython), where haproxy does the
-same in C on the socket. **Built for this run (lead 2, option two): the proxy's one public
+message, and a Python callback between them, where haproxy does the same in C. Since this
+run the hops' TLS runs on the socket (`common.sockettransport`: OpenSSL reads and writes the
+file descriptor, no memory BIOs); measured by hand, that cost the same CPU per message as
+uvloop's TLS transport (a TLS read is then two `read` calls, the record's header and its
+body, where uvloop reads once into a BIO and copies) and saved memory (idle sessions,
+below). **Built for this run (lead 2, option two): the proxy's one public
 port speaks PostgreSQL's own protocol** (design-notes.md, "PostgreSQL's own protocol on the
 public port"): pgbench and psql with a certificate from `pctl auth sign --format=db` reach
 the proxy with no tunnel hop. That path (the "native, public port" column) reached
@@ -257,19 +262,23 @@ registration index").
 ### Idle sessions: < 64 KiB per session in proxy + agent — measured {pt_total:.0f} KiB ({'met' if pt_total < 64 else 'missed'})
 
 Each idle session holds four TLS connections in our two processes: in the proxy the
-client's and the data link, in the agent the data link and the one to PostgreSQL. The
-floor measured in the same run (`bench/tlsfloor.py`: one idle server-side TLS connection
-with a do-nothing protocol) is {floor_uv:.0f} KiB under uvloop and {floor_aio:.0f} KiB under stock
-asyncio (whose TLS transport zero-fills a 256 KiB read buffer per connection), against
-{floor_plain:.1f} KiB for plain TCP. Four TLS connections therefore cost ~{4 * floor_uv:.0f} KiB before any
-session state; pteleport's own objects per session (task, protocols, audit tap, the
-upstream stream reader, the client certificate) come on top. OpenSSL already runs with
-`SSL_MODE_RELEASE_BUFFERS` (CPython sets it). haproxy pools its buffers and needs
-{hp_total:.0f} KiB for the same two hops here. Reaching 64 KiB would take fewer TLS connections
-per session (a multiplexed proxy–agent link saves one per process, still ~{2 * floor_uv:.0f} KiB) and a
-TLS layer with pooled buffers; neither is a change to the relay code. The local tunnel
-now runs on uvloop when it is installed (`pip install pteleport[uvloop]`); on stock asyncio
-it costs ~{tunnel_kib:.0f} KiB per connection, on uvloop ~{floor_uv:.0f}.
+client's and the data link (both server side), in the agent the data link and the one to
+PostgreSQL (both client side). They run on `common.sockettransport` (docs/design-notes.md,
+"TLS on the socket"): OpenSSL reads and writes the socket itself, with no memory BIOs and
+no read buffer per connection. The floor measured in the same run (`bench/tlsfloor.py`: one
+idle server-side TLS connection with a do-nothing protocol) is {floor_sock:.0f} KiB that way,
+against {floor_uv:.0f} KiB for uvloop's TLS transport (which the proxy and agent used before),
+{floor_aio:.0f} KiB for stock asyncio's (it zero-fills a 256 KiB read buffer per connection) and
+{floor_plain:.1f} KiB for plain TCP. A client-side connection costs OpenSSL more: ~24 KiB after
+its handshake, by hand on this machine (a bare `ssl.SSLSocket`, with or without
+verification or a client certificate). OpenSSL alone therefore holds ~{2 * floor_sock + 48:.0f} KiB of the
+four, before any session state; pteleport's own objects per session (task, protocols,
+audit tap, the upstream stream reader) are the rest, ~{pt_total - 2 * floor_sock - 48:.0f} KiB. haproxy pools its
+buffers and needs {hp_total:.0f} KiB for the same two hops here. What bounds it: four TLS
+connections per session. Reaching 64 KiB would take fewer (a multiplexed proxy–agent link
+carries all sessions on one, saving a server and a client connection per session, ~40 KiB)
+or a TLS layer with pooled buffers (haproxy's); neither is built. The local tunnel costs
+~{tunnel_kib:.0f} KiB per connection (one client TLS connection and the plain one from psql).
 
 ## Profiling findings (by hand, py-spy and perf on the same machine)
 

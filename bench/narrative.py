@@ -73,7 +73,12 @@ def _floor(results: dict[str, Any]) -> str:
     floor = results.get("tls_floor_kib")
     if not floor:
         return ""
-    names = {"plain": "plain TCP", "asyncio": "TLS, stock asyncio", "uvloop": "TLS, uvloop"}
+    names = {
+        "plain": "plain TCP",
+        "asyncio": "TLS, stock asyncio's transport",
+        "uvloop": "TLS, uvloop's transport",
+        "socket": "TLS on the socket (`common.sockettransport`, what pteleport runs)",
+    }
     cells = ", ".join(f"{names[k]} **{v:.1f} KiB**" for k, v in floor.items())
     return (
         "\nThe floor: one idle server-side connection with a do-nothing protocol (`python -m bench.tlsfloor`,"

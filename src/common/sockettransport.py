@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import socket
 import ssl
@@ -71,6 +72,7 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
     def __init__(self, sock: socket.socket, protocol: asyncio.BaseProtocol) -> None:
         super().__init__(None, asyncio.get_running_loop())
         sock.setblocking(False)
+        _no_delay(sock)
         self._sock = sock
         self._fd = sock.fileno()
         self._tls = isinstance(sock, ssl.SSLSocket)
@@ -160,7 +162,7 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
                 sent = 0
                 self._retry = self._tls
             except (OSError, ssl.SSLError) as exc:
-                self._fail(exc)
+                self._fail(_write_error(exc))
                 return
             if sent == len(data):
                 return
@@ -211,6 +213,9 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
             try:
                 got = sock.recv_into(view[size:], min(RECORD, READ_MAX - size) if self._tls else READ_MAX - size)
             except _WOULD_BLOCK:
+                break
+            except ssl.SSLEOFError:  # closed without close_notify: an EOF, as asyncio reports it
+                eof = True
                 break
             except (OSError, ssl.SSLError) as exc:
                 self._deliver(view, size)
@@ -266,7 +271,7 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
                 self._retry = self._tls
                 return
             except (OSError, ssl.SSLError) as exc:
-                self._fail(exc)
+                self._fail(_write_error(exc))
                 return
             self._retry = False
             self._size -= sent
@@ -377,6 +382,20 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
             self._writer_on = False
 
 
+def _write_error(exc: BaseException) -> BaseException:
+    """A write to a peer that closed is a reset, as asyncio's transports report it (not an SSL error)."""
+    if isinstance(exc, ssl.SSLEOFError):
+        return ConnectionResetError(f"the peer closed the connection ({exc})")
+    return exc
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Small messages leave at once (no Nagle), as asyncio sets on its TCP transports."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _address(get: Callable[[], Any]) -> Any:
     try:
         return get()
@@ -409,6 +428,7 @@ async def handshake(
 ) -> ssl.SSLSocket:
     """TLS on a connected socket, handshake done; the socket is closed if it fails or times out."""
     sock.setblocking(False)
+    _no_delay(sock)
     try:
         tls = ctx.wrap_socket(
             sock, server_side=server_side, server_hostname=server_hostname, do_handshake_on_connect=False
@@ -435,12 +455,11 @@ async def open_socket(host: str, port: int) -> socket.socket:
     """A connected non-blocking TCP socket to the first address of ``host`` that answers."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: OSError = OSError(f"cannot resolve {host}")
+    last: OSError = OSError(f"{host} has no address")
     for family, kind, proto, _name, addr in infos:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.sock_connect(sock, addr)
             return sock
         except OSError as exc:
@@ -466,7 +485,6 @@ async def accept_tls(
     sock: socket.socket, ctx: ssl.SSLContext, protocol_factory: Callable[[], asyncio.BaseProtocol], timeout: float
 ) -> SocketTransport:
     """The server side of ``open_tls`` for an accepted socket."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     tls = await handshake(sock, ctx, server_side=True, timeout=timeout)
     return SocketTransport(tls, protocol_factory())
 

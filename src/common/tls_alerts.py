@@ -17,6 +17,11 @@ handshake timeout, as a client that stalls its handshake always was. Refusals th
 HTTP request on the TLS port) raise at once, as before. Only ``do_handshake`` changes, so
 both loops keep their own SSL protocol and the connection after the handshake costs
 exactly what it did.
+
+Connections on ``common.sockettransport`` (the public port, the agent's and ptsh's dials)
+do not need this: OpenSSL writes the alert to the socket itself before it raises. It
+still serves what the loop's own TLS transport carries: the native listener on
+``postgres_listen_addr`` (``loop.create_server``, then ``loop.start_tls``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from common.errors import (
     NotFound,
     PteleportError,
 )
-from common.sockettransport import handshake, stream_pair
+from common.sockettransport import handshake, open_socket, stream_pair
 from common.tls import load_cert_chain
 from pteleport import pgwire
 
@@ -329,27 +329,15 @@ async def _peek_certificate(host: str, port: int, tls: UpstreamTLS) -> x509.Cert
 
 
 async def _open_socket(host: str, port: int, progress: _Progress) -> socket.socket:
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        sock = await open_socket(host, port)
     except socket.gaierror as exc:
         raise _unreachable(progress.where, f"cannot resolve {host} ({exc.strerror})") from exc
-    last: OSError | None = None
-    for family, kind, proto, _, addr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            await loop.sock_connect(sock, addr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-        except BaseException:
-            sock.close()
-            raise
-    reason = (last.strerror or str(last)) if last is not None else "no address"
-    raise _unreachable(progress.where, reason.lower() if reason else "connection failed") from last
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise _unreachable(progress.where, reason.lower() if reason else "connection failed") from exc
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return sock
 
 
 async def _open_tls(
