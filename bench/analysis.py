@@ -152,8 +152,9 @@ and the event loop's own reads.
 What bounds it now: each of the three Python hops does a TLS read and a TLS write per
 message, and a Python callback between them, where haproxy does the same in C. Since this
 run the hops' TLS runs on the socket (`common.sockettransport`: OpenSSL reads and writes the
-file descriptor, no memory BIOs); measured by hand, that cost the same CPU per message as
-uvloop's TLS transport (a TLS read is then two `read` calls, the record's header and its
+file descriptor, no memory BIOs); measured by hand, that cost about the same CPU per message
+as uvloop's TLS transport (the server's CPU per small round trip 22 µs against 25, and the
+same pteleport / haproxy ratio within the noise of one run each; a TLS read is then two `read` calls, the record's header and its
 body, where uvloop reads once into a BIO and copies) and saved memory (idle sessions,
 below). **Built for this run (lead 2, option two): the proxy's one public
 port speaks PostgreSQL's own protocol** (design-notes.md, "PostgreSQL's own protocol on the
@@ -272,8 +273,9 @@ against {floor_uv:.0f} KiB for uvloop's TLS transport (which the proxy and agent
 {floor_plain:.1f} KiB for plain TCP. A client-side connection costs OpenSSL more: ~24 KiB after
 its handshake, by hand on this machine (a bare `ssl.SSLSocket`, with or without
 verification or a client certificate). OpenSSL alone therefore holds ~{2 * floor_sock + 48:.0f} KiB of the
-four, before any session state; pteleport's own objects per session (task, protocols,
-audit tap, the upstream stream reader) are the rest, ~{pt_total - 2 * floor_sock - 48:.0f} KiB. haproxy pools its
+four (two server-side at the floor, two client-side at ~24 KiB by hand), before any session
+state; pteleport's own objects per session (task, protocols, audit tap, the upstream
+stream reader) are the rest. haproxy pools its
 buffers and needs {hp_total:.0f} KiB for the same two hops here. What bounds it: four TLS
 connections per session. Reaching 64 KiB would take fewer (a multiplexed proxy–agent link
 carries all sessions on one, saving a server and a client connection per session, ~40 KiB)

@@ -156,7 +156,7 @@ def test_small_messages_echo_and_the_peer_sees_the_certificate_and_address(loop_
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_a_plain_connection_upgrades_to_tls_after_an_answer_and_half_closes(loop_kind, pki) -> None:
+def test_a_plain_connection_upgrades_to_tls_after_an_answer(loop_kind, pki) -> None:
     server_ctx, client_ctx, _ca = pki
 
     async def main() -> None:
@@ -258,5 +258,83 @@ def test_a_refused_client_certificate_reaches_the_client_as_its_alert(loop_kind,
         error = await client_proto.done
         assert isinstance(error, ssl.SSLError) and "unknown ca" in str(error)
         listening.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_bytes_held_inside_openssl_past_one_callbacks_limit_are_still_delivered(loop_kind, pki) -> None:
+    """27 records of 10,000 bytes arrive while reading is paused; on resume one callback may
+    take only 256 KiB, and the rest sits decrypted inside OpenSSL with nothing more on the
+    socket to wake the loop. It must arrive anyway, with the sender quiet."""
+    server_ctx, client_ctx, _ca = pki
+
+    async def main() -> None:
+        receiver, sender = Collect(), Collect()
+        server, client = await tls_pair(server_ctx, client_ctx, receiver, sender)
+        server.pause_reading()
+        for _ in range(27):
+            client.write(os.urandom(10_000))  # one TLS record each
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.2)
+        server.resume_reading()
+        for _ in range(100):
+            if len(receiver.data) == 270_000:
+                break
+            await asyncio.sleep(0.01)
+        assert len(receiver.data) == 270_000
+        client.close()
+        await receiver.done
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_protocol_that_fails_ends_its_own_connection_only(loop_kind, pki) -> None:
+    server_ctx, client_ctx, _ca = pki
+
+    class Broken(Collect):
+        def data_received(self, data: bytes) -> None:
+            raise ValueError("a bug in the protocol")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        broken, broken_peer = Broken(), Collect()
+        fine, fine_peer = Collect(), Collect()
+        _s1, c1 = await tls_pair(server_ctx, client_ctx, broken, broken_peer)
+        _s2, c2 = await tls_pair(server_ctx, client_ctx, fine, fine_peer)
+        c1.write(b"boom")
+        c2.write(b"hello")
+        assert isinstance(await broken.done, ValueError)
+        await broken_peer.done  # the peer sees the connection end
+        while bytes(fine.data) != b"hello":
+            await asyncio.sleep(0.01)
+        assert not fine.done.done() and not c2.is_closing()
+        assert [type(r.get("exception")) for r in reported] == [ValueError]
+        c2.close()
+        assert await fine.done is None
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_close_whose_peer_never_reads_ends_with_a_timeout_not_a_clean_close(loop_kind, pki, monkeypatch) -> None:
+    import common.sockettransport as st
+
+    monkeypatch.setattr(st, "CLOSE_TIMEOUT", 0.5)
+    server_ctx, client_ctx, _ca = pki
+
+    async def main() -> None:
+        receiver, sender = Collect(), Collect()
+        server, client = await tls_pair(server_ctx, client_ctx, receiver, sender)
+        server.pause_reading()  # never reads again
+        client.write(os.urandom(16 * 1024 * 1024))
+        client.close()
+        assert isinstance(await sender.done, TimeoutError)
+        assert client.is_closing() and client.get_write_buffer_size() == 0
+        server.abort()
+        await receiver.done
 
     run(loop_kind, main)

@@ -6,7 +6,7 @@ and each connection keeps those buffers. ``SocketTransport`` drives an ``ssl.SSL
 (or a plain socket) from the loop's readiness callbacks instead, so OpenSSL reads from and
 writes to the file descriptor directly and frees its record buffers when a connection is
 idle. Measured with ``python -m bench.tlsfloor`` (one idle server-side TLS connection):
-stock asyncio's TLS transport 264 KiB, uvloop's 44 KiB, this one 15 KiB; the server's CPU
+stock asyncio's TLS transport 264 KiB, uvloop's 44 KiB, this one 16 KiB; the server's CPU
 per small round trip 25 µs (uvloop) → 22 µs (docs/design-notes.md, "TLS on the socket").
 
 - ``handshake`` wraps a connected socket and runs the TLS handshake on the loop;
@@ -58,6 +58,7 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
         "_fd",
         "_peername",
         "_protocol",
+        "_read_waits_write",
         "_reader_on",
         "_reading",
         "_retry",
@@ -66,6 +67,7 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
         "_sockname",
         "_timer",
         "_tls",
+        "_write_waits_read",
         "_writer_on",
     )  # fmt: skip
 
@@ -82,11 +84,20 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
         self._buffer: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._retry = False  # the first buffered chunk was refused by OpenSSL and must be retried as is
+        # OpenSSL may need the other direction to go on (TLS 1.2 renegotiation, a TLS 1.3
+        # post-handshake message): a write that waits for the socket to be readable, a read
+        # that waits for it to be writable.
+        self._write_waits_read = self._read_waits_write = False
         self._closing = self._closed = self._eof_wanted = self._draining = False
         self._timer: asyncio.TimerHandle | None = None
         self._peername = _address(sock.getpeername)
         self._sockname = _address(sock.getsockname)
-        protocol.connection_made(self)
+        try:
+            protocol.connection_made(self)
+        except BaseException:
+            self._closed = self._closing = True
+            sock.close()
+            raise
         if self._reading and not self._closing:
             self._watch_reads(True)
             if self._tls and sock.pending():
@@ -128,7 +139,8 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
     def pause_reading(self) -> None:
         if self._reading and not self.is_closing():
             self._reading = False
-            self._watch_reads(False)
+            if not self._write_waits_read:  # (a write that waits to read keeps the watch)
+                self._watch_reads(False)
 
     def resume_reading(self) -> None:
         if not self._reading and not self.is_closing():
@@ -158,6 +170,9 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
         if not self._buffer:
             try:
                 sent = self._sock.send(data)
+            except ssl.SSLWantReadError:
+                sent = 0
+                self._retry = self._write_waits_read = True
             except _WOULD_BLOCK:
                 sent = 0
                 self._retry = self._tls
@@ -167,7 +182,10 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
             if sent == len(data):
                 return
             data = data[sent:]
-            self._watch_writes(True)
+            if self._write_waits_read:
+                self._watch_reads(True)
+            else:
+                self._watch_writes(True)
         self._buffer.append(bytes(data))
         self._size += len(data)
         self._maybe_pause_protocol()
@@ -177,12 +195,15 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
             return
         self._closing = True
         self._watch_reads(False)
-        self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._finish, None)
+        self._timer = self._loop.call_later(CLOSE_TIMEOUT, self._close_timed_out)
         if not self._buffer:
             self._loop.call_soon(self._after_writes)
 
     def abort(self) -> None:
         self._finish(None)
+
+    def _close_timed_out(self) -> None:
+        self._fail(TimeoutError(f"the peer did not take what was left to send within {CLOSE_TIMEOUT:g} s"))
 
     def detach(self) -> socket.socket:
         """Stop carrying the socket and hand it back, open (to start TLS on it); nothing may be buffered."""
@@ -195,23 +216,29 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
 
     # --- reading -------------------------------------------------------------------------------
     def _read_ready(self) -> None:
+        if self._write_waits_read:
+            self._write_waits_read = False
+            self._write_ready()
+            if self._closed:
+                return
         if self._draining:
             self._drain()
             return
         if not self._reading or self.is_closing():
+            if not self._reading and not self._write_waits_read:
+                self._watch_reads(False)  # it was on only for the write's sake
             return
-        # One buffer for every connection of the loop, read into and copied out at the exact
-        # size: no per-read allocation of the largest size that is then shrunk, which left
-        # the heap fragmented after many sessions (tests/test_faults_e2e.py, 500 sessions).
-        view = getattr(_buffers, "view", None)
-        if view is None:
-            view = _buffers.view = memoryview(bytearray(READ_MAX))
+        view = _read_buffer()
         size = 0
         eof = False
         sock = self._sock
         while size < READ_MAX:
             try:
-                got = sock.recv_into(view[size:], min(RECORD, READ_MAX - size) if self._tls else READ_MAX - size)
+                got = sock.recv_into(view[size:], RECORD if self._tls else READ_MAX - size)
+            except ssl.SSLWantWriteError:
+                self._read_waits_write = True
+                self._watch_writes(True)
+                break
             except _WOULD_BLOCK:
                 break
             except ssl.SSLEOFError:  # closed without close_notify: an EOF, as asyncio reports it
@@ -228,8 +255,14 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
             if got < BULK and not (self._tls and sock.pending()):
                 break
         self._deliver(view, size)
-        if eof and not self._closed:
+        if self.is_closing():
+            return
+        if eof:
             self._eof()
+        elif self._tls and self._reading and sock.pending():
+            # Stopped at READ_MAX with decrypted bytes still inside OpenSSL: the socket may
+            # have nothing more, so no readiness callback would come for them.
+            self._loop.call_soon(self._read_ready)
 
     def _deliver(self, view: memoryview, size: int) -> None:
         if not size or self._closed:
@@ -252,6 +285,9 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
 
     # --- writing -------------------------------------------------------------------------------
     def _write_ready(self) -> None:
+        if self._read_waits_write:
+            self._read_waits_write = False
+            self._loop.call_soon(self._read_ready)
         buffer = self._buffer
         while buffer:
             head = buffer[0]
@@ -267,8 +303,14 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
                 buffer.appendleft(head)
             try:
                 sent = self._sock.send(head)
+            except ssl.SSLWantReadError:
+                self._retry = self._write_waits_read = True
+                self._watch_writes(False)
+                self._watch_reads(True)
+                return
             except _WOULD_BLOCK:
                 self._retry = self._tls
+                self._watch_writes(True)
                 return
             except (OSError, ssl.SSLError) as exc:
                 self._fail(_write_error(exc))
@@ -277,11 +319,14 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
             self._size -= sent
             if sent < len(head):
                 buffer[0] = head[sent:]
+                self._watch_writes(True)
                 self._maybe_resume_protocol()
                 return
             buffer.popleft()
         self._watch_writes(False)
-        self._maybe_resume_protocol()
+        self._maybe_resume_protocol()  # may write again, or close
+        if buffer or self._closed:
+            return
         if self._eof_wanted:
             self._shut_write()
         if self._closing:
@@ -324,14 +369,15 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
 
     def _drain(self) -> None:
         """After our close_notify: discard what the peer still sends until its own or EOF."""
-        while True:
+        view = _read_buffer()
+        for _ in range(READ_MAX // RECORD):  # then back to the loop: other connections go on
             try:
-                data = self._sock.recv(RECORD)
+                got = self._sock.recv_into(view, RECORD)
             except _WOULD_BLOCK:
                 return
             except (OSError, ssl.SSLError, ValueError):
-                data = b""
-            if not data:
+                got = 0
+            if not got:
                 self._finish(None)
                 return
 
@@ -380,6 +426,14 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
         elif not on and self._writer_on:
             self._loop.remove_writer(self._fd)
             self._writer_on = False
+
+
+def _read_buffer() -> memoryview:
+    """This thread's read buffer: room for READ_MAX and one more whole record."""
+    view = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(READ_MAX + RECORD))
+    return view
 
 
 def _write_error(exc: BaseException) -> BaseException:
@@ -457,7 +511,11 @@ async def open_socket(host: str, port: int) -> socket.socket:
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError = OSError(f"{host} has no address")
     for family, kind, proto, _name, addr in infos:
-        sock = socket.socket(family, kind, proto)
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:  # e.g. an IPv6 address on a host without IPv6
+            last = exc
+            continue
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, addr)
@@ -486,7 +544,12 @@ async def accept_tls(
 ) -> SocketTransport:
     """The server side of ``open_tls`` for an accepted socket."""
     tls = await handshake(sock, ctx, server_side=True, timeout=timeout)
-    return SocketTransport(tls, protocol_factory())
+    try:
+        protocol = protocol_factory()
+    except BaseException:
+        tls.close()
+        raise
+    return SocketTransport(tls, protocol)
 
 
 async def start_tls(
@@ -509,8 +572,12 @@ async def start_tls(
         )
         assert upgraded is not None
         return upgraded
-    tls = await handshake(transport.detach(), ctx, server_side=server_side, timeout=timeout)
-    return SocketTransport(tls, protocol)
+    try:
+        tls = await handshake(transport.detach(), ctx, server_side=server_side, timeout=timeout)
+    except BaseException as exc:  # the plain connection is gone: its protocol hears so once
+        protocol.connection_lost(exc if isinstance(exc, Exception) else None)
+        raise
+    return SocketTransport(tls, protocol)  # (calls connection_made again, with the TLS transport)
 
 
 def stream_pair(sock: socket.socket, limit: int = 64 * 1024) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -138,11 +138,6 @@ def server_context(
     if client_auth != "none" and client_cas.strip():
         _load_cas(ctx, client_cas)
         ctx.verify_mode = ssl.CERT_REQUIRED if client_auth == "required" else ssl.CERT_OPTIONAL
-    # No TLS 1.3 session tickets: nothing here resumes sessions (docs/design-notes.md,
-    # "Identities verified once"), and each ticket costs the server its encryption on every
-    # handshake and the client ~9 KiB for as long as the connection lives (measured: ptsh's
-    # tunnel 42 -> 32 KiB per idle session).
-    ctx.num_tickets = 0
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx
