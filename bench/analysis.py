@@ -151,12 +151,12 @@ and the event loop's own reads.
 
 What bounds it now: each of the three Python hops does a TLS read and a TLS write per
 message, and a Python callback between them, where haproxy does the same in C. Since this
-run the hops' TLS runs on the socket (`common.sockettransport`: OpenSSL reads and writes the
-file descriptor, no memory BIOs); measured by hand, that cost about the same CPU per message
-as uvloop's TLS transport (the server's CPU per small round trip 22 µs against 25, and the
-same pteleport / haproxy ratio within the noise of one run each; a TLS read is then two `read` calls, the record's header and its
-body, where uvloop reads once into a BIO and copies) and saved memory (idle sessions,
-below). **Built for this run (lead 2, option two): the proxy's one public
+run the proxy's and the tunnel's TLS runs on the socket (`common.sockettransport`: OpenSSL
+reads and writes the file descriptor, no memory BIOs); measured by hand, that cost about the
+same CPU per message as uvloop's TLS transport (the server's CPU per small round trip 22 µs
+against 25; with the agent on it too, the same pteleport / haproxy ratio within the noise of
+one run each; a TLS read is then two `read` calls, the record's header and its body, where
+uvloop reads once into a BIO and copies) and saved memory (idle sessions, below). **Built for this run (lead 2, option two): the proxy's one public
 port speaks PostgreSQL's own protocol** (design-notes.md, "PostgreSQL's own protocol on the
 public port"): pgbench and psql with a certificate from `pctl auth sign --format=db` reach
 the proxy with no tunnel hop. That path (the "native, public port" column) reached
@@ -264,18 +264,18 @@ registration index").
 
 Each idle session holds four TLS connections in our two processes: in the proxy the
 client's and the data link (both server side), in the agent the data link and the one to
-PostgreSQL (both client side). They run on `common.sockettransport` (docs/design-notes.md,
-"TLS on the socket"): OpenSSL reads and writes the socket itself, with no memory BIOs and
-no read buffer per connection. The floor measured in the same run (`bench/tlsfloor.py`: one
+PostgreSQL (both client side). The proxy's run on `common.sockettransport`
+(docs/design-notes.md, "TLS on the socket"): OpenSSL reads and writes the socket itself,
+with no memory BIOs and no read buffer per connection. The agent's still run on the loop's
+own TLS transport (the same section says why). The floor measured in the same run (`bench/tlsfloor.py`: one
 idle server-side TLS connection with a do-nothing protocol) is {floor_sock:.0f} KiB that way,
 against {floor_uv:.0f} KiB for uvloop's TLS transport (which the proxy and agent used before),
 {floor_aio:.0f} KiB for stock asyncio's (it zero-fills a 256 KiB read buffer per connection) and
 {floor_plain:.1f} KiB for plain TCP. A client-side connection costs OpenSSL more: ~24 KiB after
 its handshake, by hand on this machine (a bare `ssl.SSLSocket`, with or without
-verification or a client certificate). OpenSSL alone therefore holds ~{2 * floor_sock + 48:.0f} KiB of the
-four (two server-side at the floor, two client-side at ~24 KiB by hand), before any session
-state; pteleport's own objects per session (task, protocols, audit tap, the upstream
-stream reader) are the rest. haproxy pools its
+verification or a client certificate), so even with all four on the socket OpenSSL alone
+would hold ~{2 * floor_sock + 48:.0f} KiB (two server-side at the floor, two client-side at ~24 KiB),
+before any session state (task, protocols, audit tap, the upstream stream reader). haproxy pools its
 buffers and needs {hp_total:.0f} KiB for the same two hops here. What bounds it: four TLS
 connections per session. Reaching 64 KiB would take fewer (a multiplexed proxy–agent link
 carries all sessions on one, saving a server and a client connection per session, ~40 KiB)

@@ -1,5 +1,8 @@
 """An asyncio transport on a non-blocking socket, TLS included: OpenSSL reads and writes the socket itself.
 
+The proxy (its public port) and ptsh's tunnel use it; the database agent still runs on the loop's
+own TLS transport (docs/design-notes.md, "TLS on the socket", says why).
+
 asyncio's and uvloop's own TLS transports run OpenSSL over memory BIOs: every record is
 copied from the socket into a BIO, decrypted into a read buffer, and the way back again,
 and each connection keeps those buffers. ``SocketTransport`` drives an ``ssl.SSLSocket``

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 
 from common.backoff import Backoff
 from common.relay import Connection
-from common.sockettransport import open_tls
 from common.tls import INTERNAL_SNI
 from pteleport.tunnel.protocol import encode, read_message
 
@@ -35,8 +34,13 @@ MAX_POOL = 16
 
 
 async def dial_tls(host: str, port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> Connection:
-    conn = Connection()
-    await open_tls(conn, host, port, ctx, INTERNAL_SNI, timeout)
+    loop = asyncio.get_running_loop()
+    _transport, conn = await asyncio.wait_for(
+        loop.create_connection(
+            Connection, host, port, ssl=ctx, server_hostname=INTERNAL_SNI, ssl_handshake_timeout=timeout
+        ),
+        timeout,
+    )
     return conn
 
 
