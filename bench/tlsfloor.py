@@ -11,6 +11,8 @@ This is the floor under any per-session memory of a Python TLS relay on this mac
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import socket
 import ssl
 import subprocess
 import sys
@@ -84,8 +86,6 @@ class _SocketServer:
     """Accepts with ``loop.sock_accept`` and carries each connection on a ``SocketTransport``."""
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
-        import socket
-
         self.ctx = ctx
         listening = socket.create_server(("127.0.0.1", 0), backlog=1024)
         listening.setblocking(False)
@@ -111,14 +111,7 @@ class _SocketServer:
 
 def main() -> None:
     kind = sys.argv[1]
-    if kind == "socket":
-        try:
-            import uvloop
-        except ImportError:
-            print(f"{asyncio.run(_measure(kind)):.1f}")
-            return
-        print(f"{uvloop.run(_measure(kind)):.1f}")
-    elif kind == "uvloop":
+    if kind == "uvloop" or (kind == "socket" and importlib.util.find_spec("uvloop") is not None):
         import uvloop
 
         print(f"{uvloop.run(_measure(kind)):.1f}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from common.sockettransport import SocketTransport, accept_tls, open_tls, start_tls, stream_pair
+from common.sockettransport import SocketTransport, accept_tls, open_tls, start_tls
 from common.tls import server_context
 from tests.pgserver import ThrowawayCA
 
@@ -192,6 +192,14 @@ def test_a_plain_connection_upgrades_to_tls_after_an_answer(loop_kind, pki) -> N
         listening.close()
 
     run(loop_kind, main)
+
+
+def stream_pair(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio's stream reader and writer on a SocketTransport, as ``asyncio.open_connection`` gives."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    return reader, asyncio.StreamWriter(SocketTransport(sock, protocol), protocol, reader, loop)
 
 
 async def _client_handshake(raw: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:

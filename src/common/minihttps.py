@@ -59,9 +59,8 @@ def request(host: str, port: int, ctx: ssl.SSLContext, method: str, path: str,
 
 
 def _dial(name: bytes | str, port: int) -> socket.socket:
-    """A TCP connection whose small writes leave at once: without TCP_NODELAY the request
-    after the handshake waits for the ACK of our Finished, which a server that sends nothing
-    after its handshake (no session tickets) delays by 40 ms."""
+    """A TCP connection whose small writes leave at once: without TCP_NODELAY the request can
+    wait for the ACK of our TLS Finished, which the server may delay by 40 ms."""
     raw = socket.create_connection((name, port), TIMEOUT)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return raw

@@ -538,7 +538,7 @@ async def open_tls(
     """Dial ``host:port``, do the TLS handshake within ``timeout`` s, and carry ``protocol``."""
     async with asyncio.timeout(timeout):
         sock = await open_socket(host, port)
-        tls = await handshake(sock, ctx, server_side=False, timeout=timeout, server_hostname=server_hostname)
+        tls = await handshake(sock, ctx, server_side=False, timeout=None, server_hostname=server_hostname)
     return SocketTransport(tls, protocol)
 
 
@@ -581,12 +581,3 @@ async def start_tls(
         protocol.connection_lost(exc if isinstance(exc, Exception) else None)
         raise
     return SocketTransport(tls, protocol)  # (calls connection_made again, with the TLS transport)
-
-
-def stream_pair(sock: socket.socket, limit: int = 64 * 1024) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """An asyncio stream reader and writer on ``sock`` (TLS or not), as ``asyncio.open_connection`` gives."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport = SocketTransport(sock, protocol)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -18,8 +18,8 @@ HTTP request on the TLS port) raise at once, as before. Only ``do_handshake`` ch
 both loops keep their own SSL protocol and the connection after the handshake costs
 exactly what it did.
 
-Connections on ``common.sockettransport`` (the public port, the agent's and ptsh's dials)
-do not need this: OpenSSL writes the alert to the socket itself before it raises. It
+Connections accepted on ``common.sockettransport`` (the proxy's public port) do not need
+this: OpenSSL writes the alert to the socket itself before it raises. It
 still serves what the loop's own TLS transport carries: the native listener on
 ``postgres_listen_addr`` (``loop.create_server``, then ``loop.start_tls``).
 """
