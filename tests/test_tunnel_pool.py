@@ -25,12 +25,16 @@ RUNS: dict[int, asyncio.Task[None]] = {}  # id(agent) -> the task running it, fo
 
 @asynccontextmanager
 async def tunnel_pair(
-    pool_size: int, warmup: float = 30.0, agent_after: float | None = None
+    pool_size: int, warmup: float = 30.0, agent_after: float | None = None, mux: bool = False
 ) -> AsyncIterator[tuple[TunnelServer, TunnelAgent, list[dict]]]:
-    """A tunnel server and an agent dialling it; ``agent_after``: the agent starts that late, unawaited."""
+    """A tunnel server and an agent dialling it; ``agent_after``: the agent starts that late, unawaited.
+
+    ``mux``: the server offers mux links (tests/test_tunnel_mux.py); off here, so these
+    tests drive dial-back and spares, which agents that ignore the offer still use.
+    """
     ca = ThrowawayCA.create("tunnel test CA")
     cert, key = ca.issue("proxy", [INTERNAL_SNI], server=True)
-    server = TunnelServer(pool_size=pool_size, warmup=warmup)
+    server = TunnelServer(pool_size=pool_size, warmup=warmup, mux=mux)
     handlers: set[asyncio.Task[None]] = set()
 
     def accept() -> Connection:
@@ -54,7 +58,9 @@ async def tunnel_pair(
         header = await read_message(conn)
         sessions.append(header)
         conn.write(b"hello from the agent")
-        await conn.closed
+        while await conn.wait_data():  # echo what follows the greeting
+            conn.write(conn.take_buffer())
+        conn.close()
 
     agent = TunnelAgent("127.0.0.1", port, client_context(cas=ca.cert_pem), "agent-1", lambda: ["db1"], on_session)
     async def run_agent() -> None:

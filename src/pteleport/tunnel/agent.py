@@ -8,6 +8,11 @@ When the proxy asks for a pool (``pool`` line on the control link), the agent ke
 many *spare* data links open, so a new session starts without a round trip on the
 control link and a TLS handshake; each spare that is used is replaced at once.
 
+When the proxy offers ``mux`` (before ``pool``), the agent opens one *mux link* instead
+(``tunnel.mux``): every session is a stream the proxy opens on it, and no spares are kept.
+The link is reopened (with backoff) while the control link is up; when the control link
+goes, it takes no new sessions and closes once its sessions have ended.
+
 An agent that stops says ``bye`` on the control link, so the proxy refuses its database at
 once instead of waiting for a redial (``TunnelServer``'s arrivals).
 """
@@ -23,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from common.backoff import Backoff
 from common.relay import Connection
 from common.tls import INTERNAL_SNI
+from pteleport.tunnel.mux import MuxLink, MuxStream
 from pteleport.tunnel.protocol import encode, read_message
 
 log = logging.getLogger("pteleport.tunnel.agent")
@@ -120,6 +126,8 @@ class TunnelAgent:
                 message = await read_message(control)
                 if message["type"] == "dial":
                     self._spawn(self._open_data(str(message["dial_id"])))
+                elif message["type"] == "mux" and not slots:
+                    slots = [loop.create_task(self._mux_link(control))]
                 elif message["type"] == "pool" and not slots:
                     size = min(max(int(message.get("size", 0)), 0), MAX_POOL)
                     slots = [loop.create_task(self._spare_slot(control)) for _ in range(size)]
@@ -155,6 +163,35 @@ class TunnelAgent:
             log.exception("session failed")
         finally:
             conn.close()
+
+    async def _mux_link(self, control: Connection) -> None:
+        """Keep one mux link open while ``control`` is up; sessions arrive on it as streams."""
+        backoff = self._backoff()
+        while not control.closed.done():
+            try:
+                conn = await dial_tls(self.proxy_host, self.proxy_port, self.ssl_context)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                log.debug("could not open a mux link to the proxy: %s", exc)
+                await backoff.wait()
+                continue
+            conn.write(encode({"type": "mux"}))
+            mux = MuxLink(self._on_stream)
+            assert conn.transport is not None
+            conn.transport.set_protocol(mux)
+            mux.connection_made(conn.transport)
+            since = time.monotonic()
+            try:
+                await asyncio.wait({mux.closed, control.closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                mux.retire()  # the sessions on it go on; it takes no new ones
+            if not control.closed.done():
+                log.warning("the mux link to the proxy closed; reopening it")
+                if time.monotonic() - since >= HEARTBEAT_EVERY:
+                    backoff.reset()  # as for the control link: a link that flaps waits longer each time
+                await backoff.wait()
+
+    def _on_stream(self, stream: MuxStream) -> None:
+        self._spawn(self._run_session(Connection.attach(stream)))
 
     async def _spare_slot(self, control: Connection) -> None:
         """Keep one spare data link open while ``control`` is up; replace it once it is used."""

@@ -12,6 +12,13 @@ dial back (a round trip and a TLS handshake per session). Spares are used only w
 agent's control link is up and was heard from recently; otherwise ``dial`` asks as before.
 Agents that do not know ``pool`` never send spares.
 
+Mux links (``tunnel.mux``): after ``hello`` the proxy also offers ``mux``; an agent that
+knows it opens one link whose first line is ``mux`` and which then carries every session
+as a stream, and leaves spares alone. ``dial`` opens a stream on it: no round trip, no
+handshake, and no TLS connection per session in either process. Dial-back and spares remain
+for agents that ignore the offer. A mux link outlives the control link it came with until
+its sessions end (as data links do); new sessions go to the agent's current one.
+
 The agent mesh (docs/design-notes.md "Every proxy reaches every agent"): the proxy knows
 the set of running proxies (``set_proxies``, from the proxy registry) and tells each agent
 on its control link (``proxies`` line, right after ``hello`` and whenever the set changes);
@@ -44,6 +51,7 @@ from common.errors import ConnectionProblem
 from common.identity import Identity
 from common.relay import Connection
 from pteleport.tunnel.agent import BACKOFF_MAX, BACKOFF_MIN
+from pteleport.tunnel.mux import MuxLink
 from pteleport.tunnel.protocol import encode, read_message
 
 log = logging.getLogger("pteleport.tunnel")
@@ -68,10 +76,21 @@ class AgentLink:
     last_seen: float = field(default_factory=time.monotonic)
     spares: collections.deque[Connection] = field(default_factory=collections.deque)
     leaving: bool = False  # the agent said ``bye``: it is stopping, not redialling
+    mux: MuxLink | None = None
+
+    def alive(self) -> bool:
+        """The control link is up and was heard from lately (a link to a frozen agent may look open)."""
+        return not self.control.closed.done() and time.monotonic() - self.last_seen <= SPARE_FRESH
+
+    def open_stream(self) -> Connection | None:
+        """A new session stream on the agent's mux link, if it has a usable one and is alive."""
+        if self.mux is None or not self.mux.usable or not self.alive():
+            return None
+        return Connection.attach(self.mux.open())
 
     def take_spare(self) -> Connection | None:
         """A warm data link, if one is open and the agent is alive."""
-        if self.control.closed.done() or time.monotonic() - self.last_seen > SPARE_FRESH:
+        if not self.alive():
             return None
         while self.spares:
             conn = self.spares.popleft()
@@ -82,12 +101,15 @@ class AgentLink:
     def close_spares(self) -> None:
         while self.spares:
             self.spares.popleft().close()
+        if self.mux is not None:
+            self.mux.retire()
 
 
 class TunnelServer:
-    def __init__(self, pool_size: int = POOL_SIZE, warmup: float = WARMUP) -> None:
+    def __init__(self, pool_size: int = POOL_SIZE, warmup: float = WARMUP, mux: bool = True) -> None:
         self.agents: dict[str, AgentLink] = {}
         self.pool_size = pool_size
+        self.mux = mux
         self.warmup = warmup
         self.started = time.monotonic()
         self._left: dict[str, tuple[float, bool]] = {}  # host id -> (when its link closed, said bye)
@@ -129,6 +151,9 @@ class TunnelServer:
         if first["type"] == "spare":
             self._add_spare(conn, identity)
             return
+        if first["type"] == "mux":
+            self._add_mux(conn, identity)
+            return
         if first["type"] == "discover":
             conn.write(encode(self.proxies_line()))
             conn.close()  # after what was written is sent
@@ -146,6 +171,8 @@ class TunnelServer:
         self._arrival.set()
         self._arrival = asyncio.Event()
         log.info("agent %s (%s) connected, serving %s", link.host_id, link.hostname, sorted(link.databases))
+        if self.mux:
+            conn.write(encode({"type": "mux"}))  # before ``pool``: an agent that takes it opens no spares
         if self.pool_size > 0:
             conn.write(encode({"type": "pool", "size": self.pool_size}))
         if self.proxies:
@@ -183,6 +210,21 @@ class TunnelServer:
             conn.close()
             return
         link.spares.append(conn)
+
+    def _add_mux(self, conn: Connection, identity: Identity) -> None:
+        link = self.agents.get(identity.username)
+        if not self.mux or link is None or link.control.closed.done() or conn.transport is None:
+            conn.close()
+            return
+        mux = MuxLink()
+        transport, early = conn.transport, conn.take_buffer()
+        transport.set_protocol(mux)
+        mux.connection_made(transport)
+        if early:
+            mux.data_received(early)
+        if link.mux is not None:
+            link.mux.retire()
+        link.mux = mux
 
     async def dial(self, database: str, host_ids: list[str]) -> Connection:
         """A data link to one of ``host_ids`` (the hosts registered for ``database``), failing over.
@@ -241,10 +283,10 @@ class TunnelServer:
         return [link for link in links if link is not None]
 
     async def _link(self, agent: AgentLink) -> Connection | None:
-        """A warm spare of ``agent``, or a new data link it dials back; None if it does not answer."""
-        spare = agent.take_spare()
-        if spare is not None:
-            return spare
+        """A stream on ``agent``'s mux link, a warm spare, or a new data link it dials back; None if it does not answer."""
+        ready = agent.open_stream() or agent.take_spare()
+        if ready is not None:
+            return ready
         dial_id = secrets.token_hex(12)
         fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self._pending[dial_id] = fut
