@@ -200,8 +200,8 @@ UNLOGGED table, emptied before each repetition) bounds all paths alike.
 
 No target; recorded for issue 14. Direct {sess_d:.0f}/s, through the tunnel {sess_tun:.0f}/s,
 haproxy {sess_h:.0f}/s. A pteleport session costs a TLS handshake tunnel→proxy with the user's
-certificate, a spare data link taken from the pool (its replacement is dialled after the
-session starts), the RBAC check, and a new TLS connection agent→PostgreSQL with the agent's
+certificate, a new stream on the agent's mux link (a frame each way: no handshake, no round
+trip before the session line), the RBAC check, and a new TLS connection agent→PostgreSQL with the agent's
 client certificate, plus the server's own backend start; haproxy does three TLS handshakes
 in C. With OpenSSL 3.0 a full mutual-TLS handshake costs both ends ~5.6 ms of CPU here
 (a resumed one 2.6 ms); the proxy and agent now verify and parse each user certificate
@@ -262,25 +262,27 @@ registration index").
 
 ### Idle sessions: < 64 KiB per session in proxy + agent — measured {pt_total:.0f} KiB ({'met' if pt_total < 64 else 'missed'})
 
-Each idle session holds four TLS connections in our two processes: in the proxy the
-client's and the data link (both server side), in the agent the data link and the one to
-PostgreSQL (both client side). The proxy's run on `common.sockettransport`
-(docs/design-notes.md, "TLS on the socket"): OpenSSL reads and writes the socket itself,
-with no memory BIOs and no read buffer per connection. The agent's still run on the loop's
-own TLS transport (the same section says why). The floor measured in the same run (`bench/tlsfloor.py`: one
-idle server-side TLS connection with a do-nothing protocol) is {floor_sock:.0f} KiB that way,
-against {floor_uv:.0f} KiB for uvloop's TLS transport (which the proxy and agent used before),
-{floor_aio:.0f} KiB for stock asyncio's (it zero-fills a 256 KiB read buffer per connection) and
-{floor_plain:.1f} KiB for plain TCP. A client-side connection costs OpenSSL more: ~24 KiB after
-its handshake, by hand on this machine (a bare `ssl.SSLSocket`, with or without
-verification or a client certificate), so even with all four on the socket OpenSSL alone
-would hold ~{2 * floor_sock + 48:.0f} KiB (two server-side at the floor, two client-side at ~24 KiB),
-before any session state (task, protocols, audit tap, the upstream stream reader). haproxy pools its
-buffers and needs {hp_total:.0f} KiB for the same two hops here. What bounds it: four TLS
-connections per session. Reaching 64 KiB would take fewer (a multiplexed proxy–agent link
-carries all sessions on one, saving a server and a client connection per session, ~40 KiB)
-or a TLS layer with pooled buffers (haproxy's); neither is built. The local tunnel costs
-~{tunnel_kib:.0f} KiB per connection (one client TLS connection and the plain one from psql).
+Each idle session holds two TLS connections in our two processes: the client's in the proxy
+(server side) and the one to PostgreSQL in the agent (client side). Between proxy and
+agent it is a stream on the agent's one mux link (docs/design-notes.md, "Reverse tunnel:
+sessions as streams on one link"): a few hundred bytes of state a side instead of a TLS
+connection a side, which took proxy + agent from 131 to ~62 KiB. Both remaining
+connections run on `common.sockettransport` ("TLS on the socket"): OpenSSL reads and writes
+the socket itself, with no memory BIOs and no read buffer per connection. The floor
+measured in the same run (`bench/tlsfloor.py`: one idle server-side TLS connection with a
+do-nothing protocol) is {floor_sock:.0f} KiB that way, against {floor_uv:.0f} KiB for uvloop's TLS
+transport (which the proxy and agent used before), {floor_aio:.0f} KiB for stock asyncio's (it
+zero-fills a 256 KiB read buffer per connection) and {floor_plain:.1f} KiB for plain TCP. A
+client-side connection costs OpenSSL more: ~23 KiB after its handshake, by hand on this
+machine (a bare `ssl.SSLSocket` to PostgreSQL, with or without verification; PostgreSQL
+sends no session ticket, and CPython already asks OpenSSL to release idle buffers), so
+OpenSSL alone holds ~{floor_sock + 23:.0f} KiB of each session, and the rest is session
+state: the relay's protocols, the audit tap's event writer, the engine's task, the stream
+pair that dialled PostgreSQL. haproxy pools its buffers and needs {hp_total:.0f} KiB for the same two
+hops here. What bounds it now: OpenSSL's per-connection state; the session's Python objects
+were trimmed to what the relay needs (the startup exchange's messages and the forwarded
+certificate are dropped once used). The local tunnel costs ~{tunnel_kib:.0f} KiB per
+connection (one client TLS connection and the plain one from psql).
 
 ## Profiling findings (by hand, py-spy and perf on the same machine)
 

@@ -215,7 +215,8 @@ direct connection, measured side by side in the same run, are what we track.
 - **direct**: `pgbench`/`psql` → PostgreSQL 15 over TLS (`sslmode=require`), as a user
   without pteleport would connect.
 - **pteleport tunnel**: `pgbench`/`psql` → `ptsh proxy db --tunnel` (plain, 127.0.0.1) → mTLS →
-  proxy (`pteleport start`) → reverse-tunnel data link (TLS) → agent (`pteleport db start`)
+  proxy (`pteleport start`) → a stream on the agent's reverse-tunnel mux link (one TLS connection
+  for all sessions) → agent (`pteleport db start`)
   → TLS + client certificate → PostgreSQL. Every query is parsed and audited by the agent.
 - **native, public port**: `pgbench`/`psql` with the certificate from `pctl auth sign
   --format=db` → SSLRequest and mTLS on the proxy's one public port (no local tunnel) →

@@ -305,6 +305,10 @@ class Splice:
         if a._eof or b._eof:
             self.pipe_a._finish(None)
         result = await self.done
+        # Both sides are closing: nothing more is forwarded. A tap or filter usually refers to
+        # its owner, which refers to this splice; letting go frees the session at once instead
+        # of at the next full garbage collection (the agent's heap grew round after round).
+        self.pipe_a.tap = self.pipe_a.filter = self.pipe_b.filter = None
         return result  # type: ignore[return-value]
 
     @property

@@ -107,7 +107,7 @@ class AuditQueue:
 class EventWriter:
     """One session's events as JSON lines, with a running event index (``ei``)."""
 
-    __slots__ = ("_fixed", "_taken", "_uid", "base", "cluster_name", "ei", "queue")
+    __slots__ = ("_fixed", "_uid", "base", "cluster_name", "ei", "queue")
 
     def __init__(self, queue: AuditQueue, cluster_name: Callable[[], str], base: dict[str, Any]) -> None:
         self.queue = queue
@@ -116,7 +116,6 @@ class EventWriter:
         self.ei = 0
         self._uid = str(uuid.uuid4())[:24]  # "xxxxxxxx-xxxx-4xxx-yxxx-" + 12 hex digits of ei
         self._fixed: str | None = None
-        self._taken: frozenset[str] = frozenset()
 
     def changed(self) -> None:
         """``base`` changed (the session's db user and name are known): encode it again."""
@@ -126,7 +125,6 @@ class EventWriter:
         if self._fixed is None:
             clean = {k: ev.sanitise(v) for k, v in self.base.items() if v is not None}
             self._fixed = _encode_str(clean)[1:-1]
-            self._taken = ev.RESERVED_FIELDS | clean.keys() | {"ei"}
         return self._fixed
 
     def _head(self, name: str, code: str, when: float) -> str:
@@ -149,7 +147,8 @@ class EventWriter:
     def emit(self, name: str, code: str, when: float, **fields: Any) -> None:
         """An event written now, after everything this agent tapped so far."""
         self._fields()
-        clash = self._taken & fields.keys()
+        keys = fields.keys()  # (computed here, not kept: emit is rare, and every idle session would hold the set)
+        clash = (keys & ev.RESERVED_FIELDS) | {k for k in keys if k == "ei" or self.base.get(k) is not None}
         if clash:
             raise BadParameter(f"emit sets {', '.join(sorted(clash))} itself")
         clean = {k: ev.sanitise(v) for k, v in fields.items() if v is not None}

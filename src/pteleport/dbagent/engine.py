@@ -274,7 +274,7 @@ class PostgresEngine:
 
     def _identity(self, header: dict) -> Identity:
         try:
-            der = base64.b64decode(header.get("client_cert", ""))
+            der = base64.b64decode(header.pop("client_cert", ""))  # not kept for the session's life
             identity = self.identities.identity(der, self.deps.user_ca(), self.deps.clock())
         except ValueError:
             raise NotLoggedIn("no valid client certificate reached the database service; log in again") from None
@@ -339,7 +339,8 @@ class PostgresEngine:
         key = (route.service_name, pid, secret)
         self.deps.sessions[key] = session
         hello = [authentication_ok()]
-        hello += [parameter_status(k, v) for k, v in upstream.conn.parameters.items()]
+        parameters, upstream.conn.parameters = upstream.conn.parameters, {}  # needed once, for the greeting
+        hello += [parameter_status(k, v) for k, v in parameters.items()]
         hello += [backend_key_data(pid, secret), ready_for_query(b"I")]
         greeting = b"".join(hello)
         conn.write(greeting)
@@ -347,6 +348,7 @@ class PostgresEngine:
         auditor.emit(ev.DB_SESSION_START, ev.DB_SESSION_START_CODE, success=True, db_roles=db_roles)
         server_conn, leftover = attach_stream(upstream.conn.reader, upstream.conn.writer)
         splice = Splice(conn, server_conn, b_leftover=leftover, sent_to_a=greeting)
+        del hello, greeting, packet, parameters  # not kept for the session (upstream stays: its StreamWriter closes the socket when freed)
         live = LiveSession(self, session, auditor, splice, served.resource, route)
         splice.pipe_a.tap = auditor.tap(live.malformed)
         self.deps.live[session.sid] = live

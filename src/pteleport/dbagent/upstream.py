@@ -39,7 +39,7 @@ from common.errors import (
     NotFound,
     PteleportError,
 )
-from common.sockettransport import open_socket
+from common.sockettransport import handshake, open_socket, stream_pair
 from common.tls import load_cert_chain
 from pteleport import pgwire
 
@@ -367,7 +367,8 @@ async def _open_tls(
         )
     progress.stage = "the TLS handshake"
     try:
-        return await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname=tls.server_name or host)
+        tls_sock = await handshake(sock, ctx, server_side=False, timeout=None, server_hostname=tls.server_name or host)
+        return stream_pair(tls_sock)
     except ssl.SSLCertVerificationError as exc:
         sock.close()
         raise await _verification_problem(exc, host, port, tls) from exc
