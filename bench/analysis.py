@@ -200,7 +200,7 @@ UNLOGGED table, emptied before each repetition) bounds all paths alike.
 
 No target; recorded for issue 14. Direct {sess_d:.0f}/s, through the tunnel {sess_tun:.0f}/s,
 haproxy {sess_h:.0f}/s. A pteleport session costs a TLS handshake tunnel→proxy with the user's
-certificate, a new stream on the agent's mux link (a frame each way: no handshake, no round
+certificate, a new stream on the agent's mux link (one `OPEN` frame: no handshake, no round
 trip before the session line), the RBAC check, and a new TLS connection agent→PostgreSQL with the agent's
 client certificate, plus the server's own backend start; haproxy does three TLS handshakes
 in C. With OpenSSL 3.0 a full mutual-TLS handshake costs both ends ~5.6 ms of CPU here
@@ -266,7 +266,7 @@ Each idle session holds two TLS connections in our two processes: the client's i
 (server side) and the one to PostgreSQL in the agent (client side). Between proxy and
 agent it is a stream on the agent's one mux link (docs/design-notes.md, "Reverse tunnel:
 sessions as streams on one link"): a few hundred bytes of state a side instead of a TLS
-connection a side, which took proxy + agent from 131 to ~62 KiB. Both remaining
+connection a side (131 KiB per session in proxy + agent with data links, measured before it). Both remaining
 connections run on `common.sockettransport` ("TLS on the socket"): OpenSSL reads and writes
 the socket itself, with no memory BIOs and no read buffer per connection. The floor
 measured in the same run (`bench/tlsfloor.py`: one idle server-side TLS connection with a

@@ -6,8 +6,8 @@ Measures (each written to ``bench/last-ha.json`` and ``docs/ha-scale.md``):
   databases each, every agent with a tunnel to each of the 2 proxies (the agent mesh);
 - ``ptsh db ls`` through the load balancer, wall time (the listing has every database);
 - memory per agent tunnel in a proxy: the proxy's RSS after the agents connected, minus
-  before, over the number of agents (each agent holds 1 control link and 2 warm spares
-  per proxy);
+  before, over the number of agents (each agent holds 1 control link and 1 mux link per
+  proxy; before the mux link, 2 warm spare data links);
 - proxy CPU for the heartbeats: CPU seconds per second of each proxy process (main and
   auth worker) while the agents only heartbeat;
 - new sessions per second through one proxy: concurrent clients that each open a session
@@ -217,7 +217,7 @@ def main() -> int:
             time.sleep(1.0)
         results["register_s"] = time.perf_counter() - started
         log(f"  {registered} databases registered, tunnels per proxy {meshed}, after {results['register_s']:.1f}s")
-        time.sleep(10)  # spares filled, heartbeats in their rhythm
+        time.sleep(10)  # mux links open, heartbeats in their rhythm
         after = [rss_kib(pid) for pid in mains]
         results["kib_per_agent_tunnel"] = [(a - b) / args.agents for a, b in zip(after, before, strict=True)]
         log(f"  proxy RSS per agent: {[round(k, 1) for k in results['kib_per_agent_tunnel']]} KiB")
@@ -298,13 +298,13 @@ simulated agents, one real agent, `ptsh` and the load generator all share its co
 | databases / agents / proxies | {r['agents'] * r['per_agent']} / {r['agents']} (simulated, one process) / {r['proxies']} |
 | all registered and meshed after | {r['register_s']:.1f} s (joins included) |
 | `ptsh db ls` through the load balancer ({r['agents'] * r['per_agent'] + 1} databases) | median {med(r['ptsh_db_ls_ms']):.0f} ms (of {len(r['ptsh_db_ls_ms'])}: {', '.join(f'{v:.0f}' for v in r['ptsh_db_ls_ms'])}) |
-| proxy memory per agent (1 control link + 2 warm spares) | {', '.join(f'{k:.1f}' for k in kib)} KiB (proxy 0, proxy 1) |
+| proxy memory per agent (1 control link + 1 mux link) | {', '.join(f'{k:.1f}' for k in kib)} KiB (proxy 0, proxy 1) |
 | proxy main process CPU while {r['agents']} agents heartbeat every 5 s | {', '.join(f'{c * 100:.1f}' for c in cpu['proxy main (cpu s/s)'])} % of one core |
 | auth worker CPU for those heartbeats (each goes to one proxy) | {', '.join(f'{c * 100:.1f}' for c in cpu['auth worker (cpu s/s)'])} % of one core |
 | `pctl lock` through proxy A: until it returned / until a session on proxy B ended | {', '.join(f'{a:.2f} / {b:.2f}' for a, b in r['lock_to_session_end_s'])} s |
 
 New sessions per second, through one proxy at a time (each: TCP to `ptsh proxy db
---tunnel`, mTLS to the proxy, a warm data link to the real agent, TLS and certificate
+--tunnel`, mTLS to the proxy, a new stream on the real agent's mux link, TLS and certificate
 login to PostgreSQL, ReadyForQuery, Terminate), with concurrent clients:
 
 | through | new sessions/s | proxy CPU (s/s) | proxy CPU per session | failed |

@@ -2,8 +2,8 @@
 
 Each simulated agent does what a real one does on the cluster's side: it joins with a
 token (a host certificate of its own), heartbeats its databases to auth every 5 s through
-the load balancer, and keeps the agent mesh (``tunnel.mesh.TunnelMesh``: one tunnel, plus
-warm spares, to every proxy). It serves no real database: a session it is handed is closed.
+the load balancer, and keeps the agent mesh (``tunnel.mesh.TunnelMesh``: a control link and a
+mux link to every proxy). It serves no real database: a session it is handed is closed.
 
     python -m bench.ha_sim --proxy HOST:PORT --token TOKEN --pin PIN --agents 100 --per-agent 10 --data DIR
 """

@@ -53,10 +53,14 @@ def env(pg, tmp_path_factory) -> Iterator[DbEnv]:
         e.stop()
 
 
-def session_of(env: DbEnv, marker: str, timeout: float = 10) -> list[dict]:
+def session_of(env: DbEnv, marker: str, timeout: float = 10, since: str | None = None) -> list[dict]:
+    """The events of the finished session that ran ``marker``; ``since`` (RFC 3339): look only
+    from then on (the listing is oldest first and capped, and a module's earlier tests may
+    have logged more than the cap)."""
+    window = {"from": since} if since else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        hits = [e for e in env.events(type="db.session.query") if marker in e.get("db_query", "")]
+        hits = [e for e in env.events(type="db.session.query", **window) if marker in e.get("db_query", "")]
         if hits:
             events = env.events(sid=hits[0]["sid"])
             if events[-1]["event"] == "db.session.end":
@@ -254,12 +258,13 @@ def test_a_poison_event_in_an_agent_spool_is_set_aside_and_later_events_flow(env
         assert [json.loads(line)["uid"] for line in dead] == ["spool-poison"]
         notes = env.events(type="audit.events.set_aside")
         assert [(n["code"], n["count"], n["uids"]) for n in notes] == [("TPA00W", 1, ["spool-poison"])]
+        started = format_time(datetime.now(UTC))
         result = env.ptsh(
             "alice", "db", "connect", "--db-user=alice", "--db-name=postgres", "poisoned", "--", "-At",
             "-c", "select 'after-poison-marker'",
         )
         assert result.returncode == 0, result.stderr
-        assert session_of(env, "after-poison-marker")[0]["db_service"] == "poisoned"
+        assert session_of(env, "after-poison-marker", since=started)[0]["db_service"] == "poisoned"
         errors = [line for line in agent.log().splitlines() if " ERROR " in line]
         assert len(errors) == 1 and "refused 1 events as malformed" in errors[0], agent.log()
     finally:

@@ -247,13 +247,15 @@ def test_a_frame_split_anywhere_across_reads_is_put_back_together() -> None:
         def opened(stream: MuxStream) -> None:
             stream.set_protocol(Keep())
 
-        link = MuxLink(opened)
         wire = b"".join(
             [HEADER.pack(1, 5, 0)] + [HEADER.pack(DATA, 5, len(p)) + p for p in (b"abc", b"", b"defgh" * 100)]
         )
-        for cut in range(0, len(wire), 3):  # three bytes at a time, header boundaries anywhere
-            link.data_received(wire[cut : cut + 3])
-        assert b"".join(got) == b"abc" + b"defgh" * 100
+        for step in range(1, 12):  # every step size: reads end inside headers, payloads, and at frame ends
+            got.clear()
+            link = MuxLink(opened)
+            for cut in range(0, len(wire), step):
+                link.data_received(wire[cut : cut + step])
+            assert b"".join(got) == b"abc" + b"defgh" * 100, step
         assert struct.calcsize("!BII") == HEADER.size == 9
 
     asyncio.run(main())
@@ -261,11 +263,13 @@ def test_a_frame_split_anywhere_across_reads_is_put_back_together() -> None:
 
 def test_sessions_go_over_one_mux_link_with_no_dial_back_and_no_spares() -> None:
     async def main() -> None:
-        async with tunnel_pair(pool_size=2, mux=True) as (server, _agent, sessions):
+        async with tunnel_pair(pool_size=2, mux=True) as (server, agent, sessions):
             await _until(lambda: "host-1" in server.agents and server.agents["host-1"].mux is not None)
             link = server.agents["host-1"]
+            dialled: list[str] = []
+            agent._open_data = dialled.append  # type: ignore[method-assign,assignment]
             links = [await _use(server, f"s{i}") for i in range(10)]
-            assert not server._pending  # no dial line was sent
+            assert dialled == []  # no dial line reached the agent
             assert not link.spares  # the agent took mux instead of pool
             assert len(link.mux.streams) == 10  # type: ignore[union-attr]
             assert [s["marker"] for s in sessions] == [f"s{i}" for i in range(10)]
@@ -364,5 +368,86 @@ def test_a_finished_stream_is_freed_at_once_not_by_the_garbage_collector() -> No
                 assert mine() is None and theirs() is None
             finally:
                 gc.enable()
+
+    asyncio.run(main())
+
+
+def test_a_mux_link_that_went_silent_is_not_used_and_dial_back_takes_over() -> None:
+    """A NAT that forgets the mux link's flow while the control link lives: sessions must not go into the hole."""
+
+    async def main() -> None:
+        async with tunnel_pair(pool_size=0, mux=True) as (server, _agent, sessions):
+            await _until(lambda: "host-1" in server.agents and server.agents["host-1"].mux is not None)
+            mux = server.agents["host-1"].mux
+            assert mux is not None
+            mux.last_heard -= 60  # no frame, not even a PING, for a minute
+            link = await _use(server, "dialled")
+            assert not mux.streams  # it went over a dial-back data link
+            assert sessions[-1]["marker"] == "dialled"
+            link.close()
+
+    asyncio.run(main())
+
+
+def test_the_agent_may_not_open_streams_on_the_proxy() -> None:
+    async def main() -> None:
+        async with link_pair() as (opener, acceptor, _accepted):
+            assert acceptor.transport is not None
+            acceptor.transport.write(HEADER.pack(1, 7, 0))  # OPEN, from the side that only accepts
+            await asyncio.wait_for(opener.closed, 5)  # the proxy's side drops the link
+
+    asyncio.run(main())
+
+
+def test_a_session_whose_protocol_fails_ends_alone() -> None:
+    class Broken(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            raise RuntimeError("a bug in one session")
+
+    async def main() -> None:
+        kinds = iter([Broken, Echo])
+        async with link_pair(on_open=lambda: next(kinds)()) as (opener, acceptor, _accepted):
+            broken, fine = _connect(opener), _connect(opener)
+            broken.write(b"boom")
+            await asyncio.wait_for(broken.closed, 5)  # that session ends
+            fine.write(b"still fine")
+            assert await _read(fine, 10) == b"still fine"  # the link and the other session go on
+            assert not acceptor.closed.done()
+
+    asyncio.run(main())
+
+
+def test_closing_with_a_backlog_never_deadlocks_and_gives_up_after_the_close_timeout(monkeypatch) -> None:
+    """Both sides have more to send than the window; one closes. It must keep granting window
+    (the other side's backlog drains), and a backlog the other side never takes is dropped
+    after CLOSE_TIMEOUT instead of pinning the stream (and its database session) forever."""
+    import pteleport.tunnel.mux as mux_module
+
+    monkeypatch.setattr(mux_module, "CLOSE_TIMEOUT", 1.5)
+
+    class Flooder(Stalled):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # never reads what it is sent
+            self.transport.write(os.urandom(3 * WINDOW_SIZE))
+
+    async def main() -> None:
+        Stalled.instances.clear()
+        async with link_pair(on_open=Flooder) as (opener, acceptor, _accepted):
+            stream = opener.open()
+            mine = Stalled()
+            stream.set_protocol(mine)
+            mine.connection_made(stream)  # this side does not read either
+            stream.write(os.urandom(3 * WINDOW_SIZE))
+            await _until(lambda: len(Stalled.instances) == 2)
+            flooder = Stalled.instances[1]
+            await _until(lambda: flooder.transport._send_window == 0)  # both sides stuck on window
+            stream.close()
+            # We kept granting: the other side's backlog drains while ours still waits.
+            await _until(lambda: flooder.transport.get_write_buffer_size() == 0, timeout=1)
+            assert opener.streams
+            await _until(lambda: not opener.streams, timeout=5)  # our backlog was dropped after the timeout
+            flooder.transport.resume_reading()  # what we sent before giving up, then our CLOSE
+            await _until(lambda: flooder.lost == [None], timeout=5)
+            assert flooder.eof and not acceptor.streams
 
     asyncio.run(main())

@@ -332,7 +332,7 @@ class SocketTransport(_FlowControlMixin, asyncio.Transport):
         self._buffer = ()
         self._watch_writes(False)
         self._maybe_resume_protocol()  # may write again, or close
-        if buffer or self._closed:
+        if self._buffer or self._closed:  # (what it wrote waits for the next writable callback)
             return
         if self._eof_wanted:
             self._shut_write()

@@ -106,7 +106,7 @@ class DatabaseAgent:
         self.closing: str | None = None  # while set, new sessions are refused with it
         self._beat_now = asyncio.Event()
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._proxy_sessions: dict[Any, str] = {}  # data link transport -> the proxy's session token
+        self._proxy_sessions: dict[Any, str] = {}  # session link transport (mux stream or data link) -> the proxy's session token
         self.ready = asyncio.Event()  # joined, and serving
 
     def databases(self) -> dict[str, ServedDatabase]:

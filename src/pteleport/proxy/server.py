@@ -197,7 +197,7 @@ class ProxyServer:
             self.sessions.pop(token, None)
 
     async def _dial_for(self, conn: Connection, database: str, hosts: list[str]) -> Connection | None:
-        """A data link for ``conn``'s session; None when the client leaves before there is one.
+        """A link to an agent (a mux stream or a data link) for ``conn``'s session; None when the client leaves first.
 
         A dial can wait for an agent's tunnel to arrive (``TunnelServer`` "Arrivals", up to
         16 s): if the client goes away meanwhile, the wait is abandoned, and a link that

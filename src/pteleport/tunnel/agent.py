@@ -180,6 +180,7 @@ class TunnelAgent:
             conn.transport.set_protocol(mux)
             mux.connection_made(conn.transport)
             since = time.monotonic()
+            self._spawn(mux.ping())  # (ends with the link)
             try:
                 await asyncio.wait({mux.closed, control.closed}, return_when=asyncio.FIRST_COMPLETED)
             finally:

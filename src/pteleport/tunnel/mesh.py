@@ -4,7 +4,8 @@ The agent is given one proxy address (``teleport.proxy_server``: a proxy, or a l
 balancer in front of several). It asks there which proxies run (a ``discover`` link; the
 answer is a ``proxies`` line: each proxy's host id and the address it advertises), then
 keeps one ``TunnelAgent`` per proxy, dialling that proxy's own address, so every proxy
-can reach this agent and its data links return to the proxy that asked for them. Every
+can reach this agent and its sessions (streams on its mux link, or dial-back data links)
+return to the proxy that asked for them. Every
 proxy repeats the set on the control link whenever it changes; the agent adds tunnels for
 new proxies and drops the ones whose proxy left the set and whose link is down (a proxy
 that still answers is kept, whatever a lagging view says).
@@ -193,7 +194,7 @@ class TunnelMesh:
             log.info("keeping a tunnel to proxy %s at %s:%s", proxy_id, *addr)
 
     def _retire(self, member: _Member) -> None:
-        """Close a member's control link and spares; its open sessions run to their end."""
+        """Close a member's control link and spares or mux link; its open sessions run to their end."""
         member.task.cancel()
         member.agent.connected.clear()
         if self.members.get(member.proxy_id) is member:

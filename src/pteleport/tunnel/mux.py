@@ -10,12 +10,18 @@ it starts, and OpenSSL's state in both processes while it lasts, ~40 KiB togethe
 - ``WINDOW``: the sender of the frame has passed this many more bytes (4-byte payload) of
   stream ``id`` to its reader, so the other side may send that many more;
 - ``CLOSE``: the sender is done with stream ``id``, in both directions, after the data it
-  sent before; the receiver forgets the stream once it has passed that data on.
+  sent before; the receiver forgets the stream once it has passed that data on;
+- ``PING`` (stream 0): the agent is there; it sends one every ``PING_EVERY`` seconds, and the
+  proxy opens streams only on a link it heard from lately (``heard_within``).
+
+Only the proxy opens streams; an ``OPEN`` from the agent, like any other break of these
+rules, closes the link.
 
 Flow control: each side may have ``WINDOW_SIZE`` bytes of a stream sent and not yet passed
 on by the other side. A reader that pauses (its own peer is slow) stops granting window,
-so a slow session holds at most that much in flight and never stalls another: the link
-itself is only ever paused by the transport under it, for everyone. ``MuxStream`` is an
+so a slow session holds at most that much in flight and its own flow control stalls no
+other session (they still share the link's send queue and TCP window: when the transport
+under the link pauses, every stream pauses). ``MuxStream`` is an
 ``asyncio.Transport``, so ``common.relay`` splices it as it splices a socket.
 
 Writes are gathered per turn of the event loop and leave in one write on the link, so when
@@ -34,7 +40,10 @@ from typing import Any
 log = logging.getLogger("pteleport.tunnel.mux")
 
 HEADER = struct.Struct("!BII")
-OPEN, DATA, WINDOW, CLOSE = 1, 2, 3, 4
+OPEN, DATA, WINDOW, CLOSE, PING = 1, 2, 3, 4, 5
+PING_EVERY = 10.0
+LAST_ID = 0xFFFFFFFF
+CLOSE_TIMEOUT = 30.0  # a closing stream whose backlog the other side does not take is aborted
 WINDOW_SIZE = 256 * 1024  # bytes of one stream in flight per direction
 CREDIT_EVERY = WINDOW_SIZE // 4  # grant window back after passing on this much
 MAX_FRAME = 64 * 1024  # DATA payload per frame, so a reader starts before a large write has arrived
@@ -63,6 +72,7 @@ class MuxLink(asyncio.Protocol):
         self._flush_scheduled = False
         self._retiring = False
         self._loop = asyncio.get_running_loop()
+        self.last_heard = self._loop.time()
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,6 +83,7 @@ class MuxLink(asyncio.Protocol):
             self._inbox += data
             data = self._inbox  # type: ignore[assignment]
         size, offset = len(data), 0
+        self.last_heard = self._loop.time()
         try:
             while size - offset >= HEADER.size and not self.closed.done():
                 kind, stream_id, length = HEADER.unpack_from(data, offset)
@@ -81,7 +92,7 @@ class MuxLink(asyncio.Protocol):
                     raise MuxError(f"a frame of {length} bytes")
                 if end > size:
                     break
-                self._frame(kind, stream_id, bytes(data[offset + HEADER.size : end]))
+                self._dispatch(kind, stream_id, bytes(data[offset + HEADER.size : end]))
                 offset = end
         except MuxError as exc:
             log.warning("closing a tunnel link: %s", exc)
@@ -108,12 +119,23 @@ class MuxLink(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         for stream in list(self.streams.values()):
-            stream._update_write_pause()
+            self._guarded(stream, stream._update_write_pause)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         for stream in list(self.streams.values()):
-            stream._update_write_pause()
+            self._guarded(stream, stream._update_write_pause)
+
+    @staticmethod
+    def _guarded(stream: MuxStream, call: Callable[[], None]) -> None:
+        """One session's failure ends that session, not every session on the link."""
+        try:
+            call()
+        except MuxError:
+            raise
+        except Exception:
+            log.exception("a session on a tunnel link failed")
+            stream.abort()
 
     # --- streams -------------------------------------------------------------------------
     @property
@@ -121,8 +143,20 @@ class MuxLink(asyncio.Protocol):
         """Whether new streams may start here."""
         return not (self._retiring or self.closed.done() or self.transport is None or self.transport.is_closing())
 
+    def heard_within(self, seconds: float) -> bool:
+        """Whether anything (a frame, a ``PING``) arrived in the last ``seconds``: a link that went silent is not used."""
+        return self._loop.time() - self.last_heard <= seconds
+
+    async def ping(self) -> None:
+        """The agent's side: a ``PING`` every ``PING_EVERY`` seconds until the link closes."""
+        while not self.closed.done():
+            self.send(PING, 0)
+            await asyncio.sleep(PING_EVERY)
+
     def open(self) -> MuxStream:
         """A new stream to the other side (which gets it through its ``on_open``)."""
+        if self._next_id > LAST_ID:
+            self.retire()  # ids are never reused: the agent opens a new link
         if not self.usable:
             raise ConnectionResetError("the tunnel link is closed")
         stream_id, self._next_id = self._next_id, self._next_id + 1
@@ -131,8 +165,14 @@ class MuxLink(asyncio.Protocol):
         self.send(OPEN, stream_id)
         return stream
 
-    def _frame(self, kind: int, stream_id: int, payload: bytes) -> None:
+    def _dispatch(self, kind: int, stream_id: int, payload: bytes) -> None:
         stream = self.streams.get(stream_id)
+        if stream is None:
+            self._frame(kind, stream_id, payload, None)
+        else:
+            self._guarded(stream, lambda: self._frame(kind, stream_id, payload, stream))
+
+    def _frame(self, kind: int, stream_id: int, payload: bytes, stream: MuxStream | None) -> None:
         if kind == DATA:
             if stream is not None:  # else: one we closed; what was in flight is dropped
                 stream._received(payload)
@@ -144,16 +184,20 @@ class MuxLink(asyncio.Protocol):
         elif kind == CLOSE:
             if stream is not None:
                 stream._remote_closed()
+        elif kind == PING:
+            pass  # last_heard is updated for every read
         elif kind == OPEN:
-            if self.on_open is None or self._retiring:
-                self.send(CLOSE, stream_id)  # this side opens streams, or takes no more
-                return
+            if self.on_open is None:
+                raise MuxError("the agent may not open streams")
             if stream_id < self._next_id:
                 raise MuxError(f"stream {stream_id} opened twice")
             self._next_id = stream_id + 1
+            if self._retiring:
+                self.send(CLOSE, stream_id)  # takes no more
+                return
             stream = MuxStream(self, stream_id)
             self.streams[stream_id] = stream
-            self.on_open(stream)
+            self._guarded(stream, lambda: self.on_open(stream))  # type: ignore[misc]
         else:
             raise MuxError(f"a frame of unknown kind {kind}")
 
@@ -218,6 +262,7 @@ class MuxStream(asyncio.Transport):
         self._protocol_paused = False
         self._high, self._low = WRITE_HIGH, WRITE_LOW
         self._delivery_scheduled = False
+        self._close_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.BaseTransport / ReadTransport ------------------------------------------------
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -234,14 +279,16 @@ class MuxStream(asyncio.Transport):
         if self._closing or self._gone:
             return
         self._closing = True
-        self._inbox = ()
+        self._drop_inbox()
         if not self._backlog:
             self._finish()
+        else:  # the backlog leaves as the window allows, or not at all after CLOSE_TIMEOUT
+            self._close_timer = self._link._loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def abort(self) -> None:
         self._backlog.clear()
         self._closing = True
-        self._inbox = ()
+        self._drop_inbox()
         if not self._gone:
             self._finish()
 
@@ -331,7 +378,12 @@ class MuxStream(asyncio.Transport):
         if self._unacked > WINDOW_SIZE:
             raise MuxError(f"stream {self.stream_id} sent past its window")
         if self._closing:
-            return  # nobody reads any more
+            # Nobody reads any more, but the window is granted back: the other side, whose
+            # reader may be what this side's backlog waits for, must never block on us.
+            self._grant(len(payload), at_once=True)
+            return
+        if not payload:
+            return
         if self._reading and not self._inbox:
             self._pass_on(payload)
             return
@@ -341,8 +393,19 @@ class MuxStream(asyncio.Transport):
 
     def _pass_on(self, payload: bytes) -> None:
         self._protocol.data_received(payload)  # type: ignore[union-attr]
-        self._passed += len(payload)
-        if self._passed >= CREDIT_EVERY and not self._closing and not self._remote_done:
+        self._grant(len(payload))
+
+    def _drop_inbox(self) -> None:
+        """Nobody will read what is held here: drop it, and give its window back."""
+        held = sum(len(payload) for payload in self._inbox)
+        self._inbox = ()
+        if held:
+            self._grant(held, at_once=True)
+
+    def _grant(self, size: int, at_once: bool = False) -> None:
+        """``size`` more bytes are off our hands; tell the other side every ``CREDIT_EVERY`` (or now)."""
+        self._passed += size
+        if (at_once or self._passed >= CREDIT_EVERY) and self._passed and not self._remote_done and not self._gone:
             self._link.send(WINDOW, self.stream_id, self._passed.to_bytes(4, "big"))
             self._unacked -= self._passed
             self._passed = 0
@@ -382,6 +445,9 @@ class MuxStream(asyncio.Transport):
         if self._gone:
             return
         self._gone = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         if self._link.streams.get(self.stream_id) is self:
             del self._link.streams[self.stream_id]
             self._link._stream_gone()

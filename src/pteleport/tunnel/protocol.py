@@ -1,5 +1,10 @@
 """Messages on the reverse tunnel: one JSON object per line, then (for data links) raw bytes.
 
+Mux links (``tunnel.mux``): the proxy sends ``{"type": "mux"}`` after ``hello``; an agent
+that knows it opens one more link whose first line is ``mux`` and which then carries
+frames, every session a stream, and ignores ``pool``. What follows describes the links an
+agent that ignores ``mux`` uses.
+
 An agent keeps one *control* link open: it sends ``hello`` (the databases it serves) and
 ``heartbeat`` lines; the proxy sends ``dial`` lines. For each dial the agent opens a new
 *data* link that starts with a ``data`` line naming the dial id; after that the link is

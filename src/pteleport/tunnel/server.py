@@ -1,4 +1,7 @@
-"""Proxy end of the reverse tunnel: which agents are connected, and dialling one for a session.
+"""Proxy end of the reverse tunnel: which agents are connected, and reaching one for a session.
+
+A session reaches an agent as a stream on its mux link (below) when it has one, else over a
+*data link*: a spare, or one the agent dials back on request.
 
 Several agents may serve one database: ``dial`` tries the live ones in turn (the least
 recently used first) and fails over to the next when one does not answer. Which agents may
@@ -83,9 +86,9 @@ class AgentLink:
         return not self.control.closed.done() and time.monotonic() - self.last_seen <= SPARE_FRESH
 
     def open_stream(self) -> Connection | None:
-        """A new session stream on the agent's mux link, if it has a usable one and is alive."""
-        if self.mux is None or not self.mux.usable or not self.alive():
-            return None
+        """A new session stream on the agent's mux link, if it has a usable one that was heard from lately."""
+        if self.mux is None or not self.mux.usable or not self.alive() or not self.mux.heard_within(SPARE_FRESH):
+            return None  # (a silent link, e.g. one a NAT forgot: dial-back instead, which fails over)
         return Connection.attach(self.mux.open())
 
     def take_spare(self) -> Connection | None:
@@ -216,10 +219,15 @@ class TunnelServer:
         if not self.mux or link is None or link.control.closed.done() or conn.transport is None:
             conn.close()
             return
+        if conn._eof:
+            conn.close()
+            return
         mux = MuxLink()
         transport, early = conn.transport, conn.take_buffer()
         transport.set_protocol(mux)
         mux.connection_made(transport)
+        if conn._paused:
+            transport.resume_reading()
         if early:
             mux.data_received(early)
         if link.mux is not None:
@@ -227,7 +235,7 @@ class TunnelServer:
         link.mux = mux
 
     async def dial(self, database: str, host_ids: list[str]) -> Connection:
-        """A data link to one of ``host_ids`` (the hosts registered for ``database``), failing over.
+        """A session link (a mux stream or a data link) to one of ``host_ids`` (the hosts registered for ``database``), failing over.
 
         What agents announce on their control link never decides routing: only the
         registrations auth holds (``host_ids``) do.
@@ -278,7 +286,7 @@ class TunnelServer:
         return links
 
     async def dial_each(self, host_ids: list[str]) -> list[Connection]:
-        """A data link to every connected agent among ``host_ids`` (for a cancel, whose session only one holds)."""
+        """A session link to every connected agent among ``host_ids`` (for a cancel, whose session only one holds)."""
         links = await asyncio.gather(*(self._link(agent) for agent in self.connected(host_ids)))
         return [link for link in links if link is not None]
 
