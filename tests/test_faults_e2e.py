@@ -216,6 +216,7 @@ async def _open(port: int) -> asyncio.StreamWriter:
 
 
 ROUNDS = 8
+SQLITE_CACHES_KIB = 3 * 2048  # the auth worker's three connections, 2 MiB of page cache each at most
 
 
 async def _round(port: int, count: int) -> None:
@@ -239,8 +240,8 @@ def test_500_sessions_opened_and_closed_eight_times_leave_memory_flat(env: DbEnv
     Allowed: 1.5 MiB. It caught ended sessions left to the cyclic garbage collector (a
     relay's tap referred to its session, which referred to the relay; a mux stream and its
     protocol to each other): the agent grew in steps, 78.9 to 85.4 MiB over four rounds.
-    (The auth worker does grow a little: its three SQLite connections' page caches, 2 MiB
-    each at most, fill as the audit log grows.)"""
+    The auth worker gets more room: its three SQLite connections' page caches, 2 MiB each
+    at most, fill as the audit log grows, so it may grow by those and 1.5 MiB more."""
     agent = env.start_agent("crowd")
     assert env.cluster.proc is not None
     daemon = env.cluster.proc.pid
@@ -256,10 +257,15 @@ def test_500_sessions_opened_and_closed_eight_times_leave_memory_flat(env: DbEnv
             for name, pid in watched.items():
                 rss[name].append(_rss_kib(pid))
     report = json.dumps(rss)
-    for name, values in rss.items():
+    for name in ("proxy", "agent"):
+        values = rss[name]
         # Both levels: a leak lifts the high one and the low one alike.
         assert max(values[5:8]) - max(values[1:4]) <= 1536, f"{name} keeps growing: {report}"
         assert min(values[5:8]) - min(values[1:4]) <= 1536, f"{name} keeps growing: {report}"
+    # The auth worker stores the sessions' events: its SQLite page caches fill as the log
+    # grows (a clean clone measured 80.6 -> 82.3 MiB from round 2 to round 7), up to 2 MiB each.
+    worker_rss = rss["auth worker"]
+    assert max(worker_rss[1:]) - worker_rss[1] <= SQLITE_CACHES_KIB + 1536, f"the auth worker keeps growing: {report}"
     starts = [e for e in all_events(env, type="db.session.start") if e.get("db_service") == "crowd"]
     assert len(starts) == ROUNDS * 500 and all(e["code"] == "TDB00I" for e in starts)
     ends = [e for e in all_events(env, type="db.session.end") if e.get("db_service") == "crowd"]
