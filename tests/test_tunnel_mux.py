@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from common.relay import Connection, splice
 from pteleport.tunnel.mux import DATA, HEADER, WINDOW_SIZE, MuxLink, MuxStream
 from pteleport.tunnel.protocol import encode
+from pteleport.tunnel.server import TunnelServer
 from tests.test_tunnel_pool import _until, _use, tunnel_pair
 
 
@@ -261,10 +262,14 @@ def test_a_frame_split_anywhere_across_reads_is_put_back_together() -> None:
     asyncio.run(main())
 
 
+async def _mux_up(server: TunnelServer) -> None:
+    await _until(lambda: "host-1" in server.agents and server.agents["host-1"].mux is not None)
+
+
 def test_sessions_go_over_one_mux_link_with_no_dial_back_and_no_spares() -> None:
     async def main() -> None:
         async with tunnel_pair(pool_size=2, mux=True) as (server, agent, sessions):
-            await _until(lambda: "host-1" in server.agents and server.agents["host-1"].mux is not None)
+            await _mux_up(server)
             link = server.agents["host-1"]
             dialled: list[str] = []
             agent._open_data = dialled.append  # type: ignore[method-assign,assignment]
@@ -285,7 +290,7 @@ def test_sessions_go_over_one_mux_link_with_no_dial_back_and_no_spares() -> None
 def test_sessions_outlive_a_dropped_control_link_and_new_ones_use_the_new_mux_link() -> None:
     async def main() -> None:
         async with tunnel_pair(pool_size=0, mux=True) as (server, _agent, sessions):
-            await _until(lambda: "host-1" in server.agents and server.agents["host-1"].mux is not None)
+            await _mux_up(server)
             first_mux = server.agents["host-1"].mux
             before = await _use(server, "before")
             server.agents["host-1"].control.close()  # the control link drops; the agent redials
@@ -377,7 +382,7 @@ def test_a_mux_link_that_went_silent_is_not_used_and_dial_back_takes_over() -> N
 
     async def main() -> None:
         async with tunnel_pair(pool_size=0, mux=True) as (server, _agent, sessions):
-            await _until(lambda: "host-1" in server.agents and server.agents["host-1"].mux is not None)
+            await _mux_up(server)
             mux = server.agents["host-1"].mux
             assert mux is not None
             mux.last_heard -= 60  # no frame, not even a PING, for a minute

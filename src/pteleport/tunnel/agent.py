@@ -175,10 +175,10 @@ class TunnelAgent:
                 await backoff.wait()
                 continue
             conn.write(encode({"type": "mux"}))
-            mux = MuxLink(self._on_stream)
-            assert conn.transport is not None
-            conn.transport.set_protocol(mux)
-            mux.connection_made(conn.transport)
+            mux = MuxLink.take_over(conn, self._on_stream)
+            if mux is None:  # the proxy closed it at once
+                await backoff.wait()
+                continue
             since = time.monotonic()
             self._spawn(mux.ping())  # (ends with the link)
             try:

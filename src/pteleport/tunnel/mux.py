@@ -37,6 +37,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from common.relay import Connection
+
 log = logging.getLogger("pteleport.tunnel.mux")
 
 HEADER = struct.Struct("!BII")
@@ -73,6 +75,22 @@ class MuxLink(asyncio.Protocol):
         self._retiring = False
         self._loop = asyncio.get_running_loop()
         self.last_heard = self._loop.time()
+
+    @classmethod
+    def take_over(cls, conn: Connection, on_open: Callable[[MuxStream], None] | None = None) -> MuxLink | None:
+        """Carry on ``conn``'s transport after its first line, with what it had read already; None if it closed."""
+        if conn.transport is None or conn._eof:
+            conn.close()
+            return None
+        link = cls(on_open)
+        transport, early = conn.transport, conn.take_buffer()
+        transport.set_protocol(link)
+        link.connection_made(transport)
+        if conn._paused:
+            transport.resume_reading()
+        if early:
+            link.data_received(early)
+        return link
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -101,7 +101,8 @@ class AgentLink:
                 return conn
         return None
 
-    def close_spares(self) -> None:
+    def close_links(self) -> None:
+        """Close the spares; the mux link takes no new sessions and closes after its last one."""
         while self.spares:
             self.spares.popleft().close()
         if self.mux is not None:
@@ -168,7 +169,7 @@ class TunnelServer:
         old = self.agents.get(link.host_id)
         if old is not None:
             old.control.close()
-            old.close_spares()
+            old.close_links()
         self.agents[link.host_id] = link
         self._left.pop(link.host_id, None)
         self._arrival.set()
@@ -198,7 +199,7 @@ class TunnelServer:
                 now = time.monotonic()
                 self._left = {h: gone for h, gone in self._left.items() if now - gone[0] < self.warmup}
                 self._left[link.host_id] = (now, link.leaving)
-            link.close_spares()
+            link.close_links()
             conn.close()
             log.info("agent %s (%s) disconnected", link.host_id, link.hostname)
 
@@ -216,20 +217,12 @@ class TunnelServer:
 
     def _add_mux(self, conn: Connection, identity: Identity) -> None:
         link = self.agents.get(identity.username)
-        if not self.mux or link is None or link.control.closed.done() or conn.transport is None:
+        if not self.mux or link is None or link.control.closed.done():
             conn.close()
             return
-        if conn._eof:
-            conn.close()
+        mux = MuxLink.take_over(conn)
+        if mux is None:
             return
-        mux = MuxLink()
-        transport, early = conn.transport, conn.take_buffer()
-        transport.set_protocol(mux)
-        mux.connection_made(transport)
-        if conn._paused:
-            transport.resume_reading()
-        if early:
-            mux.data_received(early)
         if link.mux is not None:
             link.mux.retire()
         link.mux = mux
