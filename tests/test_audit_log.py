@@ -212,6 +212,13 @@ def uids(found: list[dict[str, Any]]) -> list[str]:
     return [e["uid"] for e in found]
 
 
+def test_an_event_orjson_refuses_to_read_is_still_returned(log: AuditLog) -> None:
+    """A lone surrogate, escaped by ``json`` when the event was stored, is read back by ``json``."""
+    stored = event(db_query="select 'a\ud800b'")
+    log.emit(stored)
+    assert log.search()[0]["db_query"] == stored["db_query"]
+
+
 def test_search_everything_in_time_order(log: AuditLog, sample: list[dict[str, Any]]) -> None:
     found = log.search()
     assert found == sample

@@ -142,9 +142,10 @@ def test_run_loop_spools_on_failure_and_delivers_when_auth_returns(tmp_path: Pat
     run(scenario)
 
 
-def test_a_delivery_cut_off_half_way_resumes_and_stores_nothing_twice(tmp_path: Path) -> None:
+def test_a_delivery_cut_off_half_way_resumes_and_stores_nothing_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Auth fails after some spooled batches were stored: the rest follows later; resent
     batches are stored once (auth keys events by uid)."""
+    monkeypatch.setattr(audit_shipper, "BATCH", 500)
 
     async def scenario() -> None:
         auth = FakeAuth()
@@ -174,6 +175,37 @@ def test_a_delivery_cut_off_half_way_resumes_and_stores_nothing_twice(tmp_path: 
         await AuditShipper(auth, tmp_path).flush()
         await AuditShipper(auth, tmp_path).flush()
         assert auth.order == names(2_400)
+
+    run(scenario)
+
+
+def test_batches_stay_within_the_byte_cap_and_a_large_event_goes_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auth takes bodies of 8 MiB: a batch stops at BATCH_BYTES, from the queue and from the spool alike."""
+    monkeypatch.setattr(audit_shipper, "BATCH_BYTES", 10_000)
+
+    def sized(start: int, count: int, pad: int) -> list[dict]:
+        return [dict(e, db_query="x" * pad) for e in events(start, count)]
+
+    async def scenario() -> None:
+        auth = FakeAuth()
+        sizes: list[int] = []
+        auth.error = lambda batch: sizes.append(len(batch))  # type: ignore[func-returns-value]
+        shipper = AuditShipper(auth, tmp_path)
+        for event in [*sized(0, 30, 900), *sized(30, 1, 50_000), *sized(31, 5, 900)]:
+            shipper.emit(event)
+        await shipper.flush()
+        assert sizes == [10, 10, 10, 1, 5]
+        auth.down = True
+        for event in sized(36, 25, 900):
+            shipper.emit(event)
+        shipper.spill()
+        auth.down = False
+        sizes.clear()
+        await shipper.flush()
+        assert sizes == [10, 10, 5]
+        assert auth.order == names(61)
 
     run(scenario)
 

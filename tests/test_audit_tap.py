@@ -144,8 +144,9 @@ def test_auth_stores_a_line_as_it_was_sent_after_one_parse() -> None:
 @pytest.mark.parametrize(
     "line",
     ['{"event":"x","uid":"u","time":"2026-11-24T13:40:05.123Z","n":NaN}', "[1,2]", '{"event":"x"', "{}",
-     '{"event":"x","uid":"u","time":"yesterday"}'],
-    ids=["nan", "not-an-object", "cut-off", "no-fields", "bad-time"],
+     '{"event":"x","uid":"u","time":"yesterday"}', '{"event":"x","uid":"u","time":"2026-11-24T13:40:05.123Z"}{}',
+     '{"event":"x","uid":"u","time":"2026-11-24T13:40:05.123Z","n":1e999}'],
+    ids=["nan", "not-an-object", "cut-off", "no-fields", "bad-time", "two-values", "infinite"],
 )
 def test_auth_refuses_a_line_that_is_not_one_storable_event(line: str) -> None:
     with pytest.raises(BadParameter):

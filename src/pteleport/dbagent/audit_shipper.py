@@ -56,7 +56,9 @@ from common.errors import PteleportError
 from pteleport.audit import events as ev
 
 log = logging.getLogger("pteleport.dbagent.audit")
-BATCH = 500
+BATCH = 2000
+BATCH_BYTES = 4 << 20
+"""A batch holds at most BATCH events and, past its first event, BATCH_BYTES of them (auth takes 8 MiB bodies)."""
 FLUSH_EVERY = 0.2
 RETRY_MAX = 5.0
 MAX_IN_MEMORY = 20_000
@@ -173,7 +175,7 @@ class AuditShipper:
             # round, so a busy agent sends a few large batches, not a stream of tiny ones.
             pending = len(self.queue)
             while pending > 0:
-                batch = [self.queue[i] for i in range(min(BATCH, pending))]
+                batch = _take(self.queue, min(BATCH, pending))
                 await self._send(batch)
                 for _ in batch:
                     self.queue.popleft()
@@ -266,8 +268,11 @@ class AuditShipper:
                 await asyncio.to_thread(os.replace, self.spool, self.sending)
                 self._sending_offset = 0
             events, offset, done = await asyncio.to_thread(_read_batch, self.sending, self._sending_offset, BATCH)
-            for start in range(0, len(events), BATCH):
-                await self._send(events[start : start + BATCH])
+            start = 0
+            while start < len(events):
+                batch = _take(events[start:], BATCH)
+                await self._send(batch)
+                start += len(batch)
             self._sending_offset = offset
             if done:
                 await asyncio.to_thread(self.sending.unlink)
@@ -370,6 +375,18 @@ class AuditShipper:
         context = dict(self._context)
         cluster = context.pop("cluster_name", "")
         return _line(ev.make_event(name, code, clock=self._clock, cluster_name=cluster, **context, **fields))
+
+
+def _take(lines: collections.deque[str] | list[str], count: int) -> list[str]:
+    """The first events of ``lines`` for one batch: up to ``count``, and ``BATCH_BYTES`` after the first."""
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        size += len(line)
+        if len(batch) == count or (batch and size > BATCH_BYTES):
+            break
+        batch.append(line)
+    return batch
 
 
 def _line(event: dict) -> str:
