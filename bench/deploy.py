@@ -119,6 +119,14 @@ class Deployment:
         assert self.env.cluster.proc is not None
         return self.env.cluster.proc.pid
 
+    def auth_worker_pid(self) -> int:
+        """The proxy's auth worker (the API and the audit log's writer), a child of the proxy process."""
+        pid = self.proxy_pid()
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            if b"pteleport.authworker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+        raise RuntimeError(f"the proxy (pid {pid}) has no auth worker")
+
     def agent_pid(self) -> int:
         assert self.agent is not None
         return self.agent.proc.pid

@@ -135,22 +135,23 @@ def _latency_table(results: dict[str, Any]) -> str:
     )
 
 
-def _cpu_table(results: dict[str, Any]) -> str:
+def _cpu_table(results: dict[str, Any], workload: str = "select_c1", what: str = "1 client") -> str:
     procs = [("pgbench", "pgbench (client)"), ("ptsh tunnel", "ptsh tunnel"), ("proxy", "proxy (pteleport start)"),
-             ("agent", "agent (pteleport db start)"), ("haproxy", "haproxy, 3 processes")]
-    lines = ["| CPU µs per transaction, pgbench -S 1 client | direct | tunnel | native, public port | haproxy chain |",
+             ("agent", "agent (pteleport db start)"), ("auth worker", "auth worker (stores the audit events)"),
+             ("haproxy", "haproxy, 3 processes")]
+    lines = [f"| CPU µs per transaction, pgbench -S {what} | direct | tunnel | native, public port | haproxy chain |",
              "|---|---|---|---|---|"]
     for proc, label in procs:
         row = [label]
         for path in ("direct", "tunnel", "native", "haproxy"):
-            value = _cpu(results, "select_c1", path, proc)
+            value = _cpu(results, workload, path, proc)
             row.append(fmt(value) if value == value and value >= 1 else "–")
         lines.append("| " + " | ".join(row) + " |")
     total = []
     for path in ("direct", "tunnel", "native", "haproxy"):
-        total.append(sum(v for proc, _ in procs if (v := _cpu(results, "select_c1", path, proc)) == v and v >= 1))
+        total.append(sum(v for proc, _ in procs if (v := _cpu(results, workload, path, proc)) == v and v >= 1))
     lines.append("| **sum of the above** | " + " | ".join(f"**{fmt(t)}**" for t in total) + " |")
-    tps = [med(_tps(results, "select_c1", p)) for p in ("direct", "tunnel", "native", "haproxy")]
+    tps = [med(_tps(results, workload, p)) for p in ("direct", "tunnel", "native", "haproxy")]
     lines.append("| wall time per transaction (1 / TPS) | " + " | ".join(fmt(1e6 / t) if t == t else "–" for t in tps)
                  + " |")
     return "\n".join(lines) + "\n"
@@ -247,10 +248,12 @@ repetition *i* of direct; cells show the median and, in brackets, the range.
 ### Where the CPU goes
 
 CPU time (user + system, from `/proc`) that each process spent per transaction during the
-`pgbench -S -c 1` runs (medians). Everything runs on the same cores, so with 8 clients the
-sum bounds the rate: at most cores / sum transactions per second.
+`pgbench -S` runs (medians). Everything runs on the same cores, so with 8 clients the
+sum bounds the rate: at most cores / sum transactions per second. The auth worker's share is
+the audit log: it stores one event per query (design-notes.md, "What auditing costs auth").
 
-{_cpu_table(results)}{_copy_cpu_table(results)}{_copy_cpu_table(results, "copy_in_cpu_ms_per_mb", "the COPY in")}
+{_cpu_table(results)}
+{_cpu_table(results, "select_c8", "8 clients")}{_copy_cpu_table(results)}{_copy_cpu_table(results, "copy_in_cpu_ms_per_mb", "the COPY in")}
 ### Options measured
 
 {_options_table(results)}

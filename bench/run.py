@@ -106,7 +106,7 @@ def _raise_fd_limit() -> None:
 
 def run_pgbench(dep: Deployment, s: Settings, results: dict[str, Any], uv_tunnel: Any) -> None:
     watch = {"ptsh tunnel": [dep.tunnel.proc.pid], "proxy": [dep.proxy_pid()], "agent": [dep.agent_pid()],
-             "haproxy": dep.haproxy.pids()}
+             "auth worker": [dep.auth_worker_pid()], "haproxy": dep.haproxy.pids()}
     if uv_tunnel is not None:
         watch["ptsh tunnel (uvloop)"] = [uv_tunnel.proc.pid]
     paths: dict[str, tuple[dict[str, str], float]] = {
