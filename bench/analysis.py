@@ -162,7 +162,7 @@ port speaks PostgreSQL's own protocol** (design-notes.md, "PostgreSQL's own prot
 public port"): pgbench and psql with a certificate from `pctl auth sign --format=db` reach
 the proxy with no tunnel hop. That path (the "native, public port" column) reached
 {n1:.2f} of direct, i.e. **{vn1:.2f} of haproxy** ({verdict(vn1, 0.7)} against the first step). Also
-measured: the ptsh tunnel on uvloop {u1:.2f} of direct, the proxy and agent on stock asyncio
+measured: a second, identical ptsh tunnel {u1:.2f} of direct (the same path: the run's noise), the proxy and agent on stock asyncio
 {a1:.2f} (after a restart, shorter runs). Not built: TLS passthrough at the proxy (option one;
 design-notes.md weighs it).
 
@@ -174,7 +174,7 @@ proxy and the agent share two cores. Direct reached {direct_c8:,.0f} TPS, the tu
 and pgbench used ~{cpu8_sum:.0f} µs of CPU per transaction (tunnel {cpu8['ptsh tunnel']:.0f}, proxy
 {cpu8['proxy']:.0f}, agent {cpu8['agent']:.0f}, auth worker {cpu8['auth worker']:.0f}, pgbench {cpu8['pgbench']:.0f}), so two cores cannot pass
 ~{2e6 / cpu8_sum if cpu8_sum else float('nan'):,.0f} TPS even before PostgreSQL's own share. Through the public
-port without the tunnel {n8:.2f} of direct ({vn8:.2f} of haproxy); ptsh on uvloop {u8:.2f}; proxy and agent on stock asyncio {a8:.2f}.
+port without the tunnel {n8:.2f} of direct ({vn8:.2f} of haproxy); a second, identical ptsh tunnel {u8:.2f} (the same path twice: the run's noise); proxy and agent on stock asyncio {a8:.2f}.
 
 What changed for this run: **the audit log costs auth about half as much per event**
 (design-notes.md, "What auditing costs auth; orjson"). An experiment that switched the

@@ -370,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start_uvloop_tunnel(dep: Deployment) -> Any:
-    """A second ``ptsh proxy db --tunnel`` whose event loop is uvloop (an option we measure)."""
+    """A second ``ptsh proxy db --tunnel``, uvloop installed as the policy.
+
+    ptsh runs uvloop's loop itself when it is installed (``ptsh.tunnel.new_event_loop``), so
+    this is the same path as the main tunnel: the spread between the two is the run's noise.
+    """
     from bench.deploy import Tunnel, _wrapper
 
     saved = dep.tunnel
