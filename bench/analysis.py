@@ -176,18 +176,20 @@ and pgbench used ~{cpu8_sum:.0f} µs of CPU per transaction (tunnel {cpu8['ptsh 
 ~{2e6 / cpu8_sum if cpu8_sum else float('nan'):,.0f} TPS even before PostgreSQL's own share. Through the public
 port without the tunnel {n8:.2f} of direct ({vn8:.2f} of haproxy); a second, identical ptsh tunnel {u8:.2f} (the same path twice: the run's noise); proxy and agent on stock asyncio {a8:.2f}.
 
-What changed for this run: **the audit log costs auth about half as much per event**
-(design-notes.md, "What auditing costs auth; orjson"). An experiment that switched the
-agent's tap off per session showed the audit trail taking a fifth of the CPU of an
-8-client transaction, most of it in the auth worker (28–35 µs per stored event: the
-lines' JSON parse and SQLite's insert and commit), not on the relay path (reading a
-chunk's headers and building the event's line cost the agent ~3 µs). Auth now parses the
-lines with orjson and agents send batches of up to 2,000 events: the auth worker measured
-15–19 µs per event afterwards, and pteleport / haproxy with 8 clients 0.66–0.70 in a
-harness on the same day, from ~0.57 before (runs of 6 s, alternated). Past this bound: less
-CPU per message (the options above), a smaller audit event (each carries the session's
-fixed fields, ~450 of its ~550 bytes, to auth and into storage), or more cores (one event
-loop per core).
+Since 2026-12-04 the CPU tables count **the auth worker**, which stores one audit event
+per query (design-notes.md, "What auditing costs auth; orjson"): {cpu8['auth worker']:.0f} µs per
+8-client transaction in this run. Measured by hand that day, outside the bench (the
+agent's tap switched per session; 6 s runs, alternated): the audit trail took about a fifth
+of the CPU of an 8-client transaction, most of it in the auth worker (28–35 µs per event on
+a log of 500 MB: a JSON parse and checks, SQLite's insert and commit), not on the relay
+path (reading a chunk's headers and building the event's line cost the agent ~3 µs). Auth
+now parses with orjson and agents send batches of up to 2,000 events; in the same harness,
+on a fresh log, the auth worker then took 15–19 µs per event and pteleport / haproxy with 8
+clients was 0.66–0.70 (0.57 that morning). The bench's own runs that day gave 0.71 and
+0.57: the spread between runs is as large as the change, and the second, identical tunnel
+of the options table shows it within one run. Past this bound: less CPU per message (the
+options above), a smaller audit event (each carries the session's fixed fields, ~450 of
+its ~550 bytes, to auth and into storage), or more cores (one event loop per core).
 
 ### COPY out (≈96 MB): target ≥ 0.95 of direct — measured {copy_t:.2f} ({verdict(copy_t, 0.95)})
 

@@ -219,6 +219,13 @@ def test_an_event_orjson_refuses_to_read_is_still_returned(log: AuditLog) -> Non
     assert log.search()[0]["db_query"] == stored["db_query"]
 
 
+def test_integers_past_64_bits_come_back_exact(log: AuditLog) -> None:
+    stored = event(rows=10**30, ids=[2**64, -(2**70)], db_query="select 1234567890123456789012")
+    log.emit(stored)
+    found = log.search()[0]
+    assert (found["rows"], found["ids"], found["db_query"]) == (10**30, [2**64, -(2**70)], stored["db_query"])
+
+
 def test_search_everything_in_time_order(log: AuditLog, sample: list[dict[str, Any]]) -> None:
     found = log.search()
     assert found == sample

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pctl.audit import _write_json_array
 from tests.dbenv import SEED_ROLE
 from tests.harness import PCTL, Cluster, base_env, find_url, free_port, run
 
@@ -343,19 +341,3 @@ def test_malformed_json_is_a_400_json_error(cluster: Cluster) -> None:
     assert response.status_code == 400
     assert "extra" in response.json()["error"]["message"]
 
-
-@pytest.mark.parametrize(
-    "events",
-    [
-        [],
-        [{"event": "db.session.query", "ei": 3, "db_query": "select 'a\"\\\\\n\tb'", "success": True, "x": None}],
-        [{"event": "a", "nested": {"list": [1, {"b": []}], "empty": {}}}, {"event": "b", "user": "zoë"}],
-        [{"event": "big", "n": 10**30, "f": 1.5}],
-    ],
-    ids=["none", "escapes", "nested-and-non-ascii", "big-integer"],
-)
-def test_audit_json_export_prints_what_json_dumps_indent_2_prints(events: list[dict]) -> None:
-    """`pctl audit events --format json` encodes with orjson, event by event: the output is unchanged."""
-    out = io.StringIO()
-    _write_json_array(iter(events), out)
-    assert out.getvalue() == json.dumps(events, indent=2) + "\n"

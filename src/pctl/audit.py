@@ -117,8 +117,9 @@ def _write_json_array(events: Any, out: Any) -> None:
     """What ``json.dumps(list, indent=2)`` prints, written one event at a time.
 
     orjson indents (``json`` with ``indent`` runs its pure-Python encoder: 10,000 events took
-    over a second); an event that is not all ASCII, or that orjson cannot encode, is
-    encoded by ``json``, which escapes it as before.
+    over a second). Where the two would print differently, ``json`` encodes the event: text
+    that is not printable ASCII (``json`` escapes it), any float (orjson spells some
+    differently, and NaN as null), and what orjson cannot encode.
     """
     import json
 
@@ -126,15 +127,27 @@ def _write_json_array(events: Any, out: Any) -> None:
 
     first = True
     for event in events:
-        try:
-            text = orjson.dumps(event, option=orjson.OPT_INDENT_2).decode()
-        except TypeError:
-            text = ""
-        if not text.isascii() or not text:
+        text = ""
+        if not _has_float(event):
+            try:
+                text = orjson.dumps(event, option=orjson.OPT_INDENT_2).decode()
+            except TypeError:
+                pass
+        if not text or not text.isascii() or "\x7f" in text:
             text = json.dumps(event, indent=2)
         out.write(("[\n  " if first else ",\n  ") + text.replace("\n", "\n  "))
         first = False
     out.write("[]\n" if first else "\n]\n")
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
 
 
 def _follow(client: Any, params: dict[str, Any], last: dict[str, Any] | None, fmt: str, seen: set[str]) -> None:

@@ -66,10 +66,15 @@ def dumps(value: Any) -> bytes:
     return _dumps(value)
 
 
+_AS_JSON_DOES = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+"""Integer keys become strings, as ``json`` makes them; datetimes and dataclasses are left to
+``json``, which refuses them (a handler that returns one has a bug)."""
+
+
 def _dumps(value: Any) -> bytes:
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:
+        return orjson.dumps(value, option=_AS_JSON_DOES)
+    except TypeError:  # an integer past 64 bits, a surrogate, or what json refuses too
         return json.dumps(value, separators=(",", ":")).encode()
 
 

@@ -61,7 +61,7 @@ def split_lines(body: bytes) -> list[str]:
 def _from_line(line: str) -> tuple[dict[str, Any], str]:
     """An event sent as one JSON line: (event, the line as stored). One parse, no re-encoding."""
     try:
-        event = orjson.loads(line)  # strict JSON: no NaN or Infinity, no lone surrogates, integers of 64 bits
+        event = orjson.loads(line)  # strict JSON: no NaN or Infinity, no lone surrogates (the line is stored as sent)
     except orjson.JSONDecodeError as err:
         raise BadParameter("an audit event line is not one JSON object", str(err)) from None
     if not isinstance(event, dict):
@@ -191,12 +191,21 @@ def make_page(rows: list[tuple[int, int, str]], query: Query) -> Page:
     return Page([_load(data) for _, _, data in rows], nxt)
 
 
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+
+
 def _load(data: str) -> dict[str, Any]:
-    """A stored event (orjson; ``json`` for what it refuses, such as a lone surrogate stored before it was used)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    """A stored event, read with orjson; with ``json`` where orjson would change or refuse it.
+
+    orjson reads an integer past 64 bits as a float (it would come back rounded) and
+    refuses an escaped lone surrogate (``json`` stored those before orjson was used).
+    """
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 def check_aware(name: str, when: datetime) -> datetime:

@@ -378,7 +378,10 @@ class AuditShipper:
 
 
 def _take(lines: collections.deque[str] | list[str], count: int) -> list[str]:
-    """The first events of ``lines`` for one batch: up to ``count``, and ``BATCH_BYTES`` after the first."""
+    """The first events of ``lines`` for one batch: up to ``count``, and ``BATCH_BYTES`` after the first.
+
+    ``len`` counts characters: event lines are ASCII (every encoder of theirs escapes the rest).
+    """
     batch: list[str] = []
     size = 0
     for line in lines:
