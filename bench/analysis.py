@@ -185,7 +185,7 @@ a log of 500 MB: a JSON parse and checks, SQLite's insert and commit), not on th
 path (reading a chunk's headers and building the event's line cost the agent ~3 µs). Auth
 now parses with orjson and agents send batches of up to 2,000 events; in the same harness,
 on a fresh log, the auth worker then took 15–19 µs per event and pteleport / haproxy with 8
-clients was 0.66–0.70 (0.57 that morning). The bench's own runs that day gave 0.71 and
+clients was 0.66–0.70 (~0.57 in the hour before). The bench's own runs that day gave 0.71 and
 0.57: the spread between runs is as large as the change, and the second, identical tunnel
 of the options table shows it within one run. Past this bound: less CPU per message (the
 options above), a smaller audit event (each carries the session's fixed fields, ~450 of
