@@ -340,4 +340,3 @@ def test_malformed_json_is_a_400_json_error(cluster: Cluster) -> None:
     )
     assert response.status_code == 400
     assert "extra" in response.json()["error"]["message"]
-

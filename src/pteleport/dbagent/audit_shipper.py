@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -270,7 +271,7 @@ class AuditShipper:
             events, offset, done = await asyncio.to_thread(_read_batch, self.sending, self._sending_offset, BATCH)
             start = 0
             while start < len(events):
-                batch = _take(events[start:], BATCH)
+                batch = _take(itertools.islice(events, start, None), BATCH)
                 await self._send(batch)
                 start += len(batch)
             self._sending_offset = offset
@@ -377,7 +378,7 @@ class AuditShipper:
         return _line(ev.make_event(name, code, clock=self._clock, cluster_name=cluster, **context, **fields))
 
 
-def _take(lines: collections.deque[str] | list[str], count: int) -> list[str]:
+def _take(lines: Iterable[str], count: int) -> list[str]:
     """The first events of ``lines`` for one batch: up to ``count``, and ``BATCH_BYTES`` after the first.
 
     ``len`` counts characters: event lines are ASCII (every encoder of theirs escapes the rest).
